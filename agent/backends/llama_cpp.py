@@ -1,0 +1,134 @@
+"""llama.cpp backend (GGUF via llama-cpp-python).
+
+One ``Llama`` holds one KV cache. A stream call takes the model lock for its whole segment, keeps
+the longest common prefix of what the cache holds and the sequence's ids, and evaluates only the
+rest, so a continuation after a splice prefills just the spliced tokens. Episodes that interleave
+(one waits on a tool while another generates) each pay for the suffix that differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import threading
+from pathlib import Path
+from typing import AsyncIterator
+
+import numpy as np
+
+from agent.backends.base import Backend, SamplingParams, Sequence, common_prefix
+from agent.backends.sampling import make_rng, sample_token
+from agent.errors import ModelError, ModelNotFound, require
+
+__all__ = ["LlamaCppBackend"]
+
+
+class LlamaCppBackend(Backend):
+    name = "llama_cpp"
+
+    def __init__(self, path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
+                 adapter: str | Path | None = None, verbose: bool = False):
+        llama_cpp = require("llama_cpp", "llama")
+        path = Path(path)
+        if not path.is_file():
+            raise ModelNotFound(f"GGUF file not found: {path}")
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+                n_batch=512, verbose=verbose, lora_path=str(adapter) if adapter else None,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise ModelError(f"llama.cpp could not load {path}: {e}") from e
+        self.model_id = path.name + (f"+{Path(adapter).name}" if adapter else "")
+        self.context_size = self.llm.n_ctx()
+        self._lock = asyncio.Lock()
+        self._thread_lock = threading.Lock()
+        self._n_vocab = self.llm.n_vocab()
+        self._formatter = self._make_formatter(llama_cpp)
+        self._eos = {self.llm.token_eos()}
+        eot = self.llm._model.token_eot()
+        if eot >= 0:
+            self._eos.add(eot)
+        self.n_evaluated = 0  # tokens run through llama_decode, for measurement
+
+    def _make_formatter(self, llama_cpp):  # noqa: ANN001
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        meta = self.llm.metadata
+        template = meta.get("tokenizer.chat_template")
+        if not template:
+            return None
+        def tok(key: str) -> str:
+            i = int(meta.get(key, -1))
+            return self.llm._model.token_get_text(i) if i >= 0 else ""
+        return Jinja2ChatFormatter(template, eos_token=tok("tokenizer.ggml.eos_token_id"),
+                                   bos_token=tok("tokenizer.ggml.bos_token_id"))
+
+    # -- text <-> tokens ----------------------------------------------------------------------
+    def encode(self, text: str, *, special: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.llm.detokenize([i for i in ids if i not in self._eos]).decode("utf-8", errors="replace")
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if self._formatter is None:
+            return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+        return self._formatter(messages=messages).prompt
+
+    @property
+    def eos_ids(self) -> set[int]:
+        return self._eos
+
+    # -- generation -----------------------------------------------------------------------------
+    def _prefill(self, ids: list[int]) -> int:
+        """Make the cache hold ``ids`` with logits for the last one; returns tokens evaluated."""
+        llm = self.llm
+        keep = common_prefix(llm._input_ids.tolist(), ids)
+        keep = min(keep, len(ids) - 1)  # always evaluate at least one token to get fresh logits
+        if keep < llm.n_tokens:
+            llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+            llm.n_tokens = keep
+        todo = ids[keep:]
+        llm.eval(todo)
+        self.n_evaluated += len(todo)
+        return len(todo)
+
+    def _logits(self) -> np.ndarray:
+        ptr = self.llm._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,))
+
+    def _step(self, seq: Sequence, todo: list[int] | None, params: SamplingParams, rng: np.random.Generator) -> int:
+        with self._thread_lock:
+            if todo is None:
+                n = self._prefill(seq.ids)
+                seq.n_prefilled += n
+                seq.n_cached += len(seq.ids) - n
+            else:
+                self.llm.eval(todo)
+                self.n_evaluated += len(todo)
+            return sample_token(self._logits(), params, rng)
+
+    async def stream(self, seq: Sequence, append: list[int], params: SamplingParams) -> AsyncIterator[int]:
+        seq.ids.extend(append)
+        if len(seq.ids) >= self.context_size:
+            raise ModelError(f"context of {len(seq.ids)} tokens exceeds n_ctx={self.context_size}")
+        if seq.state is None:
+            seq.state = make_rng(seq.seed)
+        rng = seq.state
+        async with self._lock:
+            todo: list[int] | None = None  # None: prefill from the sequence
+            for _ in range(min(params.max_tokens, self.context_size - len(seq.ids))):
+                tok = await asyncio.to_thread(self._step, seq, todo, params, rng)
+                seq.ids.append(tok)
+                seq.n_sampled += 1
+                yield tok
+                if tok in self._eos:
+                    return
+                todo = [tok]
+
+    async def aclose(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.close()

@@ -1,0 +1,67 @@
+"""A scripted fake model for unit tests of the loop: it "samples" pre-written text one character at a
+time. Token id = Unicode code point; id 0 is EOS. Not a model: never the only test of a feature."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Callable
+
+from agent.backends.base import Backend, SamplingParams, Sequence
+
+__all__ = ["ScriptedBackend"]
+
+EOS = 0
+
+
+class ScriptedBackend(Backend):
+    """``script`` is a list of model turns (each ``stream`` call emits the next one, and EOS after
+    the last) or a function of the decoded context returning the text to emit next."""
+
+    name = "scripted"
+
+    def __init__(self, script: list[str] | Callable[[str], str], token_delay_s: float = 0.0,
+                 context_size: int = 100_000):
+        self.script = script
+        self.token_delay_s = token_delay_s
+        self.context_size = context_size
+        self.model_id = "scripted"
+        self.prompts: list[str] = []  # every rendered chat prompt, for assertions
+
+    def encode(self, text: str, *, special: bool = False) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(i) for i in ids if i != EOS)
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        text = "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages) + "<|assistant|>"
+        self.prompts.append(text)
+        return text
+
+    @property
+    def eos_ids(self) -> set[int]:
+        return {EOS}
+
+    def _next_text(self, seq: Sequence) -> tuple[str, bool]:
+        turn = seq.state or 0
+        seq.state = turn + 1
+        if callable(self.script):
+            text = self.script(self.decode(seq.ids))
+            return text, not text
+        if turn >= len(self.script):
+            return "", True
+        return self.script[turn], turn == len(self.script) - 1
+
+    async def stream(self, seq: Sequence, append: list[int], params: SamplingParams) -> AsyncIterator[int]:
+        seq.ids.extend(append)
+        seq.n_prefilled += len(append)
+        text, last = self._next_text(seq)
+        ids = [ord(c) for c in text] + ([EOS] if last else [])
+        for tok in ids[: params.max_tokens]:
+            if self.token_delay_s:
+                await asyncio.sleep(self.token_delay_s)
+            else:
+                await asyncio.sleep(0)
+            seq.ids.append(tok)
+            seq.n_sampled += 1
+            yield tok

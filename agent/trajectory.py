@@ -1,0 +1,118 @@
+"""A Trajectory records an episode as segments of tokens with their source.
+
+Sources: ``prompt`` (chat template, system prompt, question; mask 0), ``model`` (sampled; mask 1,
+tool-call text included), ``result`` (spliced tool output and its tags; mask 0). The loss mask that
+SFT and GRPO train on is derived from the sources here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["Segment", "ToolCall", "Trajectory", "MASKED_SOURCES"]
+
+MASKED_SOURCES = frozenset({"prompt", "result"})
+
+
+@dataclass
+class Segment:
+    source: str  # "prompt" | "model" | "result"
+    text: str
+    token_ids: list[int]
+    t_start: float = 0.0
+    t_end: float = 0.0
+
+    @property
+    def mask(self) -> int:
+        return 0 if self.source in MASKED_SOURCES else 1
+
+
+@dataclass
+class ToolCall:
+    tool: str
+    arg: str
+    result: str
+    error: bool = False
+    malformed: str | None = None  # the MalformedEvent kind, when the call could not run
+    duration_s: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trajectory:
+    question: str
+    segments: list[Segment] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    answer: str | None = None
+    stop_reason: str = ""  # "answer" | "eos" | "max_new_tokens" | "max_tool_calls" | "context" | "cancelled"
+    model: str = ""
+    syntax: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    t_start: float = 0.0
+    t_end: float = 0.0
+
+    # -- views ------------------------------------------------------------------------------
+    @property
+    def token_ids(self) -> list[int]:
+        return [t for s in self.segments for t in s.token_ids]
+
+    def loss_mask(self) -> list[int]:
+        """One entry per token of ``token_ids``: 1 where the model sampled it, else 0."""
+        return [s.mask for s in self.segments for _ in s.token_ids]
+
+    @property
+    def prompt_len(self) -> int:
+        n = 0
+        for s in self.segments:
+            if s.source != "prompt":
+                break
+            n += len(s.token_ids)
+        return n
+
+    @property
+    def text(self) -> str:
+        """Everything after the prompt: the model's text with spliced results."""
+        return "".join(s.text for s in self.segments if s.source != "prompt")
+
+    @property
+    def completion_ids(self) -> list[int]:
+        return self.token_ids[self.prompt_len:]
+
+    @property
+    def completion_mask(self) -> list[int]:
+        return self.loss_mask()[self.prompt_len:]
+
+    @property
+    def n_generated(self) -> int:
+        return sum(len(s.token_ids) for s in self.segments if s.source == "model")
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.t_end - self.t_start)
+
+    @property
+    def malformed_calls(self) -> int:
+        return sum(1 for c in self.tool_calls if c.malformed)
+
+    # -- (de)serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["n_generated"] = self.n_generated
+        d["seconds"] = self.seconds
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
+        d = {k: v for k, v in d.items() if k not in ("n_generated", "seconds")}
+        d["segments"] = [Segment(**s) for s in d.get("segments", [])]
+        d["tool_calls"] = [ToolCall(**c) for c in d.get("tool_calls", [])]
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, line: str) -> "Trajectory":
+        return cls.from_dict(json.loads(line))

@@ -1,0 +1,295 @@
+"""The worker: runs INSIDE the sandbox, one per session. Standard library only.
+
+The host starts it as ``python -I -c <this file's source>`` and talks to it over its stdin/stdout
+with length-prefixed JSON frames (4-byte big-endian length, then UTF-8 JSON):
+
+    host -> worker   {"limits": {...}, "seccomp": "<base64 BPF>" | null, "reap": "all" | "tree", ...}
+    worker -> host   {"ready": true, "pid": N}
+    host -> worker   {"code": "...", "timeout_s": 5.0}
+    worker -> host   {"stdout": ..., "stderr": ..., "error": ..., "timed_out": bool, ...}
+
+Before any user code runs, the worker moves the protocol pipes to private close-on-exec fds and points
+fds 0/1/2 at /dev/null and two unlinked files, so ``print``, ``os.write(1, ...)`` and subprocesses all
+land in the captured output and never in the protocol stream. It then lowers its rlimits and installs
+the seccomp filter the host compiled. Everything here is untrusted once user code has run: the host
+treats every frame as data and enforces its own limits (frame size, wall-clock timeout).
+"""
+
+import ast
+import base64
+import builtins
+import ctypes
+import json
+import linecache
+import os
+import resource
+import signal
+import struct
+import sys
+import tempfile
+import time
+import traceback
+
+MAX_FRAME = 64 * 1024 * 1024
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+PR_SET_CHILD_SUBREAPER = 36
+SECCOMP_MODE_FILTER = 2
+
+
+class _Timeout(BaseException):
+    """Raised by SIGALRM inside user code; BaseException so ``except Exception`` does not swallow it."""
+
+
+def read_frame(fd):
+    head = _read_exact(fd, 4)
+    if head is None:
+        return None
+    (size,) = struct.unpack(">I", head)
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes is too large")
+    body = _read_exact(fd, size)
+    return None if body is None else json.loads(body)
+
+
+def _read_exact(fd, n):
+    chunks, got = [], 0
+    while got < n:
+        chunk = os.read(fd, n - got)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def write_frame(fd, obj):
+    body = json.dumps(obj).encode("utf-8", "replace")
+    data = struct.pack(">I", len(body)) + body
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def apply_limits(limits):
+    mb = 1024 * 1024
+    table = {
+        "memory_mb": (resource.RLIMIT_AS, mb),
+        "file_size_mb": (resource.RLIMIT_FSIZE, mb),
+        "max_processes": (resource.RLIMIT_NPROC, 1),
+        "max_open_files": (resource.RLIMIT_NOFILE, 1),
+        "cpu_session_s": (resource.RLIMIT_CPU, 1),
+    }
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    for key, (which, unit) in table.items():
+        value = limits.get(key)
+        if value:
+            resource.setrlimit(which, (int(value * unit), int(value * unit)))
+
+
+def install_seccomp(bpf_b64):
+    bpf = base64.b64decode(bpf_b64)
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = SockFprog(len(bpf) // 8, ctypes.addressof(buf))
+    ul = ctypes.c_ulong
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, ul(1), ul(0), ul(0), ul(0)) != 0:
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
+    if libc.prctl(PR_SET_SECCOMP, ul(SECCOMP_MODE_FILTER), ctypes.byref(prog), ul(0), ul(0)) != 0:
+        raise OSError(ctypes.get_errno(), "seccomp filter could not be installed")
+
+
+def become_subreaper():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
+class Capture:
+    """One unlinked file behind an fd (1 or 2); read back and emptied after every run."""
+
+    def __init__(self, target_fd, workdir):
+        f = tempfile.TemporaryFile(dir=workdir)
+        os.dup2(f.fileno(), target_fd)
+        f.close()
+        self.fd = target_fd
+
+    def take(self, cap):
+        try:
+            return self._take(cap)
+        except OSError as e:  # user code closed or replaced the fd
+            return {"head": f"[output unavailable: {e}]", "tail": "", "cut": 0}
+
+    def _take(self, cap):
+        size = os.fstat(self.fd).st_size
+        if size <= cap:
+            head, tail = os.pread(self.fd, size, 0), b""
+        else:
+            head = os.pread(self.fd, cap * 2 // 3, 0)
+            tail = os.pread(self.fd, cap - cap * 2 // 3, size - (cap - cap * 2 // 3))
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        return {"head": head.decode("utf-8", "replace"), "tail": tail.decode("utf-8", "replace"),
+                "cut": max(0, size - cap)}
+
+
+def setup_stdio(workdir):
+    proto_in, proto_out = os.dup(0), os.dup(1)  # os.dup gives close-on-exec fds
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    out, err = Capture(1, workdir), Capture(2, workdir)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)
+    sys.stdin = open(0, "r", closefd=False)
+    return proto_in, proto_out, out, err
+
+
+class Session:
+    """The user's namespace and the cell runner."""
+
+    def __init__(self, cfg, out, err):
+        self.cfg = cfg
+        self.out, self.err = out, err
+        self.streams = (sys.stdout, sys.stderr)
+        self.ns = {"__name__": "__main__", "__builtins__": builtins}
+        self.cells = 0
+
+    def run(self, code, timeout_s):
+        started = time.monotonic()
+        error, timed_out, exc_type = None, False, None
+        self._arm(timeout_s)
+        try:
+            self._execute(code)
+        except _Timeout:
+            error, timed_out, exc_type = f"timed out after {timeout_s:g} s", True, "Timeout"
+        except SystemExit as e:
+            if e.code not in (None, 0):
+                error, exc_type = f"SystemExit: {e.code}", "SystemExit"
+        except MemoryError:
+            error, exc_type = f"MemoryError: memory limit {self.cfg['limits'].get('memory_mb')} MB exceeded", \
+                "MemoryError"
+        except BaseException as e:  # noqa: BLE001 - any user exception becomes result text
+            error, exc_type = format_error(e), type(e).__name__
+        finally:
+            self._disarm()
+        reap(self.cfg.get("reap", "tree"))
+        return self._result(error, exc_type, timed_out, time.monotonic() - started)
+
+    def _result(self, error, exc_type, timed_out, duration):
+        for stream in self.streams:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        cap = int(self.cfg.get("max_output_bytes", 20000))
+        return {"stdout": self.out.take(cap), "stderr": self.err.take(cap), "error": error,
+                "exc_type": exc_type, "timed_out": timed_out, "duration_s": duration}
+
+    def _arm(self, timeout_s):
+        def on_alarm(signum, frame):
+            raise _Timeout()
+
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_used = used.ru_utime + used.ru_stime
+        soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        want = int(cpu_used + timeout_s + 2)
+        if hard == resource.RLIM_INFINITY or want <= hard:
+            resource.setrlimit(resource.RLIMIT_CPU, (want, hard))
+
+    def _disarm(self):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    def _execute(self, code):
+        self.cells += 1
+        name = f"<cell-{self.cells}>"
+        linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+        tree = ast.parse(code, name, "exec")
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        exec(compile(tree, name, "exec"), self.ns)
+        if last is not None:
+            value = eval(compile(ast.Expression(last.value), name, "eval"), self.ns)
+            if value is not None:
+                print(repr(value))
+
+
+def format_error(exc, max_frames=4):
+    """Exception type + message + the last traceback lines of the user's own cells."""
+    te = traceback.TracebackException.from_exception(exc, limit=-max_frames)
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if f.filename.startswith("<cell-")])
+    lines = list(te.format())
+    if len(lines) == 1 or not te.stack:
+        lines = list(te.format_exception_only())
+    text = "".join(lines).rstrip()
+    return text if len(text) <= 4000 else text[:2000] + "\n...\n" + text[-2000:]
+
+
+def reap(mode):
+    """Kill every process the run left behind, then collect zombies."""
+    me = os.getpid()
+    if mode == "all":  # only safe in a pid namespace or under a uid used by this session alone
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    else:
+        for pid in descendants(me):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    for _ in range(2000):
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.001)  # a SIGKILLed child becomes a zombie within microseconds
+
+
+def descendants(root):
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read().rsplit(b")", 1)[1].split()
+                parents[int(entry)] = int(stat[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        found.extend(kids)
+        frontier.extend(kids)
+    return found
+
+
+def main():
+    cfg = read_frame(0)
+    if cfg is None:
+        return
+    workdir = cfg.get("workdir") or os.getcwd()
+    os.chdir(workdir)
+    proto_in, proto_out, out, err = setup_stdio(workdir)
+    become_subreaper()
+    apply_limits(cfg.get("limits", {}))
+    if cfg.get("seccomp"):
+        install_seccomp(cfg["seccomp"])
+    write_frame(proto_out, {"ready": True, "pid": os.getpid()})
+    session = Session(cfg, out, err)
+    while True:
+        req = read_frame(proto_in)
+        if req is None:
+            return
+        write_frame(proto_out, session.run(req["code"], float(req.get("timeout_s", 5))))
+
+
+if __name__ == "__main__":
+    main()
