@@ -191,9 +191,10 @@ class Agent:
         return SamplingParams(temperature=c.temperature, top_p=c.top_p, seed=seed, max_tokens=max_tokens)
 
     # -- public API -----------------------------------------------------------------------------
-    async def run(self, question: str, history: Seq[dict[str, str]] = (), seed: int | None = None) -> Trajectory:
+    async def run(self, question: str, history: Seq[dict[str, str]] = (), seed: int | None = None,
+                  prefix: str = "") -> Trajectory:
         traj = None
-        async with contextlib.aclosing(self.stream(question, history, seed=seed)) as events:
+        async with contextlib.aclosing(self.stream(question, history, seed=seed, prefix=prefix)) as events:
             async for ev in events:
                 if isinstance(ev, DoneEvent):
                     traj = ev.trajectory
@@ -223,12 +224,15 @@ class Agent:
         return Conversation(self, list(history))
 
     async def stream(self, question: str, history: Seq[dict[str, str]] = (),
-                     seed: int | None = None) -> AsyncIterator[Event]:
-        """Run one episode, yielding text as it is sampled, each tool call and result, then Done."""
+                     seed: int | None = None, prefix: str = "") -> AsyncIterator[Event]:
+        """Run one episode, yielding text as it is sampled, each tool call and result, then Done.
+
+        ``prefix`` is forced text that opens the assistant turn (mask 0, like the prompt); a complete
+        tool call in it runs before the model samples anything (teacher forcing, tests, RL warm-up)."""
         if seed is None:
             seed = self.config.seed + self._episode
             self._episode += 1
-        episode = _Episode(self, question, list(history), seed)
+        episode = _Episode(self, question, list(history), seed, prefix)
         async with contextlib.AsyncExitStack() as stack:
             episode.stack = stack
             try:
@@ -265,7 +269,8 @@ class Conversation:
 class _Episode:
     """State of one episode; the loop body lives here so Agent stays small."""
 
-    def __init__(self, agent: Agent, question: str, history: list[dict[str, str]], seed: int):
+    def __init__(self, agent: Agent, question: str, history: list[dict[str, str]], seed: int, prefix: str = ""):
+        self.prefix = prefix
         self.agent = agent
         self.cfg = agent.config
         self.backend = agent.backend
@@ -294,6 +299,14 @@ class _Episode:
         append = self.backend.encode(prompt, special=True)
         self._add("prompt", prompt, list(append), traj.t_start)
         try:
+            if self.prefix:
+                forced = await self._force_prefix()
+                if forced is not None:
+                    yield ToolCallStarted(forced[0].tool, forced[0].arg)
+                    yield ToolResultEvent(forced[0])
+                    append = append + self.traj.segments[-2].token_ids + forced[1]
+                else:
+                    append = append + self.traj.segments[-1].token_ids
             while True:
                 budget = min(self.cfg.max_new_tokens - traj.n_generated,
                              self.context_limit - len(self.seq.ids) - len(append))
@@ -328,6 +341,19 @@ class _Episode:
             traj.t_end = time.perf_counter()
             if traj.answer is None:
                 traj.answer = self._fallback_answer()
+
+    async def _force_prefix(self) -> tuple[ToolCall, list[int]] | None:
+        """Add the forced prefix as a prompt segment; run a complete call in it."""
+        ids = self.backend.encode(self.prefix, special=True)
+        self._add("forced", self.prefix, ids, time.perf_counter())
+        self.parser.reset()
+        events = self.parser.feed(self.prefix)
+        call = next((e for e in events if isinstance(e, (CallEvent, MalformedEvent))), None)
+        if call is None:
+            return None
+        result, splice = await self._dispatch(call)
+        assert result is not None
+        return result, splice
 
     def _fallback_answer(self) -> str | None:
         text = "".join(s.text for s in self.traj.segments if s.source == "model")

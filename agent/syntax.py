@@ -97,9 +97,9 @@ class ToolSyntax:
 
     def escape(self, text: str, tools: Iterable[str] = ()) -> str:
         """Neutralise every tag of this syntax (and any ``{tag}``-shaped tag) inside tool output."""
-        tags = set(self.all_tags(tools))
-        for t in sorted(tags, key=len, reverse=True):
-            if len(t) > 1 and t.strip():
+        tags = sorted((t for t in set(self.all_tags(tools)) if len(t) > 1 and t.strip()), key=len, reverse=True)
+        while any(t in text for t in tags):  # to a fixpoint: adjacent tags can re-form one
+            for t in tags:
                 text = text.replace(t, t[0] + ZWSP + t[1:])
         if not self.json_calls:
             text = self._generic_open_re().sub(lambda m: m.group(0)[0] + ZWSP + m.group(0)[1:], text)

@@ -1,6 +1,7 @@
 """A Trajectory records an episode as segments of tokens with their source.
 
-Sources: ``prompt`` (chat template, system prompt, question; mask 0), ``model`` (sampled; mask 1,
+Sources: ``prompt`` (chat template, system prompt, question; mask 0), ``forced`` (a teacher-forced
+start of the answer; mask 0), ``model`` (sampled; mask 1,
 tool-call text included), ``result`` (spliced tool output and its tags; mask 0). The loss mask that
 SFT and GRPO train on is derived from the sources here and nowhere else.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 __all__ = ["Segment", "ToolCall", "Trajectory", "MASKED_SOURCES"]
 
-MASKED_SOURCES = frozenset({"prompt", "result"})
+MASKED_SOURCES = frozenset({"prompt", "forced", "result"})
 
 
 @dataclass

@@ -19,6 +19,7 @@ import ast
 import base64
 import builtins
 import ctypes
+import io
 import json
 import linecache
 import os
@@ -26,7 +27,6 @@ import resource
 import signal
 import struct
 import sys
-import tempfile
 import time
 import traceback
 
@@ -108,12 +108,13 @@ def become_subreaper():
 
 
 class Capture:
-    """One unlinked file behind an fd (1 or 2); read back and emptied after every run."""
+    """An anonymous in-memory file (memfd) behind fd 1 or 2, read back and emptied after every run.
+    Not on the work dir's tmpfs, so code that fills the disk still gets its output shown."""
 
-    def __init__(self, target_fd, workdir):
-        f = tempfile.TemporaryFile(dir=workdir)
-        os.dup2(f.fileno(), target_fd)
-        f.close()
+    def __init__(self, target_fd):
+        fd = os.memfd_create(f"splice-fd{target_fd}", 0)
+        os.dup2(fd, target_fd)
+        os.close(fd)
         self.fd = target_fd
 
     def take(self, cap):
@@ -135,14 +136,20 @@ class Capture:
                 "cut": max(0, size - cap)}
 
 
-def setup_stdio(workdir):
+def text_stream(fd):
+    """Unbuffered text output: every write goes straight to the fd, so nothing a timed-out or failed
+    write left in a buffer can show up in a later run."""
+    raw = io.FileIO(fd, "w", closefd=False)
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", write_through=True)
+
+
+def setup_stdio():
     proto_in, proto_out = os.dup(0), os.dup(1)  # os.dup gives close-on-exec fds
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    out, err = Capture(1, workdir), Capture(2, workdir)
-    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)
-    sys.stderr = open(2, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)
+    out, err = Capture(1), Capture(2)
+    sys.stdout, sys.stderr = text_stream(1), text_stream(2)
     sys.stdin = open(0, "r", closefd=False)
     return proto_in, proto_out, out, err
 
@@ -277,7 +284,7 @@ def main():
         return
     workdir = cfg.get("workdir") or os.getcwd()
     os.chdir(workdir)
-    proto_in, proto_out, out, err = setup_stdio(workdir)
+    proto_in, proto_out, out, err = setup_stdio()
     become_subreaper()
     apply_limits(cfg.get("limits", {}))
     if cfg.get("seccomp"):

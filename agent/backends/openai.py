@@ -1,0 +1,355 @@
+"""OpenAI-compatible completions backend: vLLM, SGLang, llama.cpp's server, llama-cpp-python's server.
+
+The runtime speaks token ids; servers speak ``/v1/completions``. Choices made here:
+
+* **Tokenizer: local.** ``encode``/``decode``/``chat_prompt`` are synchronous and run per token, so a
+  round trip per call is out. The backend holds the served model's tokenizer locally (a GGUF file
+  read with llama.cpp ``vocab_only``, or a Hugging Face tokenizer) and, on first use, checks it
+  against the server's own tokenize endpoint (``/tokenize`` on vLLM/SGLang/llama.cpp,
+  ``/extras/tokenize`` on llama-cpp-python) so a mismatch fails loudly instead of silently.
+* **Prompt: token ids.** Each request sends the whole sequence as a list of ids (the OpenAI API
+  allows it; vLLM, SGLang and llama.cpp accept it), so spliced tool output keeps exactly the ids the
+  runtime chose (tool text is never re-parsed into special tokens) and a prefix-caching server
+  prefills only the new suffix. Servers that reject id prompts (422/400) get the detokenized text.
+* **Stops: the syntax's close tags.** Servers drop the matched stop string from the output, so the
+  backend puts the close tag back (vLLM says which stop matched in ``stop_reason``; otherwise the
+  close tag of the last unclosed open tag is used, and a stop with nothing open is EOS).
+* **Streaming**: SSE, text deltas re-encoded locally to ids (the text is exact; ids at a delta's
+  boundary can differ from the ids the server sampled).
+
+One ``httpx.AsyncClient`` (keep-alive pool) serves every concurrent episode. Connection errors,
+timeouts, 429 and 5xx are retried with exponential backoff; a retry after tokens were already
+streamed resumes from the sequence so far. When retries run out it raises ``ModelError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Protocol
+
+import httpx
+
+from agent.backends.base import Backend, SamplingParams, Sequence
+from agent.errors import ConfigError, ModelError, require
+from agent.syntax import ToolSyntax, get_syntax
+
+if TYPE_CHECKING:
+    from agent.runtime import RuntimeConfig
+
+__all__ = ["OpenAIBackend", "load_tokenizer", "stop_pairs"]
+
+log = logging.getLogger("splice.backends.openai")
+
+_PROBE = "Hello world: 12 + 30 = 42, naïve café."
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class LocalTokenizer(Protocol):
+    eos_ids: set[int]
+
+    def encode(self, text: str, *, special: bool = False) -> list[int]: ...
+    def decode(self, ids: list[int], *, special: bool = False) -> str: ...
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
+
+
+class GGUFVocab:
+    """Tokenizer and chat template of a GGUF file, read with llama.cpp ``vocab_only`` (no weights)."""
+
+    def __init__(self, path: str | Path):
+        llama_cpp = require("llama_cpp", "llama")
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        meta = self.llm.metadata
+        self.eos_ids = {self.llm.token_eos()}
+        eot = self.llm._model.token_eot()
+        if eot >= 0:
+            self.eos_ids.add(eot)
+
+        def tok(key: str) -> str:
+            i = int(meta.get(key, -1))
+            return self.llm._model.token_get_text(i) if i >= 0 else ""
+
+        template = meta.get("tokenizer.chat_template")
+        self._fmt = Jinja2ChatFormatter(template, eos_token=tok("tokenizer.ggml.eos_token_id"),
+                                        bos_token=tok("tokenizer.ggml.bos_token_id")) if template else None
+
+    def encode(self, text: str, *, special: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def decode(self, ids: list[int], *, special: bool = False) -> str:
+        ids = ids if special else [i for i in ids if i not in self.eos_ids]
+        return self.llm.detokenize(ids, special=special).decode("utf-8", errors="replace")
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if self._fmt is None:
+            return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+        return self._fmt(messages=messages).prompt
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer from a local directory or the local HF cache (no downloads)."""
+
+    def __init__(self, name: str | Path):
+        transformers = require("transformers", "torch")
+        try:
+            self.tok = transformers.AutoTokenizer.from_pretrained(str(name), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"no local tokenizer {name!r} ({e}); pass tokenizer= a GGUF file or HF dir") from e
+        self.eos_ids = {self.tok.eos_token_id} if self.tok.eos_token_id is not None else set()
+
+    def encode(self, text: str, *, special: bool = False) -> list[int]:
+        return self.tok(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+
+    def decode(self, ids: list[int], *, special: bool = False) -> str:
+        ids = ids if special else [i for i in ids if i not in self.eos_ids]
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def load_tokenizer(spec: str | Path) -> LocalTokenizer:
+    """``'default'`` (the embedded SmolLM2 GGUF), a ``.gguf`` file, or a HF tokenizer dir/name."""
+    if str(spec) == "default":
+        from agent.backends import default_model_path
+
+        return GGUFVocab(default_model_path())
+    if str(spec).endswith(".gguf"):
+        return GGUFVocab(Path(spec).expanduser())
+    return HFTokenizer(spec)
+
+
+def stop_pairs(syntax: ToolSyntax, tools: Iterable[str]) -> list[tuple[str, str]]:
+    """(open, close) tag pairs whose close tags end a model segment: tool calls and the answer."""
+    pairs = [(syntax.call_open, syntax.call_close)] if syntax.json_calls else \
+        [(syntax.open_tag(t), syntax.close_tag(t)) for t in tools]
+    pairs.append((syntax.answer_open, syntax.answer_close))
+    return [p for i, p in enumerate(pairs) if p[1] and p not in pairs[:i]]
+
+
+def _server_root(url: str) -> str:
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+class OpenAIBackend(Backend):
+    """A model behind an OpenAI-compatible ``/v1/completions`` server. ``async with`` it, or call
+    ``aclose()``: that closes the shared HTTP client."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str | None = None, *, tokenizer: str | Path | LocalTokenizer = "default",
+                 api_key: str | None = None, stop: list[tuple[str, str]] | None = None, context_size: int = 4096,
+                 timeout_s: float = 60.0, connect_timeout_s: float = 5.0, max_retries: int = 3,
+                 backoff_s: float = 0.5, max_connections: int = 64, prompt_ids: bool = True,
+                 transport: httpx.AsyncBaseTransport | None = None):
+        self.base_url = _server_root(base_url)
+        self.model = model
+        self.model_id = model or self.base_url
+        self.tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+        self.pairs = list(stop or [])
+        self.context_size = context_size
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.prompt_ids = prompt_ids
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client_args = dict(
+            base_url=self.base_url, headers=headers, transport=transport,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+        self._client: httpx.AsyncClient | None = None
+        self._ready: asyncio.Lock | None = None
+        self._checked = False
+
+    @classmethod
+    def from_config(cls, cfg: "RuntimeConfig") -> "OpenAIBackend":
+        """``cfg.model`` is the server URL, or the served model name with ``cfg.base_url`` (or
+        ``OPENAI_BASE_URL``) as the URL. ``cfg.tokenizer`` (else 'default'), ``cfg.api_key`` (else
+        ``OPENAI_API_KEY``)."""
+        is_url = cfg.model.startswith(("http://", "https://"))
+        url = cfg.model if is_url else getattr(cfg, "base_url", "") or os.environ.get("OPENAI_BASE_URL", "")
+        if not url:
+            raise ConfigError("the openai backend needs a server URL: --model http://HOST:PORT/v1, or the model "
+                              "name with --base-url (or OPENAI_BASE_URL)")
+        name = None if is_url or cfg.model == "default" else cfg.model
+        tokenizer = getattr(cfg, "tokenizer", "") or "default"
+        return cls(url, name, tokenizer=tokenizer, context_size=cfg.n_ctx,
+                   api_key=getattr(cfg, "api_key", "") or os.environ.get("OPENAI_API_KEY"),
+                   stop=stop_pairs(get_syntax(cfg.syntax), cfg.tools))
+
+    # -- text <-> tokens (local) -----------------------------------------------------------------
+    def encode(self, text: str, *, special: bool = False) -> list[int]:
+        return self.tok.encode(text, special=special)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return self.tok.chat_prompt(messages)
+
+    @property
+    def eos_ids(self) -> set[int]:
+        return self.tok.eos_ids
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(**self._client_args)
+        return self._client
+
+    async def __aenter__(self) -> "OpenAIBackend":
+        await self.check()
+        return self
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def check(self) -> None:
+        """Reach the server (with retries), learn the model name, compare tokenizers. Once."""
+        if self._checked:
+            return
+        self._ready = self._ready or asyncio.Lock()
+        async with self._ready:
+            if self._checked:
+                return
+            models = await self._request("GET", "/v1/models")
+            data = models.json().get("data") or [{}]
+            self.model = self.model or data[0].get("id")
+            self.model_id = self.model or self.model_id
+            self.context_size = int(data[0].get("max_model_len") or self.context_size)
+            await self._check_tokenizer()
+            self._checked = True
+
+    async def _check_tokenizer(self) -> None:
+        local = self.encode(_PROBE)
+        for path, body in (("/tokenize", {"model": self.model, "prompt": _PROBE, "content": _PROBE,
+                                         "add_special_tokens": False}),
+                           ("/extras/tokenize", {"input": _PROBE})):
+            try:
+                r = await self.client.post(path, json=body)
+            except httpx.HTTPError:
+                continue
+            if r.status_code == 200 and isinstance(r.json().get("tokens"), list):
+                remote = [t if isinstance(t, int) else t.get("id") for t in r.json()["tokens"]]
+                if remote[-len(local):] != local or len(remote) > len(local) + 1:  # allow a BOS
+                    raise ModelError(f"the local tokenizer does not match the server's at {self.base_url}{path}: "
+                                     f"{local} vs {remote}; pass the served model's tokenizer")
+                return
+        log.info("server %s has no tokenize endpoint; trusting the local tokenizer", self.base_url)
+
+    # -- HTTP with retries ---------------------------------------------------------------------------
+    async def _backoff(self, attempt: int, err: object) -> None:
+        if attempt >= self.max_retries:
+            raise ModelError(f"OpenAI-compatible server at {self.base_url} failed after {attempt + 1} tries: {err}")
+        log.warning("server %s: %s; retry %d/%d", self.base_url, err, attempt + 1, self.max_retries)
+        await asyncio.sleep(self.backoff_s * 2**attempt)
+
+    async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        for attempt in range(self.max_retries + 1):
+            try:
+                r = await self.client.request(method, path, **kw)
+            except httpx.TransportError as e:
+                await self._backoff(attempt, f"{type(e).__name__}: {e}")
+                continue
+            if r.status_code in _RETRY_STATUS:
+                await self._backoff(attempt, f"HTTP {r.status_code}: {r.text[:200]}")
+                continue
+            if r.status_code >= 400:
+                raise ModelError(f"{method} {self.base_url}{path}: HTTP {r.status_code}: {r.text[:500]}")
+            return r
+        raise AssertionError("unreachable")
+
+    # -- generation --------------------------------------------------------------------------------
+    def request_body(self, seq: Sequence, params: SamplingParams, max_tokens: int) -> dict[str, Any]:
+        """The ``/v1/completions`` body; subclasses may add server extensions (grammar, ...)."""
+        prompt: Any = list(seq.ids) if self.prompt_ids else self.tok.decode(seq.ids, special=True)
+        body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
+                                "temperature": params.temperature, "top_p": params.top_p}
+        if self.pairs:
+            body["stop"] = [close for _, close in self.pairs]
+        if params.top_k:
+            body["top_k"] = params.top_k
+        if params.seed is not None:
+            body["seed"] = params.seed
+        return body
+
+    async def _events(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """One streamed completion: each SSE ``choices[0]`` object. Raises httpx errors for retry."""
+        async with self.client.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code >= 400:
+                await r.aread()
+                raise _HTTPStatus(r.status_code, r.text)
+            async for line in r.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                event = json.loads(data)
+                if "error" in event:
+                    raise ModelError(f"server error: {event['error']}")
+                if event.get("choices"):
+                    yield event["choices"][0]
+
+    def _close_tag(self, text: str, choice: dict[str, Any]) -> str | None:
+        """The stop string that ended generation (to put back), or None for EOS."""
+        if "stop_reason" in choice:  # vLLM/SGLang: the matched string, a token id, or None (EOS)
+            reason = choice["stop_reason"]
+            return reason if isinstance(reason, str) else None
+        best, at = None, -1
+        for open_, close in self.pairs:
+            i = text.rfind(open_)
+            if i > at and text.rfind(close) < i:
+                best, at = close, i
+        return best
+
+    async def stream(self, seq: Sequence, append: list[int], params: SamplingParams) -> AsyncIterator[int]:
+        seq.ids.extend(append)
+        await self.check()
+        seq.n_prefilled += len(append)  # what a prefix-caching server has to prefill
+        seq.n_cached += len(seq.ids) - len(append)
+        left = min(params.max_tokens, self.context_size - len(seq.ids))
+        text, attempt = "", 0
+        while left > 0:
+            try:
+                async with contextlib.aclosing(self._events(self.request_body(seq, params, left))) as events:
+                    async for choice in events:
+                        text += choice.get("text") or ""
+                        ids = self.encode(choice.get("text") or "")
+                        finish = choice.get("finish_reason")
+                        if finish == "stop":
+                            tag = self._close_tag(text, choice)
+                            ids += self.encode(tag) if tag is not None else [min(self.eos_ids)]
+                        for tok in ids[:left]:
+                            seq.ids.append(tok)
+                            seq.n_sampled += 1
+                            left -= 1
+                            yield tok
+                        if finish is not None:
+                            return
+                return
+            except _HTTPStatus as e:
+                if e.status in (400, 422) and self.prompt_ids and attempt == 0 and not text:
+                    log.info("server rejected a token-id prompt (%s); sending text", e.status)
+                    self.prompt_ids = False
+                elif e.status not in _RETRY_STATUS:
+                    raise ModelError(f"POST {self.base_url}/v1/completions: HTTP {e.status}: {e.body[:500]}") from e
+                else:
+                    await self._backoff(attempt, e)
+            except (httpx.TransportError, httpx.DecodingError) as e:
+                await self._backoff(attempt, f"{type(e).__name__}: {e}")
+            attempt += 1
+
+
+class _HTTPStatus(Exception):
+    def __init__(self, status: int, body: str):
+        super().__init__(f"HTTP {status}: {body[:200]}")
+        self.status, self.body = status, body

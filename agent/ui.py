@@ -1,0 +1,59 @@
+"""Terminal rendering of a live episode (rich): model text, tool calls and results set apart."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+
+from agent.runtime import DoneEvent, Event, TokenEvent, ToolCallStarted, ToolResultEvent
+from agent.trajectory import Trajectory
+
+__all__ = ["LivePrinter", "read_line"]
+
+
+class LivePrinter:
+    def __init__(self, quiet: bool = False, console: Console | None = None):
+        self.quiet = quiet
+        self.console = console or Console(highlight=False)
+        self.trajectory: Trajectory | None = None
+
+    def handle(self, ev: Event) -> None:
+        if isinstance(ev, DoneEvent):
+            self.trajectory = ev.trajectory
+        if self.quiet:
+            return
+        c = self.console
+        if isinstance(ev, TokenEvent):
+            c.print(escape(ev.text), end="", style="white", soft_wrap=True)
+        elif isinstance(ev, ToolCallStarted):
+            c.print()
+            c.print(Panel(escape(ev.arg), title=f"[bold cyan]{ev.tool}[/] call", border_style="cyan", expand=False))
+        elif isinstance(ev, ToolResultEvent):
+            call = ev.call
+            style = "red" if call.error else "green"
+            title = f"[bold {style}]{call.tool or 'runtime'}[/] result ({call.duration_s * 1000:.0f} ms)"
+            c.print(Panel(escape(call.result), title=title, border_style=style, expand=False))
+        elif isinstance(ev, DoneEvent):
+            t = ev.trajectory
+            c.print()
+            answer = f"answer: [bold]{escape(t.answer)}[/]  " if t.answer else ""
+            c.print(f"[dim]── {answer}tool calls: {len(t.tool_calls)}  tokens: {t.n_generated}  "
+                    f"seconds: {t.seconds:.2f}  stop: {t.stop_reason}[/]")
+
+
+async def read_line(prompt: str) -> str | None:
+    """input() without blocking the event loop; None at end of input."""
+    def _read() -> str | None:
+        try:
+            return input(prompt)
+        except EOFError:
+            return None
+
+    if not sys.stdin.isatty():
+        line = await asyncio.to_thread(sys.stdin.readline)
+        return line.rstrip("\n") if line else None
+    return await asyncio.to_thread(_read)

@@ -1,0 +1,213 @@
+"""Runtime cost of tool calls, measured against baselines in the same run.
+
+1. Overhead per tool call (parse + dispatch + splice; model and tool excluded): a scripted model
+   emits the same number of characters with and without 4 calls to a no-op tool.
+2. llama.cpp on the embedded SmolLM2: an episode with 4 tool calls vs plain generation of the same
+   number of tokens (goal <= 1.1), and the same episode on a naive loop that re-sends the whole
+   context each turn (no KV reuse).
+
+The real-model episode makes its calls on a fixed schedule (every K sampled tokens the call text is
+forced in place of sampling), so the untrained default model makes exactly 4 calls per episode.
+
+    python benchmarks/bench_runtime.py [--tokens 256] [--reps 3] [--out bench_runtime.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent import Agent, SamplingParams, ScriptedBackend, Sequence  # noqa: E402
+from agent.backends.base import Backend  # noqa: E402
+from tools import ToolOutput, tool  # noqa: E402
+
+RESULT = "x = 42, y = 17, x * y = 714"
+
+
+@tool(name="noop")
+def noop(arg: str) -> str:
+    """Returns a fixed short result."""
+    return RESULT
+
+
+async def _noop_async(arg: str) -> ToolOutput:
+    return ToolOutput(RESULT)
+
+
+noop.call = _noop_async  # type: ignore[method-assign]  # no thread hop: measure the runtime alone
+
+
+# -- 1. overhead per call, scripted model ---------------------------------------------------------
+async def overhead_per_call(reps: int = 200) -> dict[str, float]:
+    call = "<noop_start>1<noop_end>"
+    filler = "word " * 40
+    with_calls = [filler + call] * 4 + [filler + "<answer_start>a<answer_end>"]
+    n_chars = sum(map(len, with_calls))
+    plain = ["w" * (n_chars - len("<answer_start>a<answer_end>")) + "<answer_start>a<answer_end>"]
+
+    async def time_script(script: list[str]) -> float:
+        agent = Agent(ScriptedBackend(script), tools=[noop], max_new_tokens=100_000)
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            await agent.run("q")
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    t_calls, t_plain = await time_script(with_calls), await time_script(plain)
+    return {"episode_4_calls_ms": t_calls * 1e3, "episode_plain_ms": t_plain * 1e3,
+            "overhead_per_call_us": (t_calls - t_plain) / 4 * 1e6}
+
+
+# -- 2. real model --------------------------------------------------------------------------------
+class ForcedCalls(Backend):
+    """Wraps a backend: after every ``every`` sampled tokens, the call text is emitted in place of
+    sampling (its tokens are evaluated with the next splice, as a real call's last token would be)."""
+
+    def __init__(self, inner: Backend, call_text: str, every: int, n_calls: int):
+        self.inner, self.every, self.n_calls = inner, every, n_calls
+        self.call_ids = inner.encode(call_text)
+        self.name, self.model_id, self.context_size = inner.name, inner.model_id, inner.context_size
+
+    def encode(self, text: str, *, special: bool = False) -> list[int]:
+        return self.inner.encode(text, special=special)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.inner.decode(ids)
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return self.inner.chat_prompt(messages)
+
+    @property
+    def eos_ids(self) -> set[int]:
+        return set()  # run to the token budget so both sides generate the same count
+
+    def new_sequence(self, seed: int | None = None) -> Sequence:
+        s = self.inner.new_sequence(seed)
+        s.calls_made = 0  # type: ignore[attr-defined]
+        return s
+
+    async def stream(self, seq: Sequence, append: list[int], params: SamplingParams) -> AsyncIterator[int]:
+        n = 0
+        force = seq.calls_made < self.n_calls  # type: ignore[attr-defined]
+        async for tok in self.inner.stream(seq, append, params):
+            if tok in self.inner.eos_ids:  # keep going: replace EOS by a newline
+                seq.ids[-1] = tok = self.inner.encode("\n")[0]
+            yield tok
+            n += 1
+            if force and n >= self.every:
+                break
+        if force and n >= self.every:
+            seq.calls_made += 1  # type: ignore[attr-defined]
+            for tok in self.call_ids:
+                seq.ids.append(tok)
+                yield tok
+
+
+class NoReuse(Backend):
+    """The naive loop: every turn re-encodes the whole context (no KV prefix reuse)."""
+
+    def __init__(self, inner):  # noqa: ANN001
+        self.inner = inner
+
+    def __getattr__(self, name):  # noqa: ANN001
+        return getattr(self.inner, name)
+
+    def encode(self, text, *, special=False):  # noqa: ANN001
+        return self.inner.encode(text, special=special)
+
+    def decode(self, ids):  # noqa: ANN001
+        return self.inner.decode(ids)
+
+    def chat_prompt(self, messages):  # noqa: ANN001
+        return self.inner.chat_prompt(messages)
+
+    @property
+    def eos_ids(self):  # noqa: ANN201
+        return self.inner.eos_ids
+
+    async def stream(self, seq, append, params):  # noqa: ANN001
+        self.inner.llm.reset()  # drop the whole KV cache: the next prefill redoes the context
+        async for tok in self.inner.stream(seq, append, params):
+            yield tok
+
+
+async def plain_generation(backend: Backend, prompt: list[int], n: int) -> float:
+    backend.llm.reset()  # type: ignore[attr-defined]
+    seq = backend.new_sequence()
+    t0 = time.perf_counter()
+    k = 0
+    async for _ in backend.stream(seq, prompt, SamplingParams(max_tokens=n)):
+        k += 1
+    dt = time.perf_counter() - t0
+    if k != n:  # EOS before n: pad with more generation so the token count matches
+        async for _ in backend.stream(seq, backend.encode("\n"), SamplingParams(max_tokens=n - k)):
+            pass
+        dt = time.perf_counter() - t0
+    return dt
+
+
+async def tool_episode(backend: Backend, n_tokens: int, n_calls: int) -> tuple[float, int, int]:
+    every = n_tokens // (n_calls + 1)
+    forced = ForcedCalls(backend, "<noop_start>1<noop_end>", every, n_calls)
+    agent = Agent(forced, tools=[noop], max_new_tokens=n_tokens, max_tool_calls=n_calls + 1)
+    backend.llm.reset()  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    t = await agent.run("Write a short story about a lighthouse keeper who counts ships.")
+    return time.perf_counter() - t0, t.n_generated, len(t.tool_calls)
+
+
+async def real_model(n_tokens: int, reps: int) -> dict[str, float]:
+    from agent.backends import default_model_path
+    from agent.backends.llama_cpp import LlamaCppBackend
+
+    llama = LlamaCppBackend(default_model_path(), n_ctx=2048)
+    agent = Agent(llama, tools=[noop])
+    prompt = llama.encode(llama.chat_prompt(agent.messages(
+        "Write a short story about a lighthouse keeper who counts ships.")), special=True)
+    await plain_generation(llama, prompt, 16)  # warm-up
+    rows: dict[str, list[float]] = {"plain": [], "splice": [], "naive": []}
+    gen = calls = 0
+    for _ in range(reps):
+        dt, gen, calls = await tool_episode(llama, n_tokens, 4)
+        rows["splice"].append(dt)
+        rows["plain"].append(await plain_generation(llama, prompt, gen))
+        rows["naive"].append((await tool_episode(NoReuse(llama), n_tokens, 4))[0])
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    return {"tokens": gen, "tool_calls": calls, "plain_s": med["plain"], "splice_s": med["splice"],
+            "naive_s": med["naive"], "ratio_splice": med["splice"] / med["plain"],
+            "ratio_naive": med["naive"] / med["plain"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--skip-model", action="store_true")
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    res: dict[str, dict[str, float]] = {"overhead": asyncio.run(overhead_per_call())}
+    o = res["overhead"]
+    print(f"runtime overhead per tool call (scripted model, no-op tool): {o['overhead_per_call_us']:.0f} us "
+          f"(episode with 4 calls {o['episode_4_calls_ms']:.2f} ms vs plain {o['episode_plain_ms']:.2f} ms)")
+    if not a.skip_model:
+        r = res["llama_cpp"] = asyncio.run(real_model(a.tokens, a.reps))
+        print(f"llama.cpp SmolLM2-135M, {r['tokens']:.0f} generated tokens, {r['tool_calls']:.0f} tool calls, "
+              f"median of {a.reps}:")
+        print(f"  plain generation          {r['plain_s']:.2f} s   1.00x")
+        print(f"  splice (KV reuse)         {r['splice_s']:.2f} s   {r['ratio_splice']:.2f}x   (goal <= 1.10)")
+        print(f"  naive loop (re-send all)  {r['naive_s']:.2f} s   {r['ratio_naive']:.2f}x")
+    if a.out:
+        a.out.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

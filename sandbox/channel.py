@@ -1,0 +1,116 @@
+"""The host side of one worker: framed JSON over a byte stream, plus the means to kill it.
+
+Backends differ only in how they start a worker and what "kill" means; both hand back a
+``WorkerHandle``. Every frame from the worker is untrusted (user code shares its process), so sizes
+are capped and malformed frames count as a dead worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import struct
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol
+
+from agent.errors import SandboxError
+
+__all__ = ["WorkerHandle", "WorkerDied", "worker_source", "ByteReader"]
+
+HEADER = struct.Struct(">I")
+
+
+class WorkerDied(Exception):
+    """The worker closed its end or broke the protocol (internal: becomes result text)."""
+
+
+class ByteReader(Protocol):
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+@functools.cache
+def worker_source() -> str:
+    return Path(__file__).with_name("_worker.py").read_text()
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    body = json.dumps(obj).encode()
+    return HEADER.pack(len(body)) + body
+
+
+class WorkerHandle:
+    """A started worker. ``kill`` tears down its whole process tree; ``exit_code`` reports how it
+    ended (None when unknown)."""
+
+    def __init__(self, reader: ByteReader, writer: asyncio.StreamWriter | Any,
+                 kill: Callable[[], Awaitable[None]], exit_code: Callable[[], Awaitable[int | None]],
+                 max_frame: int, label: str, alive: Callable[[], bool] = lambda: True):
+        self._reader, self._writer = reader, writer
+        self._kill, self._exit_code, self._alive = kill, exit_code, alive
+        self.max_frame = max_frame
+        self.label = label
+        self.closed = False
+
+    async def handshake(self, cfg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        try:
+            await self._send(cfg)
+            async with asyncio.timeout(timeout_s):
+                reply = await self._receive()
+        except (WorkerDied, TimeoutError) as e:
+            code = await self.exit_code() if not isinstance(e, TimeoutError) else None
+            await self.close()
+            raise SandboxError(f"sandbox worker {self.label} failed to start (exit code {code}): {e}") from e
+        except BaseException:  # cancelled while starting: leave no process behind
+            await self.close()
+            raise
+        if not reply.get("ready"):
+            await self.close()
+            raise SandboxError(f"sandbox worker {self.label} sent an unexpected first frame: {reply!r:.200}")
+        return reply
+
+    async def execute(self, code: str, timeout_s: float, grace_s: float) -> dict[str, Any]:
+        """Run code; raises TimeoutError past ``timeout_s + grace_s`` and WorkerDied on EOF."""
+        await self._send({"code": code, "timeout_s": timeout_s})
+        async with asyncio.timeout(timeout_s + grace_s):
+            return await self._receive()
+
+    async def _send(self, obj: dict[str, Any]) -> None:
+        try:
+            self._writer.write(encode(obj))
+            await self._writer.drain()
+        except (ConnectionError, OSError, RuntimeError) as e:
+            raise WorkerDied(f"write failed: {e}") from e
+
+    async def _receive(self) -> dict[str, Any]:
+        try:
+            (size,) = HEADER.unpack(await self._reader.readexactly(HEADER.size))
+            if size > self.max_frame:
+                raise WorkerDied(f"frame of {size} bytes exceeds {self.max_frame}")
+            frame = json.loads(await self._reader.readexactly(size))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError) as e:
+            raise WorkerDied(str(e) or type(e).__name__) from e
+        if not isinstance(frame, dict):
+            raise WorkerDied("frame is not an object")
+        return frame
+
+    def alive(self) -> bool:
+        return not self.closed and self._alive()
+
+    async def exit_code(self) -> int | None:
+        try:
+            async with asyncio.timeout(2.0):
+                return await self._exit_code()
+        except TimeoutError:
+            return None
+
+    async def close(self) -> None:
+        """Kill the worker and its whole tree. Idempotent; never raises for a dead worker."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._writer.close()
+        except (OSError, RuntimeError):
+            pass
+        await self._kill()

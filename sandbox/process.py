@@ -1,0 +1,225 @@
+"""The process backend: one persistent, isolated Python worker process per session.
+
+Layers, strongest first (each missing one is named in ONE ``SandboxDegraded`` warning):
+
+* a per-worker unprivileged uid (when splice runs as root), so RLIMIT_NPROC counts this worker alone
+  and nothing it starts can signal anything else;
+* bubblewrap: new user, pid, net, ipc, uts and cgroup namespaces, a read-only bind of ``/usr`` and the
+  interpreter only (no /root, /home, host /tmp, project), a size-capped private tmpfs at ``/tmp``,
+  no capabilities, no further user namespaces, ``--die-with-parent``;
+  or, without bubblewrap, ``unshare`` (user + net + pid namespaces; files by unix permissions only);
+* rlimits (AS, CPU, FSIZE, NPROC, NOFILE, CORE) and a seccomp filter, applied by the worker itself
+  before it reads any code;
+* a scrubbed environment, a wall-clock timeout that kills the process tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent.errors import SandboxError
+from sandbox.channel import WorkerHandle, worker_source
+from sandbox.config import SandboxConfig
+from sandbox.layers import HostLayers, probe_host, seccomp_bpf, shared_prefix, warn_missing
+
+__all__ = ["ProcessBackend"]
+
+UID_BASE, UID_SPAN = 1_000_000, 1 << 20
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/ssl/certs", "/etc/mime.types")
+
+
+class ProcessBackend:
+    name = "process"
+
+    def __init__(self, config: SandboxConfig):
+        self.config = config
+        self.python = config.python or os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+        self.mode = "none"
+        self.prefix = self.shared = ""
+        self.layers: HostLayers | None = None
+        self._uids: set[int] = set()
+
+    async def prepare(self) -> None:
+        """Probe the host once per process and pick the strongest mode; warn about what is missing."""
+        self.layers = await asyncio.to_thread(probe_host)
+        self.prefix = str(Path(self.python).resolve().parent.parent)
+        self.shared = await asyncio.to_thread(shared_prefix, self.prefix)
+        self.mode = self._choose_mode(self.layers)
+        self._warn_degraded(self.layers)
+
+    def _choose_mode(self, layers: HostLayers) -> str:
+        wanted = self.config.isolation
+        available = {"bwrap": layers.bwrap, "unshare": layers.unshare, "none": "yes"}
+        if wanted != "auto":
+            if not available[wanted]:
+                raise SandboxError(f"sandbox isolation {wanted!r} was requested but does not work here: "
+                                   "install bubblewrap / enable user namespaces, or use isolation='auto'")
+            return wanted
+        return next(m for m in ("bwrap", "unshare", "none") if available[m])
+
+    def _warn_degraded(self, layers: HostLayers) -> None:
+        if self.mode == "unshare":
+            warn_missing("bubblewrap", "files are protected by unix permissions only; code can read "
+                         "world-readable host files (install the bubblewrap package)")
+        elif self.mode == "none":
+            warn_missing("namespaces", "no bubblewrap or unshare: code shares the host network, sees "
+                         "host processes and world-readable files (install bubblewrap)")
+        if not layers.root:
+            warn_missing("uid separation", "not running as root, so workers run as your own uid: "
+                         "RLIMIT_NPROC is shared with your processes")
+        if self.config.seccomp and not layers.seccomp:
+            warn_missing("seccomp", "pyseccomp/libseccomp not installed: ptrace, mount, raw sockets etc. "
+                         "are not filtered (pip install 'splice[sandbox]')")
+
+    async def start_worker(self) -> WorkerHandle:
+        if self.layers is None:
+            await self.prepare()
+        uid = self._allocate_uid()
+        workdir = await asyncio.to_thread(self._host_workdir, uid)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._command(workdir), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=self._env(workdir), cwd=workdir or "/",
+                start_new_session=True, **self._demote(uid))
+        except OSError as e:
+            self._uids.discard(uid)
+            raise SandboxError(f"cannot start sandbox worker {self._command(workdir)[0]}: {e}") from e
+        handle = self._handle(proc, uid, workdir)
+        try:
+            await handle.handshake(self._worker_config(workdir), timeout_s=30.0)
+        except SandboxError as e:
+            raise SandboxError(f"{e}; stderr: {await _read_some(proc.stderr)!r}") from e
+        return handle
+
+    def _handle(self, proc: asyncio.subprocess.Process, uid: int | None, workdir: str | None) -> WorkerHandle:
+        async def kill() -> None:
+            await self._kill(proc, uid, workdir)
+
+        async def exit_code() -> int | None:
+            return await proc.wait()
+
+        assert proc.stdout is not None and proc.stdin is not None
+        cap = self.config.max_output_chars
+        return WorkerHandle(proc.stdout, proc.stdin, kill, exit_code, max_frame=24 * cap + (1 << 20),
+                            label=f"pid {proc.pid} ({self.mode})", alive=lambda: proc.returncode is None)
+
+    async def _kill(self, proc: asyncio.subprocess.Process, uid: int | None, workdir: str | None) -> None:
+        for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+            try:
+                kill()
+            except (ProcessLookupError, PermissionError):
+                pass
+        await proc.wait()
+        if uid is not None:
+            await asyncio.to_thread(_kill_uid, uid)
+            self._uids.discard(uid)
+        if workdir:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    def _allocate_uid(self) -> int | None:
+        assert self.layers is not None
+        if not self.layers.root:
+            return None
+        while (uid := UID_BASE + random.randrange(UID_SPAN)) in self._uids:
+            continue
+        self._uids.add(uid)
+        return uid
+
+    @staticmethod
+    def _demote(uid: int | None) -> dict[str, Any]:
+        return {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
+
+    def _host_workdir(self, uid: int | None) -> str | None:
+        """bwrap gives the worker a private tmpfs; the other modes need a host directory."""
+        if self.mode == "bwrap":
+            return None
+        path = tempfile.mkdtemp(prefix="splice-sandbox-")
+        if uid is not None:
+            os.chown(path, uid, uid)
+        os.chmod(path, 0o700)
+        return path
+
+    def _env(self, workdir: str | None) -> dict[str, str]:
+        home = workdir or "/tmp"
+        env = {"PATH": SAFE_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
+        if workdir and self.shared != self.prefix:  # RUNPATH points into the unreachable original
+            env["LD_LIBRARY_PATH"] = os.path.join(self.shared, "lib")
+        return env
+
+    def _python_argv(self, outside: bool = False) -> list[str]:
+        """Inside bwrap the interpreter sits at its own path; outside, the shared copy is used."""
+        python = os.path.realpath(self.python)
+        if outside and self.shared != self.prefix:
+            python = self.shared + python[len(self.prefix):]
+        flags = ["-I"] if self.config.site_packages else ["-I", "-S"]
+        return [python, *flags, "-c", worker_source()]
+
+    def _command(self, workdir: str | None) -> list[str]:
+        assert self.layers is not None
+        if self.mode == "bwrap":
+            return [self.layers.bwrap or "bwrap", *self._bwrap_args(), "--", *self._python_argv()]
+        if self.mode == "unshare":
+            return [self.layers.unshare or "unshare", "--user", "--map-root-user", "--net", "--pid", "--fork",
+                    "--kill-child", "--mount-proc", "--", *self._python_argv(outside=True)]
+        return self._python_argv(outside=True)
+
+    def _bwrap_args(self) -> list[str]:
+        args = ["--die-with-parent", "--new-session", "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
+                "--hostname", "sandbox", "--clearenv"]
+        for key, value in self._env(None).items():
+            args += ["--setenv", key, value]
+        args += ["--ro-bind", "/usr", "/usr"]
+        for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
+            if os.path.islink(top):
+                args += ["--symlink", os.readlink(top), top]
+            elif os.path.isdir(top):
+                args += ["--ro-bind", top, top]
+        for path in ETC_FILES:
+            args += ["--ro-bind-try", path, path]
+        if not self.prefix.startswith("/usr/"):
+            args += ["--ro-bind", self.shared, self.prefix]
+        size = str(self.config.tmp_size_mb * 1024 * 1024)
+        args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/tmp",
+                 "--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/", "--chdir", "/tmp"]
+        return args
+
+    def _worker_config(self, workdir: str | None) -> dict[str, Any]:
+        assert self.layers is not None
+        bpf = seccomp_bpf() if self.config.seccomp else None
+        own_pid_ns = self.mode in ("bwrap", "unshare")
+        return {"limits": self.config.limits(), "workdir": workdir or "/tmp",
+                "seccomp": base64.b64encode(bpf).decode() if bpf else None,
+                "reap": "all" if own_pid_ns or self.layers.root else "tree",
+                "max_output_bytes": self.config.max_output_chars}
+
+
+async def _read_some(stream: asyncio.StreamReader | None, limit: int = 2000) -> str:
+    if stream is None:
+        return ""
+    try:
+        async with asyncio.timeout(1.0):
+            return (await stream.read(limit)).decode(errors="replace")
+    except TimeoutError:
+        return ""
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every host process still running as ``uid`` (a worker's private uid)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid == uid:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue

@@ -1,0 +1,183 @@
+"""BatchedTransformersBackend: token-for-token parity with the single-sequence backend while episodes
+join, leave for tool calls and rejoin mid-batch; a slow tool does not hold up other episodes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from types import SimpleNamespace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from agent.backends.base import SamplingParams  # noqa: E402
+from agent.backends.batched import BatchedTransformersBackend  # noqa: E402
+from agent.backends.transformers import TransformersBackend  # noqa: E402
+from agent.errors import ModelError  # noqa: E402
+from tools.base import FunctionTool  # noqa: E402
+
+EOS = 127
+TOK = SimpleNamespace(eos_token_id=EOS)
+
+
+def _tiny_llama():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                   initializer_range=0.2, eos_token_id=EOS, bos_token_id=1)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _tiny_gpt2():
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=512,
+                                  initializer_range=0.2, eos_token_id=EOS, bos_token_id=1)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return _tiny_llama()
+
+
+# Each episode: segments of (ids to append, tokens to take before closing the stream, max_tokens,
+# seconds the "tool" takes before the next segment). Taking fewer than max_tokens closes the stream
+# early, as the runtime does on a tool call; the scheduler has usually sampled past that point.
+SCRIPTS = [
+    [(list(range(2, 40)), 6, 20, 0.02), ([5, 6, 7, 8, 9], 8, 8, 0.0), ([11] * 3, 5, 30, 0.0)],
+    [([3, 4], 10, 10, 0.05), (list(range(60, 80)), 4, 12, 0.01), ([9, 9], 6, 6, 0.0)],
+    [(list(range(10, 25)), 3, 3, 0.0), ([42], 12, 40, 0.03), ([7] * 11, 7, 7, 0.0)],
+    [(list(range(30, 100)), 9, 9, 0.01), ([1, 2, 3], 5, 25, 0.0)],
+    [([8] * 5, 15, 15, 0.0), ([12, 13], 2, 10, 0.02), ([14] * 20, 6, 6, 0.0)],
+]
+
+
+async def _drive(backend, script, seed: int, delay: float = 0.0, **sampling) -> tuple[list[int], list[int]]:
+    await asyncio.sleep(delay)
+    seq = backend.new_sequence(seed)
+    got: list[int] = []
+    for append, take, max_tokens, pause in script:
+        params = SamplingParams(max_tokens=max_tokens, seed=seed, **sampling)
+        n = 0
+        async with contextlib.aclosing(backend.stream(seq, list(append), params)) as toks:
+            async for t in toks:
+                got.append(t)
+                n += 1
+                if n >= take:
+                    break
+        await asyncio.sleep(pause)
+    ids = list(seq.ids)
+    await backend.release(seq)
+    return ids, got
+
+
+async def _single(model, **sampling) -> list[tuple[list[int], list[int]]]:
+    single = TransformersBackend(model=model, tokenizer=TOK)
+    return [await _drive(single, s, seed=i, **sampling) for i, s in enumerate(SCRIPTS)]
+
+
+async def _batched(model, **kw) -> list[tuple[list[int], list[int]]]:
+    sampling = kw.pop("sampling", {})
+    async with BatchedTransformersBackend(model=model, tokenizer=TOK, **kw) as b:
+        runs = [_drive(b, s, seed=i, delay=0.01 * i, **sampling) for i, s in enumerate(SCRIPTS)]
+        return list(await asyncio.gather(*runs))
+
+
+@pytest.mark.parametrize("max_batch", [2, 8])
+async def test_greedy_matches_single_sequence_with_join_and_leave(llama, max_batch):
+    expected = await _single(llama)
+    got = await _batched(llama, max_batch=max_batch, max_len=256, prefill_chunk=16)
+    assert got == expected
+    assert sum(len(g) for _, g in got) > 100
+
+
+async def test_sampled_episodes_do_not_depend_on_the_batch(llama):
+    sampling = {"temperature": 0.9, "top_k": 20, "top_p": 0.95}
+    expected = await _single(llama, **sampling)
+    got = await _batched(llama, max_batch=3, max_len=256, sampling=sampling)
+    assert got == expected
+    assert got != await _single(llama)  # really sampled, not greedy
+
+
+async def test_lean_forward_is_used_for_llama(llama):
+    async with BatchedTransformersBackend(model=llama, tokenizer=TOK, max_batch=2, max_len=64) as b:
+        assert b.lean
+        await _drive(b, SCRIPTS[1], seed=0)
+        assert b.decode_steps > 0
+
+
+async def test_hf_fallback_for_other_architectures_matches_single():
+    gpt2 = _tiny_gpt2()
+    expected = await _single(gpt2)
+    async with BatchedTransformersBackend(model=gpt2, tokenizer=TOK, max_batch=3, max_len=256) as b:
+        assert not b.lean
+        got = await asyncio.gather(*[_drive(b, s, seed=i, delay=0.01 * i) for i, s in enumerate(SCRIPTS)])
+    assert list(got) == expected
+
+
+async def test_slow_tool_in_one_episode_does_not_delay_the_others(llama):
+    sleep_s = 1.5
+
+    async def sleeper(query: str) -> str:
+        """Sleeps, then answers."""
+        await asyncio.sleep(sleep_s)
+        return "done"
+
+    tool = FunctionTool(sleeper)
+    async with BatchedTransformersBackend(model=llama, tokenizer=TOK, max_batch=4, max_len=256) as b:
+        t0 = time.perf_counter()
+
+        async def with_tool() -> float:
+            seq = b.new_sequence(0)
+            async with contextlib.aclosing(b.stream(seq, [2, 3, 4], SamplingParams(max_tokens=50))) as it:
+                async for _ in it:
+                    break  # the "tool call": leave the batch
+            out = await tool.call("x")
+            t_tool = time.perf_counter() - t0
+            async with contextlib.aclosing(b.stream(seq, [5, len(out.text)], SamplingParams(max_tokens=3))) as it:
+                assert len([t async for t in it]) == 3
+            await b.release(seq)
+            return t_tool
+
+        async def without_tool() -> float:
+            seq = b.new_sequence(1)
+            async with contextlib.aclosing(b.stream(seq, [6, 7, 8], SamplingParams(max_tokens=60))) as it:
+                n = len([t async for t in it if t != EOS])
+            await b.release(seq)
+            assert n >= 20
+            return time.perf_counter() - t0
+
+        t_tool, t_plain = await asyncio.gather(with_tool(), without_tool())
+    assert t_tool >= sleep_s
+    assert t_plain < sleep_s / 2, f"plain episode took {t_plain:.2f}s, the tool slept {sleep_s}s"
+
+
+async def test_more_episodes_than_slots_wait_for_a_free_slot(llama):
+    async with BatchedTransformersBackend(model=llama, tokenizer=TOK, max_batch=1, max_len=128) as b:
+        got = await asyncio.gather(*[_drive(b, SCRIPTS[i], seed=i) for i in (1, 2)])
+    single = TransformersBackend(model=llama, tokenizer=TOK)
+    assert list(got) == [await _drive(single, SCRIPTS[i], seed=i) for i in (1, 2)]
+
+
+async def test_stream_stops_at_the_slot_size(llama):
+    async with BatchedTransformersBackend(model=llama, tokenizer=TOK, max_batch=1, max_len=20) as b:
+        seq = b.new_sequence(0)
+        toks = [t async for t in b.stream(seq, list(range(2, 12)), SamplingParams(max_tokens=100))]
+        assert len(seq.ids) <= 20
+        assert len(toks) == 10 or toks[-1] == EOS
+        assert [t async for t in b.stream(seq, [3] * 10, SamplingParams(max_tokens=5))] == []
+
+
+async def test_closed_backend_raises(llama):
+    b = BatchedTransformersBackend(model=llama, tokenizer=TOK, max_batch=1, max_len=32)
+    async with b:
+        seq = b.new_sequence(0)
+        assert len([t async for t in b.stream(seq, [2, 3], SamplingParams(max_tokens=2))]) == 2
+        task = b._sched.task
+    assert task.done()
+    with pytest.raises(ModelError):
+        async for _ in b.stream(seq, [4], SamplingParams(max_tokens=2)):
+            pass

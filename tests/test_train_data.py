@@ -1,0 +1,173 @@
+"""Training data synthesis: plans, execution with tools, checks, determinism, probe targets."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tools.base import FunctionTool, ToolOutput
+from train.data import (
+    DataConfig,
+    Plan,
+    answer,
+    arith_plans,
+    build_plans,
+    call,
+    execute,
+    gsm8k_plan,
+    hotpot_plan,
+    musique_plan,
+    plain_plans,
+    read_jsonl,
+    synthesize,
+    text,
+    write_jsonl,
+)
+from train.probe import QAPair, probe_plans
+
+
+def _py(code: str) -> ToolOutput:
+    """A stand-in for the sandbox in unit tests: runs trusted test code in-process."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        exec(code, {})  # noqa: S102 - test-only fake of the python tool on code this test wrote
+    return ToolOutput(buf.getvalue())
+
+
+PASSAGES = {
+    "Journal of Psychotherapy Integration": "The Journal of Psychotherapy Integration is published by the "
+                                             "American Psychological Association.",
+    "American Psychological Association": "The first president of the American Psychological Association "
+                                          "was G. Stanley Hall.",
+}
+
+
+def _search(query: str) -> ToolOutput:
+    hits = [f"[{t}] {p}" for t, p in PASSAGES.items() if any(w.lower() in p.lower() for w in query.split()[-3:])]
+    return ToolOutput("\n".join(hits) or "no results", error=False)
+
+
+@pytest.fixture
+def tools():
+    return {"python": FunctionTool(_py, name="python"), "search": FunctionTool(_search, name="search")}
+
+
+async def test_execute_splices_real_results_and_fills_answer(tools):
+    plan = Plan("t-1", "arith", "What is 1234 * 5678?",
+                [text("Let me compute.\n"), call("python", "print(1234 * 5678)"), text("It is {r}.\n"), answer("{r}")],
+                "7006652", check=lambda res: res[-1].strip() == "7006652")
+    ex = await execute(plan, tools, "SYSTEM")
+    parts = ex["messages"][-1]["content"]
+    assert [p["type"] for p in parts] == ["text", "call", "result", "text", "answer"]
+    assert parts[2]["text"] == "7006652\n"
+    assert parts[3]["text"] == "It is 7006652.\n" and parts[4]["text"] == "7006652"
+    assert ex["messages"][0] == {"role": "system", "content": "SYSTEM"}
+
+
+async def test_execute_drops_examples_the_tool_contradicts(tools):
+    plan = Plan("t-2", "arith", "q", [call("python", "print(2 + 2)"), answer("{r}")], "5",
+                check=lambda res: res[-1].strip() == "5")
+    assert await execute(plan, tools, "S") is None
+    failing = FunctionTool(lambda code: ToolOutput("Traceback ...", error=True), name="python")
+    assert await execute(Plan("t-3", "arith", "q", [call("python", "1/0")], "x"), {"python": failing}, "S") is None
+
+
+async def test_task_families_run_and_agree_with_gold(tools):
+    for fam in ("arith", "count", "compare", "length", "reverse"):
+        plans = arith_plans(fam, 6, seed=7)
+        rows = [await execute(p, tools, "S") for p in plans]
+        assert all(r is not None for r in rows), fam  # the tool's output matches every gold answer
+        for r in rows:
+            assert any(p["type"] == "call" and p["tool"] == "python" for p in r["messages"][-1]["content"])
+
+
+def test_gsm8k_annotations_become_a_program():
+    rec = {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+                       "clips in May. How many clips did Natalia sell altogether in April and May?",
+           "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 "
+                     "clips altogether in April and May.\n#### 72"}
+    plan = gsm8k_plan(rec, 0, random.Random(0))
+    code = plan.parts[1]["arg"]
+    assert "s1 = 48/2" in code and "s2 = 48+s1" in code and code.endswith("print(s2)")
+    assert "<<" not in code and plan.gold == "72"
+    assert _py(code).text.strip() in ("72", "72.0")
+
+
+def test_gsm8k_skips_unsafe_annotations():
+    rec = {"question": "q", "answer": "x = <<__import__('os')=1>>1\n#### 1"}
+    assert gsm8k_plan(rec, 0, random.Random(0)) is None
+
+
+async def test_multihop_plans_search_each_hop(tools):
+    rec = {"id": "m1", "question": "Who was the first president of the association which published "
+                                   "Journal of Psychotherapy Integration?", "answer": "G. Stanley Hall",
+           "question_decomposition": [
+               {"id": 1, "question": "What company published Journal of Psychotherapy Integration?",
+                "answer": "American Psychological Association"},
+               {"id": 2, "question": "Who was the first president of #1 ?", "answer": "G. Stanley Hall"}]}
+    plan = musique_plan(rec, 0, random.Random(0))
+    queries = [p["arg"] for p in plan.parts if p["type"] == "call"]
+    assert queries[1] == "Who was the first president of American Psychological Association ?"
+    ex = await execute(plan, tools, "S")
+    assert ex is not None and ex["answer"] == "G. Stanley Hall"
+    bad = dict(rec, question_decomposition=[dict(rec["question_decomposition"][0], answer="Nobody Known")])
+    assert await execute(musique_plan(bad, 0, random.Random(0)), tools, "S") is None
+
+
+def test_hotpot_plan_shapes():
+    rec = {"_id": "h", "question": "Q?", "answer": "yes", "supporting_facts": [["A", 0], ["B", 1], ["A", 2]]}
+    plan = hotpot_plan(rec, 0, random.Random(0))
+    assert [p["arg"] for p in plan.parts if p["type"] == "call"] == ["A", "B"]
+    assert hotpot_plan(dict(rec, supporting_facts=[["A", 0]]), 0, random.Random(0)) is None
+
+
+def test_plain_plans_have_no_calls():
+    for p in plain_plans(20, seed=3):
+        assert all(part["type"] in ("text", "answer") for part in p.parts)
+        assert p.parts[-1]["text"] == p.gold
+
+
+async def test_synthesis_is_deterministic_and_limited(tools, tmp_path):
+    cfg = DataConfig(n_arith=5, n_count=5, n_compare=2, n_length=2, n_reverse=2, n_plain=4, seed=11)
+    rows1 = await synthesize(build_plans(cfg), tools, "splice", concurrency=3)
+    rows2 = await synthesize(build_plans(cfg), tools, "splice", concurrency=1)
+    assert rows1 == rows2 and len(rows1) == 20
+    path = write_jsonl(rows1, tmp_path / "d.jsonl")
+    assert read_jsonl(path) == json.loads(json.dumps(rows1))
+    assert len({r["id"] for r in rows1}) == len(rows1)
+
+
+async def test_system_prompt_is_the_runtimes(tools):
+    from agent.backends.scripted import ScriptedBackend
+    from agent.runtime import Agent
+
+    rows = await synthesize(plain_plans(1, 0), tools, "splice")
+    want = Agent(ScriptedBackend([]), tools=list(tools.values()), syntax="splice").system_prompt()
+    assert rows[0]["messages"][0]["content"] == want
+
+
+def test_probe_targets():
+    pairs = [QAPair("a", "Capital of France?", "Paris"), QAPair("b", "Who wrote X?", "Y Z")]
+    on = probe_plans(pairs, [1.0, 0.0], threshold=0.5, search=True)
+    assert on[0].parts == [answer("Paris")]
+    assert [p["type"] for p in on[1].parts] == ["text", "call", "text", "answer"] and on[1].family == "probe_search"
+    off = probe_plans(pairs, [0.75, 0.25], threshold=0.5, search=False)
+    assert off[1].family == "probe_refuse" and "search" not in off[1].tools
+    assert "know" in off[1].parts[-1]["text"].lower()
+
+
+async def test_real_python_tool_runs_a_plan():
+    """The real sandboxed python tool (the one `agent train data` uses) executes a generated plan."""
+    from tools.base import get_tool
+
+    py = get_tool("python")
+    try:
+        ex = await execute(arith_plans("arith", 1, seed=5)[0], {"python": py}, "S")
+    finally:
+        await py.aclose()
+    assert ex is not None and ex["messages"][-1]["content"][2]["type"] == "result"

@@ -1,0 +1,274 @@
+"""Local BM25 search over the user's documents: one SQLite file with an FTS5 index.
+
+Schema: ``docs`` (one row per document, unique content hash, so adding a document twice is a
+no-op), ``passages`` (an FTS5 table of title, text and doc id), ``terms`` (document frequency of
+every indexed term, refreshed after each build) and ``meta`` (passage count, average length, a
+generation number that changes with every build so cached results of an older index are not reused).
+
+Query path. Queries are tokenised in Python into words that are quoted and ORed, so no input can be
+read as FTS5 syntax (``AND``, ``NEAR``, quotes, ``col:``, ``-``, ``*``). FTS5 scores every row that
+matches any term, which is slow for very common words (a 5-word query holding "the" scores nearly
+every passage). So, like Lucene's CommonTermsQuery: terms in more than ``common_df_ratio`` of the
+passages (and more than ``common_df_min`` passages) only *score*, they do not select. Candidates are
+the FTS5 bm25 top ``rerank`` on the rarer terms, then re-scored in Python with the full BM25 (same
+formula and column weights as FTS5's ``bm25()``) over all terms. When every term is rare (small
+corpora, specific questions) the result is plain FTS5 bm25, exactly. ``prune=False`` always scores
+everything (the exact baseline the benchmark compares against).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import sqlite3
+import threading
+import time
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from agent.errors import SearchError
+from tools.search.base import Passage
+from tools.search.corpus import Document, chunk_text, iter_documents
+
+__all__ = ["LocalIndex", "LocalBackend", "IndexStats", "build_index", "tokenize", "match_expression"]
+
+SCHEMA_VERSION = "1"
+TITLE_WEIGHT, TEXT_WEIGHT = 2.0, 1.0
+K1, B = 1.2, 0.75
+MAX_TERMS = 32
+_WORD = re.compile(r"[^\W_]+")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS docs (id INTEGER PRIMARY KEY, digest TEXT NOT NULL UNIQUE,
+                                 title TEXT NOT NULL, source TEXT NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS passages USING fts5(
+    title, text, doc_id UNINDEXED, tokenize = 'unicode61 remove_diacritics 2');
+CREATE TABLE IF NOT EXISTS terms (term TEXT PRIMARY KEY, df INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO passages(passages, rank) VALUES ('rank', 'bm25({TITLE_WEIGHT}, {TEXT_WEIGHT}, 0)');
+"""
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words without diacritics: what FTS5's ``unicode61 remove_diacritics 2`` keeps."""
+    text = text.lower()
+    if not text.isascii():
+        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return _WORD.findall(text)
+
+
+def match_expression(terms: Iterable[str], op: str = "OR") -> str:
+    """An FTS5 MATCH string that ORs (or ANDs) quoted words: never an FTS5 syntax error."""
+    return f" {op} ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+@dataclass
+class IndexStats:
+    docs_added: int = 0
+    docs_skipped: int = 0
+    passages_added: int = 0
+    passages_total: int = 0
+    seconds: float = 0.0
+
+    def summary(self, out: str | Path) -> str:
+        return (f"indexed {self.docs_added} docs ({self.docs_skipped} already present) into "
+                f"{self.passages_added} passages in {self.seconds:.1f}s; {out} now holds "
+                f"{self.passages_total} passages")
+
+
+# -- building ---------------------------------------------------------------------------------------
+
+
+def _open_for_write(out: Path) -> sqlite3.Connection:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(out, isolation_level=None)
+    try:
+        db.executescript("PRAGMA journal_mode=DELETE; PRAGMA synchronous=OFF; PRAGMA cache_size=-262144;")
+        db.executescript(_SCHEMA)
+    except sqlite3.OperationalError as e:
+        db.close()
+        if "fts5" in str(e):
+            raise SearchError("this Python's SQLite was built without FTS5; use a Python whose sqlite3 "
+                              "has FTS5 (python.org and most distribution builds do)") from e
+        raise SearchError(f"{out} is not a writable search index: {e}") from e
+    return db
+
+
+def _add_document(db: sqlite3.Connection, doc: Document, chunk_chars: int, overlap: int) -> int | None:
+    """Passages added for ``doc``; ``None`` when the same content is already indexed."""
+    cur = db.execute("INSERT OR IGNORE INTO docs (digest, title, source) VALUES (?, ?, ?)",
+                     (doc.digest, doc.title, doc.source))
+    if cur.rowcount == 0:
+        return None
+    chunks = chunk_text(doc.text, chunk_chars, overlap) or [""]
+    db.executemany("INSERT INTO passages (title, text, doc_id) VALUES (?, ?, ?)",
+                   [(doc.title, c, cur.lastrowid) for c in chunks])
+    return len(chunks)
+
+
+def _refresh_stats(db: sqlite3.Connection) -> int:
+    """Merge FTS segments, recompute document frequencies and corpus stats; the passage count."""
+    db.execute("INSERT INTO passages(passages) VALUES ('optimize')")
+    db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab USING fts5vocab(main, passages, row)")
+    db.execute("BEGIN")
+    db.execute("DELETE FROM terms")
+    db.execute("INSERT INTO terms SELECT term, doc FROM temp.vocab")
+    n = db.execute("SELECT count(*) FROM passages").fetchone()[0]
+    tokens = db.execute("SELECT coalesce(sum(cnt), 0) FROM temp.vocab").fetchone()[0]
+    gen = int((db.execute("SELECT value FROM meta WHERE key='generation'").fetchone() or ["0"])[0]) + 1
+    meta = {"schema": SCHEMA_VERSION, "passages": n, "avgdl": tokens / max(n, 1), "generation": gen}
+    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
+    db.execute("COMMIT")
+    return n
+
+
+def build_index(paths: Iterable[str | Path], out: str | Path, *, chunk_chars: int = 1000,
+                overlap: int = 150, progress: bool = True, batch: int = 2000) -> IndexStats:
+    """Index the documents under ``paths`` into the SQLite file ``out`` (created, or added to:
+    documents already there are skipped by content hash). Returns counts and time taken."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    out = Path(out).expanduser()
+    start = time.perf_counter()
+    stats = IndexStats()
+    db = _open_for_write(out)
+    columns = (SpinnerColumn(), TextColumn("indexing {task.fields[docs]} docs, "
+               "{task.fields[passages]} passages"), TimeElapsedColumn())
+    try:
+        with Progress(*columns, disable=not progress, transient=True) as bar:
+            task = bar.add_task("index", total=None, docs=0, passages=0)
+            db.execute("BEGIN")
+            for i, doc in enumerate(iter_documents(paths), 1):
+                added = _add_document(db, doc, chunk_chars, overlap)
+                stats.docs_added += added is not None
+                stats.docs_skipped += added is None
+                stats.passages_added += added or 0
+                if i % batch == 0:
+                    db.execute("COMMIT")
+                    db.execute("BEGIN")
+                    bar.update(task, docs=i, passages=stats.passages_added)
+            db.execute("COMMIT")
+            bar.update(task, docs=stats.docs_added + stats.docs_skipped, passages=stats.passages_added)
+            stats.passages_total = _refresh_stats(db)
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    finally:
+        db.close()
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+# -- searching --------------------------------------------------------------------------------------
+
+
+class LocalIndex:
+    """A read-only, thread-safe handle on an index file. ``search`` is synchronous (about a
+    millisecond); ``LocalBackend`` runs it in a worker thread."""
+
+    def __init__(self, path: str | Path, *, prune: bool = True, common_df_ratio: float = 0.02,
+                 common_df_min: int = 1000, rerank: int = 30):
+        self.path = Path(path).expanduser().resolve()
+        if not self.path.is_file():
+            raise SearchError(f"search index {self.path} does not exist; build it with "
+                              f"`agent index build DOCS... -o {self.path}`")
+        self.prune, self.common_df_ratio, self.common_df_min, self.rerank = (
+            prune, common_df_ratio, common_df_min, rerank)
+        self._db = sqlite3.connect(self.path.as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+        self._lock = threading.Lock()
+        try:
+            self._db.execute("PRAGMA mmap_size=1073741824")
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
+            self._db.execute("SELECT rowid FROM passages LIMIT 0")
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise SearchError(f"{self.path} is not a splice search index ({e}); rebuild it with "
+                              "`agent index build`") from e
+        if meta.get("schema") != SCHEMA_VERSION:
+            self._db.close()
+            raise SearchError(f"{self.path} has index schema {meta.get('schema')!r}, this splice reads "
+                              f"{SCHEMA_VERSION!r}; rebuild it with `agent index build`")
+        self.n_passages = int(meta["passages"])
+        self.avgdl = float(meta["avgdl"]) or 1.0
+        self.generation = int(meta["generation"])
+
+    def search(self, query: str, k: int) -> list[Passage]:
+        terms = list(dict.fromkeys(tokenize(query)))
+        if not terms or k <= 0:
+            return []
+        with self._lock:
+            df = self._doc_freqs(terms)
+            terms = sorted((t for t in terms if df.get(t)), key=df.__getitem__)[:MAX_TERMS]
+            if not terms:
+                return []
+            rows = self._candidates(terms, df, k)
+        ranked = [r[1:] for r in rows] if rows and rows[0][0] is None else self._rescore(rows, terms, df)
+        return [Passage(title, text, source) for title, text, source in ranked[:k]]
+
+    def _doc_freqs(self, terms: list[str]) -> dict[str, int]:
+        marks = ",".join("?" * len(terms))
+        return dict(self._db.execute(f"SELECT term, df FROM terms WHERE term IN ({marks})", terms))
+
+    def _candidates(self, terms: list[str], df: dict[str, int], k: int) -> list[tuple]:
+        """Rows ``(score_or_None, title, text, source)``; ``None`` scores mean "already ranked"."""
+        cutoff = max(self.common_df_min, self.common_df_ratio * self.n_passages)
+        rare = [t for t in terms if df[t] <= cutoff] if self.prune else terms
+        if len(rare) == len(terms):
+            return [(None, *r) for r in self._query(match_expression(terms), k, ranked=True)]
+        if rare:
+            return [(0.0, *r) for r in self._query(match_expression(rare), max(k, self.rerank), True)]
+        # Only common words: passages holding all of them, else the rarest one; scored below.
+        rows = self._query(match_expression(terms, "AND"), self.rerank * 10, ranked=False)
+        if len(rows) < k:
+            rows += self._query(match_expression(terms[:1]), self.rerank * 10, ranked=False)
+        return [(0.0, *r) for r in dict.fromkeys(rows)]
+
+    def _query(self, match: str, limit: int, ranked: bool) -> list[tuple[str, str, str]]:
+        order = "ORDER BY rank" if ranked else ""
+        sql = (f"SELECT p.title, p.text, d.source FROM (SELECT rowid AS r, title, text, doc_id, rank "
+               f"FROM passages WHERE passages MATCH ? {order} LIMIT ?) AS p "
+               f"JOIN docs AS d ON d.id = p.doc_id ORDER BY p.rank")
+        return self._db.execute(sql, (match, limit)).fetchall()
+
+    def _rescore(self, rows: list[tuple], terms: list[str], df: dict[str, int]) -> list[tuple[str, str, str]]:
+        n = self.n_passages
+        idf = {t: max(math.log((n - df[t] + 0.5) / (df[t] + 0.5)), 1e-6) for t in terms}
+        scored = []
+        for i, (_, title, text, source) in enumerate(rows):
+            title_tf, text_tf = Counter(tokenize(title)), Counter(tokenize(text))
+            norm = K1 * (1 - B + B * (title_tf.total() + text_tf.total()) / self.avgdl)
+            score = 0.0
+            for t in terms:
+                tf = TITLE_WEIGHT * title_tf[t] + TEXT_WEIGHT * text_tf[t]
+                score += idf[t] * tf * (K1 + 1) / (tf + norm)
+            scored.append((-score, i, (title, text, source)))
+        scored.sort()
+        return [r for _, _, r in scored]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class LocalBackend:
+    """``SearchBackend`` over a ``LocalIndex``; searches run in a worker thread."""
+
+    name = "local"
+
+    def __init__(self, index: str | Path, **options: object):
+        self.index = LocalIndex(index, **options)  # type: ignore[arg-type]
+        self.cache_key = f"local:{self.index.path}@{self.index.generation}"
+        self._closed = False
+
+    async def search(self, query: str, k: int) -> list[Passage]:
+        return await asyncio.to_thread(self.index.search, query, k)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.index.close()

@@ -1,0 +1,447 @@
+"""Tool-use training data, synthesised by running the real tools.
+
+Each family turns a source question into a *plan*: words, tool calls and an answer, written in parts
+(see ``train.render``). ``execute`` runs every call through the real tool (the Python sandbox, the
+local search index), splices the real result in as a ``result`` part, fills ``{r}`` in later text
+with the last result, and keeps the example only when the results agree with the gold answer.
+
+Families: ``arith``/``count``/``compare``/``length``/``reverse`` (the eval task generators, other
+seeds), ``gsm8k`` (its ``<<expr=value>>`` annotations become a Python program), ``multihop``
+(HotpotQA/MuSiQue questions become search calls over a local index of their passages), ``plain``
+(questions answered without a tool) and ``identity``. Output: JSONL, one chat per line, deterministic
+by seed (``Plan.id`` order, never completion order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from agent.errors import ConfigError, DataError
+from tools.base import Tool
+
+__all__ = ["DataConfig", "Plan", "execute", "synthesize", "build_plans", "system_prompt", "write_jsonl",
+           "read_jsonl", "arith_plans", "gsm8k_plan", "musique_plan", "hotpot_plan", "plain_plans",
+           "text", "call", "answer", "TASK_FAMILIES"]
+
+TASK_FAMILIES = ("arith", "count", "compare", "length", "reverse")
+
+
+@dataclass
+class DataConfig:
+    out: str = field(default="data/sft.jsonl", metadata={"help": "output JSONL"})
+    syntax: str = field(default="splice", metadata={"help": "tag syntax of the examples"})
+    seed: int = field(default=1000, metadata={"help": "data seed (task generators use seed, seed+1, ...)"})
+    n_arith: int = field(default=300, metadata={"help": "arithmetic word problems (python)"})
+    n_count: int = field(default=300, metadata={"help": "letter counting (python)"})
+    n_compare: int = field(default=60, metadata={"help": "decimal comparison (python)"})
+    n_length: int = field(default=60, metadata={"help": "string length (python)"})
+    n_reverse: int = field(default=60, metadata={"help": "string reversal (python)"})
+    n_gsm8k: int = field(default=300, metadata={"help": "GSM8K train problems converted to code"})
+    n_multihop: int = field(default=200, metadata={"help": "HotpotQA/MuSiQue questions as search calls"})
+    n_plain: int = field(default=150, metadata={"help": "questions answered without a tool"})
+    n_identity: int = field(default=0, metadata={"help": "identity examples (needs --name)"})
+    gsm8k: str = field(default="", metadata={"help": "GSM8K train JSONL (question, answer with <<e=v>>)"})
+    multihop: str = field(default="", metadata={"help": "dir with hotpotqa_train*.json / musique_train*.json"})
+    index: str = field(default="", metadata={"help": "search index path (built from the multihop passages)"})
+    multihop_holdout: float = field(default=0.2, metadata={
+        "help": "share of multihop questions kept out of training (by id hash), written next to --out "
+                "as <out>.heldout-{hotpotqa,musique}.json for evaluation"})
+    name: str = field(default="", metadata={"help": "assistant name for identity examples"})
+    maker: str = field(default="", metadata={"help": "assistant maker for identity examples"})
+    concurrency: int = field(default=4, metadata={"help": "examples executed at once"})
+
+    def __post_init__(self) -> None:
+        if self.n_gsm8k and not self.gsm8k:
+            self.n_gsm8k = 0
+        if self.n_multihop and not self.multihop:
+            self.n_multihop = 0
+        if self.n_multihop and not self.index:
+            raise ConfigError("--n-multihop needs --index PATH (built from --multihop passages if missing)")
+        if self.n_identity and not self.name:
+            raise ConfigError("--n-identity needs --name (and --maker) for the assistant")
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be >= 1")
+
+
+# -- parts ----------------------------------------------------------------------------------------
+def text(s: str) -> dict[str, Any]:
+    return {"type": "text", "text": s}
+
+
+def call(tool: str, arg: str) -> dict[str, Any]:
+    return {"type": "call", "tool": tool, "arg": arg}
+
+
+def answer(s: str) -> dict[str, Any]:
+    return {"type": "answer", "text": s}
+
+
+@dataclass
+class Plan:
+    """An example before its calls have run. ``check(results)`` keeps it only if the real results
+    support the gold answer. ``tools`` are the tools the system prompt offers."""
+
+    id: str
+    family: str
+    question: str
+    parts: list[dict[str, Any]]
+    gold: str
+    check: Callable[[list[str]], bool] | None = None
+    tools: tuple[str, ...] = ("python", "search")
+
+
+def _fill(part: dict[str, Any], results: list[str]) -> dict[str, Any]:
+    if part["type"] not in ("text", "answer") or not results:
+        return part
+    return {**part, "text": part["text"].replace("{r}", results[-1].strip())}
+
+
+async def execute(plan: Plan, tools: Mapping[str, Tool], system: str) -> dict[str, Any] | None:
+    """Run the plan's calls through the tools, one session per example; None if a call fails or
+    the results do not support the answer."""
+    parts: list[dict[str, Any]] = []
+    results: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        sessions: dict[str, Any] = {}
+        for part in plan.parts:
+            if part["type"] != "call":
+                parts.append(_fill(part, results))
+                continue
+            name = part["tool"]
+            if name not in sessions:
+                sessions[name] = await stack.enter_async_context(tools[name].session())
+            out = await sessions[name](part["arg"])
+            if out.error:
+                return None
+            results.append(out.text)
+            parts += [part, {"type": "result", "text": out.text}]
+    if plan.check is not None and not plan.check(results):
+        return None
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": plan.question},
+                {"role": "assistant", "content": parts}]
+    return {"id": plan.id, "family": plan.family, "tools": list(plan.tools), "answer": plan.gold,
+            "messages": messages}
+
+
+def system_prompt(tools: Sequence[Tool], syntax: str) -> str:
+    """The runtime's own system prompt for these tools (``Agent.system_prompt``)."""
+    from agent.backends.scripted import ScriptedBackend
+    from agent.runtime import Agent
+
+    return Agent(ScriptedBackend([]), tools=list(tools), syntax=syntax).system_prompt()
+
+
+# -- task-generator families ------------------------------------------------------------------------
+_INTRO_CODE = ("I'll compute this with Python.\n", "Let me calculate it exactly.\n",
+               "This needs exact arithmetic, so I'll run code.\n", "I'll use Python to get it right.\n")
+_INTRO_COUNT = ("I'll count with Python instead of guessing.\n", "Counting letters by eye is error-prone; "
+                "let me use code.\n", "Let me count it with code.\n")
+_OUTRO = ("The result is {r}.\n", "Python gives {r}.\n", "So the answer is {r}.\n")
+
+
+def _correct(gold: str) -> Callable[[list[str]], bool]:
+    from agent.evals.metrics import is_correct
+
+    return lambda results: bool(results) and is_correct(results[-1].strip(), gold)
+
+
+def _arith_code(question: str, kind: str) -> str:
+    n = [int(x) for x in re.findall(r"\d+", question)]
+    expr = {"mul": "{0} * {1}", "add": "{0} + {1}", "sub": "{0} - {1}", "mul_sub": "{0} * {1} - {2}"}[kind]
+    return "print(" + expr.format(*n) + ")"
+
+
+def _task_code(ex: Any) -> str:
+    m, fam = ex.meta, ex.family
+    if fam == "arith":
+        return _arith_code(ex.question, m["kind"])
+    if fam == "count":
+        return f"text = {m['text']!r}\nprint(text.lower().count({m['letter']!r}))"
+    if fam == "compare":
+        a, b = re.findall(r"\d+\.\d+", ex.question)[:2]
+        return f"print({'max' if m['want'] == 'larger' else 'min'}({a}, {b}))"
+    if fam == "length":
+        return f"print(len({m['text']!r}))"
+    return f"print({m['text']!r}[::-1])"
+
+
+def arith_plans(family: str, n: int, seed: int) -> list[Plan]:
+    """Plans for one eval task family, from ``agent.evals.tasks.generate`` with this seed."""
+    from agent.evals.tasks import generate
+
+    rng = random.Random(f"plans:{family}:{seed}")
+    out = []
+    for ex in generate(family, n, seed):
+        intro = rng.choice(_INTRO_COUNT if family == "count" else _INTRO_CODE)
+        parts = [text(intro), call("python", _task_code(ex)), text(rng.choice(_OUTRO)), answer("{r}")]
+        out.append(Plan(f"{ex.id}", family, ex.question, parts, ex.answer, _correct(ex.answer)))
+    return out
+
+
+# -- GSM8K ------------------------------------------------------------------------------------------
+_ANNOT = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
+_SAFE_EXPR = re.compile(r"^[\d\s.+\-*/()%]+$")
+
+
+def gsm8k_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None:
+    """A GSM8K solution as a program: one ``sN = expr`` line per annotation (earlier results become
+    variables), each step's sentence as a comment, then ``print`` of the last step."""
+    question, sol = rec["question"], rec["answer"]
+    gold = sol.rsplit("####", 1)[-1].strip().replace(",", "")
+    lines, steps = [], []  # steps: (var, value)
+    for line in sol.split("####")[0].splitlines():
+        found = _ANNOT.findall(line)
+        if not found:
+            continue
+        comment = re.sub(r"\s*=?\s*[$]?<<[^<>]*>>[-\d.,]*", "", line).strip()
+        lines.append(f"# {comment}")
+        for expr, value in found:
+            expr = expr.strip().replace("x", "*").replace("X", "*")
+            if not _SAFE_EXPR.match(expr):
+                return None
+            expr = _use_vars(expr, steps, question)
+            var = f"s{len(steps) + 1}"
+            lines.append(f"{var} = {expr}")
+            steps.append((var, value.strip()))
+    if not steps:
+        return None
+    code = "\n".join(lines + [f"print({steps[-1][0]})"])
+    parts = [text(rng.choice(("Let me work through it step by step in Python.\n",
+                              "I'll write each step as code.\n", "I'll compute the steps with Python.\n"))),
+             call("python", code), text(f"The program prints {{r}}, so the answer is {gold}.\n"), answer(gold)]
+    return Plan(f"gsm8k-{i}", "gsm8k", question, parts, gold, _correct(gold))
+
+
+def _use_vars(expr: str, steps: list[tuple[str, str]], question: str) -> str:
+    """Replace numbers equal to an earlier step's value (and not given in the question) by its var."""
+    given = set(re.findall(r"\d+(?:\.\d+)?", question))
+    for var, value in reversed(steps):
+        if len(value) >= 2 and value not in given:
+            expr = re.sub(rf"(?<![\d.]){re.escape(value)}(?![\d.])", var, expr)
+    return expr
+
+
+# -- multi-hop QA -------------------------------------------------------------------------------------
+def _norm(s: str) -> str:
+    from agent.evals.metrics import normalize_answer
+
+    return normalize_answer(s)
+
+
+def _found(needle: str, haystack: str) -> bool:
+    return bool(_norm(needle)) and _norm(needle) in _norm(_visible(haystack))
+
+
+def _visible(result: str) -> str:
+    """Roughly what survives the runtime's head+tail truncation of a long result (~256 tokens)."""
+    return result if len(result) <= 900 else result[:600] + " " + result[-300:]
+
+
+def musique_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None:
+    """One search per sub-question of the decomposition, with ``#k`` filled by earlier answers."""
+    hops = rec.get("question_decomposition") or []
+    if not hops or not rec.get("answerable", True):
+        return None
+    answers: list[str] = []
+    parts = [text(rng.choice(("I need to look this up step by step.\n", "Let me search for each part.\n")))]
+    for k, hop in enumerate(hops):
+        q = hop["question"]
+        for j, a in enumerate(answers, 1):
+            q = q.replace(f"#{j}", a)
+        q = re.sub(r"\s*>>\s*", " ", q).strip()
+        if "#" in q:
+            return None
+        parts += [call("search", q), text(f"So {hop['answer']}.\n" if k < len(hops) - 1 else "")]
+        answers.append(hop["answer"])
+    gold = rec["answer"]
+    parts[-1] = text(f"The answer is {gold}.\n")
+    parts.append(answer(gold))
+    check = lambda res: all(_found(a, r) for a, r in zip(answers, res))  # noqa: E731
+    return Plan(f"musique-{rec.get('id', i)}", "multihop", rec["question"], parts, gold, check)
+
+
+def hotpot_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None:
+    """Search the question, then the other supporting page by title; the answer must be found."""
+    titles = list(dict.fromkeys(t for t, _ in rec.get("supporting_facts", [])))
+    if len(titles) != 2:
+        return None
+    gold = rec["answer"]
+    if gold.lower() in ("yes", "no"):
+        first, second = titles
+        parts = [text(f"I'll look up {first} and {second}.\n"), call("search", first), call("search", second)]
+    else:
+        parts = [text("Let me search for this.\n"), call("search", rec["question"]),
+                 text(f"I also need {titles[1]}.\n"), call("search", titles[1])]
+    parts += [text(f"The answer is {gold}.\n"), answer(gold)]
+    check = (lambda res: True) if gold.lower() in ("yes", "no") else (lambda res: any(_found(gold, r) for r in res))
+    return Plan(f"hotpot-{rec.get('_id', i)}", "multihop", rec["question"], parts, gold, check)
+
+
+def multihop_records(root: str | Path, holdout: float = 0.0, heldout_prefix: str | Path = ""
+                     ) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, record) of the multi-hop sets, minus a held-out share (by id hash), which is written
+    to ``<heldout_prefix>.heldout-<set>.json`` in the set's own shape (``agent eval`` reads it)."""
+    import zlib
+
+    from agent.evals.data import read_records
+
+    out: list[tuple[str, dict[str, Any]]] = []
+    for name, kind in (("hotpotqa_train.json", "hotpot"), ("musique_train.json", "musique")):
+        p = Path(root) / name
+        if not p.exists():
+            continue
+        recs = read_records(p)
+        held = [zlib.crc32(str(r.get("_id", r.get("id", i))).encode()) % 1000 < holdout * 1000
+                for i, r in enumerate(recs)]
+        out += [(kind, r) for r, h in zip(recs, held) if not h]
+        if heldout_prefix and any(held):
+            dest = Path(f"{heldout_prefix}.heldout-{name.split('_')[0]}.json")
+            dest.write_text(json.dumps([r for r, h in zip(recs, held) if h], ensure_ascii=False))
+    if not out:
+        raise DataError(f"no hotpotqa_train.json or musique_train.json under {root}")
+    return out
+
+
+def multihop_passages(root: str | Path) -> list[dict[str, str]]:
+    """Every passage of the multi-hop sets as {title, text} (the corpus of the local index)."""
+    root = Path(root)
+    docs: list[dict[str, str]] = []
+    hp = root / "hotpotqa_train_corpus.json"
+    if hp.exists():
+        docs += [{"title": t, "text": "".join(s).strip()} for t, s in json.loads(hp.read_text()).items()]
+    mq = root / "musique_train_corpus.json"
+    if mq.exists():
+        docs += [{"title": d["title"], "text": d["text"]} for d in json.loads(mq.read_text())]
+    return docs
+
+
+# -- plain answers ---------------------------------------------------------------------------------
+_CAPITALS = (("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"),
+             ("Spain", "Madrid"), ("England", "London"), ("Russia", "Moscow"), ("China", "Beijing"))
+_OPPOSITES = (("hot", "cold"), ("up", "down"), ("big", "small"), ("day", "night"), ("fast", "slow"),
+              ("open", "closed"), ("happy", "sad"), ("left", "right"), ("old", "new"), ("light", "dark"))
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def _plain_one(rng: random.Random) -> tuple[str, str, str]:
+    kind = rng.randrange(4)
+    if kind == 0:
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        return f"What is {a} + {b}?", f"{a} + {b} = {a + b}. That is small enough to do directly.\n", str(a + b)
+    if kind == 1:
+        c, cap = rng.choice(_CAPITALS)
+        return f"What is the capital of {c}?", f"The capital of {c} is {cap}.\n", cap
+    if kind == 2:
+        w, o = rng.choice(_OPPOSITES)
+        return f"What is the opposite of \"{w}\"?", f"The opposite of \"{w}\" is \"{o}\".\n", o
+    d = rng.randrange(7)
+    return (f"What day comes after {_DAYS[d]}?", f"The day after {_DAYS[d]} is {_DAYS[(d + 1) % 7]}.\n",
+            _DAYS[(d + 1) % 7])
+
+
+def plain_plans(n: int, seed: int) -> list[Plan]:
+    """Questions a model answers without a tool: the target answers directly, no call."""
+    rng = random.Random(f"plain:{seed}")
+    out = []
+    for i in range(n):
+        q, why, gold = _plain_one(rng)
+        out.append(Plan(f"plain-{seed}-{i}", "plain", q, [text(why), answer(gold)], gold))
+    return out
+
+
+# -- assembly ----------------------------------------------------------------------------------------
+def build_plans(cfg: DataConfig) -> list[Plan]:
+    plans: list[Plan] = []
+    for k, fam in enumerate(TASK_FAMILIES):
+        n = getattr(cfg, f"n_{fam}")
+        if n:
+            plans += arith_plans(fam, n, cfg.seed + k)
+    rng = random.Random(f"sources:{cfg.seed}")
+    if cfg.n_gsm8k:
+        from agent.evals.data import read_records
+
+        recs = read_records(cfg.gsm8k)
+        order = rng.sample(range(len(recs)), len(recs))
+        plans += _take((gsm8k_plan(recs[j], j, rng) for j in order), cfg.n_gsm8k)
+    if cfg.n_multihop:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        recs2 = multihop_records(cfg.multihop, cfg.multihop_holdout, Path(cfg.out).with_suffix(""))
+        order = rng.sample(range(len(recs2)), len(recs2))
+        make = {"hotpot": hotpot_plan, "musique": musique_plan}
+        plans += _take((make[recs2[j][0]](recs2[j][1], j, rng) for j in order), cfg.n_multihop)
+    plans += plain_plans(cfg.n_plain, cfg.seed)
+    if cfg.n_identity:
+        from train.identity import identity_plans
+
+        plans += identity_plans(cfg.n_identity, cfg.name, cfg.maker, cfg.seed)
+    return plans
+
+
+def _take(plans: Iterable[Plan | None], n: int) -> list[Plan]:
+    """Up to 2n convertible plans (execution drops some; the caller trims to n per family)."""
+    out = []
+    for p in plans:
+        if p is not None:
+            out.append(p)
+            if len(out) >= 2 * n:
+                break
+    return out
+
+
+async def synthesize(plans: Sequence[Plan], tools: Mapping[str, Tool], syntax: str = "splice",
+                     concurrency: int = 4, limits: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+    """Execute plans (``concurrency`` at once); keep plan order; at most ``limits[family]`` each."""
+    prompts: dict[tuple[str, ...], str] = {}
+    for p in plans:
+        if p.tools not in prompts:
+            prompts[p.tools] = system_prompt([tools[t] for t in p.tools if t in tools], syntax)
+    sem = asyncio.Semaphore(concurrency)
+    out: list[dict[str, Any] | None] = [None] * len(plans)
+
+    async def one(i: int, plan: Plan) -> None:
+        async with sem:
+            out[i] = await execute(plan, tools, prompts[plan.tools])
+
+    async with asyncio.TaskGroup() as tg:
+        for i, plan in enumerate(plans):
+            tg.create_task(one(i, plan))
+    kept, count = [], dict.fromkeys((p.family for p in plans), 0)
+    for ex in out:
+        if ex is not None and (limits is None or count[ex["family"]] < limits.get(ex["family"], 1 << 30)):
+            count[ex["family"]] += 1
+            kept.append(ex)
+    return kept
+
+
+def family_limits(cfg: DataConfig) -> dict[str, int]:
+    lim = {f: getattr(cfg, f"n_{f}") for f in TASK_FAMILIES}
+    lim.update(gsm8k=cfg.n_gsm8k, multihop=cfg.n_multihop, plain=cfg.n_plain, identity=cfg.n_identity)
+    return lim
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return p
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    with Path(path).open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{i}: not JSON ({e})") from e
+    return rows

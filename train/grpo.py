@@ -1,0 +1,499 @@
+"""GRPO on real multi-turn tool rollouts: ``train_grpo(GRPOConfig(...))`` or ``agent train grpo``.
+
+One step: sample ``prompts_per_step`` tasks; the runtime plays each ``group_size`` times from the
+policy's current weights (``TransformersBackend`` over the live model, eval mode, no grad), tools
+executing for real; plain reward functions score the episodes; advantages are normalised within each
+group; then ``epochs`` optimisation passes of the PPO-style clipped objective, token-level, over the
+Trajectory's own loss mask (tool results and prompt tokens never get loss), with an optional KL
+penalty to the reference model (the base weights: with LoRA, the adapter switched off).
+
+Outputs under ``output_dir``: ``config.json``, ``metrics.csv`` (one row per step), ``rewards.png``,
+``rollouts.jsonl`` (every episode), ``checkpoints/step-N/state.pt`` (trainable weights, optimizer,
+step; ``--resume`` continues at N+1), ``final/`` (``save_pretrained``), ``tb/`` if tensorboard is
+installed. See docs/rl.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from agent.config import add_arguments, dump_config, load_config
+from agent.errors import ConfigError, require
+from agent.runtime import Agent, RuntimeConfig
+from train.rewards import RewardTerm, is_void, parse_rewards, score
+from train.rollout import Episode, MetricsLog, TraceWriter, pack, progress_bar, rollout_groups, rollout_mode
+
+__all__ = ["GRPOConfig", "GRPOTrainer", "train_grpo", "group_advantages", "logprobs_from_logits",
+           "grpo_loss", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "add_parser"]
+
+log = logging.getLogger("splice.grpo")
+
+
+@dataclass
+class GRPOConfig:
+    model: str = field(default="default", metadata={"help": "policy: 'default' (SmolLM2 GGUF), a .gguf or a HF dir"})
+    output_dir: str = field(default="runs/grpo", metadata={"help": "metrics, traces, checkpoints go here"})
+    tasks: str = field(default="arith,count", metadata={"help": "task families (agent.evals.tasks) or a dataset file"})
+    n_tasks: int = field(default=512, metadata={"help": "tasks generated per family list (ignored for files)"})
+    steps: int = field(default=20, metadata={"help": "optimisation steps (each one batch of rollouts)"})
+    prompts_per_step: int = field(default=4, metadata={"help": "distinct prompts per step"})
+    group_size: int = field(default=4, metadata={"help": "G: samples per prompt (advantages are relative to the group)"})
+    epochs: int = field(default=1, metadata={"help": "optimisation passes per batch; >1 makes the clipped ratio bite"})
+    micro_batch: int = field(default=4, metadata={"help": "episodes per forward/backward (gradient accumulation)"})
+    lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
+    clip_eps: float = field(default=0.2, metadata={"help": "PPO clip: ratio kept in [1-eps, 1+eps_high]"})
+    clip_eps_high: float = field(default=0.0, metadata={"help": "upper clip (0 = clip_eps; DAPO uses 0.28)"})
+    kl_coef: float = field(default=0.0, metadata={"help": "KL penalty to the reference model (k3 estimator)"})
+    loss_norm: str = field(default="token", metadata={"help": "token (mean over all loss tokens) | sequence"})
+    scale_rewards: bool = field(default=True, metadata={"help": "divide advantages by the group's reward std"})
+    mask_void: bool = field(default=True, metadata={"help": "no loss for episodes with malformed calls or void turns"})
+    rewards: str = field(default="accuracy:1,format:0.2", metadata={"help": "name:weight,... (accuracy, exact, f1, "
+                                                                     "format, tool_bonus, tool_cost)"})
+    reward_model: str = field(default="", metadata={"help": "reward model dir from `agent train rm` (adds a term)"})
+    reward_model_weight: float = field(default=1.0, metadata={"help": "weight of the reward model's score"})
+    reward_model_max_steps: int = field(default=50, metadata={"help": "step cap when a reward model is used"})
+    lora: bool = field(default=True, metadata={"help": "train a LoRA adapter (else all weights)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    tools: list[str] = field(default_factory=lambda: ["python"], metadata={"help": "tools enabled in rollouts"})
+    syntax: str = field(default="splice", metadata={"help": "tag syntax"})
+    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "rollout nucleus sampling"})
+    max_new_tokens: int = field(default=256, metadata={"help": "model tokens per episode"})
+    max_tool_calls: int = field(default=3, metadata={"help": "tool calls per episode"})
+    max_result_tokens: int = field(default=128, metadata={"help": "tool output tokens kept per call"})
+    tool_timeout_s: float = field(default=10.0, metadata={"help": "seconds per tool call"})
+    sandbox: str = field(default="process", metadata={"help": "python sandbox backend: process | docker"})
+    concurrency: int = field(default=16, metadata={"help": "episodes played at once"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16"})
+    seed: int = field(default=0, metadata={"help": "seed for init, task order and sampling"})
+    save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (and at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tools, str):
+            self.tools = [t for t in self.tools.split(",") if t and t != "none"]
+        for name in ("steps", "prompts_per_step", "group_size", "epochs", "micro_batch", "max_new_tokens",
+                     "save_every", "concurrency", "keep_checkpoints", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.group_size < 2:
+            raise ConfigError("group_size must be >= 2: GRPO compares samples of the same prompt")
+        if self.loss_norm not in ("token", "sequence"):
+            raise ConfigError(f"loss_norm must be 'token' or 'sequence' (got {self.loss_norm!r})")
+        if not 0 < self.clip_eps < 1 or self.clip_eps_high < 0:
+            raise ConfigError("clip_eps must be in (0, 1) and clip_eps_high >= 0")
+        if self.kl_coef < 0 or self.lr <= 0:
+            raise ConfigError("kl_coef must be >= 0 and lr > 0")
+        if not self.rewards.strip() and not self.reward_model:
+            raise ConfigError("no reward: set --rewards (e.g. accuracy:1) or --reward-model")
+        if self.reward_model and self.reward_model_max_steps < 1:
+            raise ConfigError("reward_model_max_steps must be >= 1")
+        parse_rewards(self.rewards or "format", extra={"reward_model": lambda *a, **k: []})
+
+    @property
+    def total_steps(self) -> int:
+        """``steps``, capped by ``reward_model_max_steps`` when a learned reward is optimised."""
+        return min(self.steps, self.reward_model_max_steps) if self.reward_model else self.steps
+
+    def runtime(self) -> RuntimeConfig:
+        return RuntimeConfig(tools=list(self.tools), syntax=self.syntax, temperature=self.temperature,
+                             top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                             max_tool_calls=self.max_tool_calls, max_result_tokens=self.max_result_tokens,
+                             tool_timeout_s=self.tool_timeout_s, sandbox=self.sandbox, seed=self.seed)
+
+
+# -- the math -------------------------------------------------------------------------------------
+def group_advantages(rewards: Any, group_size: int, scale: bool = True, eps: float = 1e-4) -> Any:
+    """``(r - mean_group) / (std_group + eps)`` with the unbiased std (``scale=False``: no division).
+    ``rewards`` is flat, grouped: entries ``[i*G, (i+1)*G)`` share a prompt."""
+    import torch
+
+    r = torch.as_tensor(rewards, dtype=torch.float32).view(-1, group_size)
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale:
+        adv = adv / (r.std(dim=1, keepdim=True) + eps)
+    return adv.flatten()
+
+
+def logprobs_from_logits(logits: Any, input_ids: Any, temperature: float = 1.0) -> Any:
+    """Log-prob of each next token: ``out[b, t] = log p(input_ids[b, t+1] | ...)`` from
+    ``logits[b, t]``, at the sampling temperature. Shape ``[B, T-1]``."""
+    import torch
+
+    x = logits[:, :-1].float()
+    if temperature not in (0.0, 1.0):
+        x = x / temperature
+    target = input_ids[:, 1:].unsqueeze(-1)
+    return (x.gather(-1, target).squeeze(-1) - torch.logsumexp(x, dim=-1))
+
+
+def grpo_loss(logp: Any, old_logp: Any, advantages: Any, mask: Any, *, clip_low: float = 0.2,
+              clip_high: float | None = None, ref_logp: Any = None, kl_coef: float = 0.0,
+              norm: str = "token", denom: float | None = None) -> tuple[Any, dict[str, float]]:
+    """Clipped surrogate + ``kl_coef`` * k3 KL, summed over ``mask`` tokens and divided by ``denom``
+    (token norm: the batch's loss tokens; sequence norm: its sequences, each averaged over its tokens).
+    Returns the loss and sums for metrics: tokens, clipped tokens, KL."""
+    import torch
+
+    clip_high = clip_low if clip_high is None else clip_high
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.to(logp.dtype).unsqueeze(-1)
+    unclipped, clipped = ratio * adv, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
+    per_tok = -torch.minimum(unclipped, clipped)
+    kl = torch.zeros_like(logp)
+    if ref_logp is not None and kl_coef:
+        d = ref_logp - logp
+        kl = torch.exp(d) - d - 1
+        per_tok = per_tok + kl_coef * kl
+    live = mask > 0
+    per_tok = torch.where(live, per_tok, torch.zeros_like(per_tok))
+    if norm == "sequence":
+        per_seq = per_tok.sum(-1) / mask.sum(-1).clamp(min=1)
+        loss = per_seq.sum() / (denom if denom else max(int((mask.sum(-1) > 0).sum()), 1))
+    else:
+        loss = per_tok.sum() / (denom if denom else max(float(mask.sum()), 1.0))
+    with torch.no_grad():
+        is_clipped = ((ratio > 1 + clip_high) & (adv > 0)) | ((ratio < 1 - clip_low) & (adv < 0))
+        stats = {"tokens": float(live.sum()), "clipped": float((is_clipped & live).sum()),
+                 "kl": float(torch.where(live, kl, torch.zeros_like(kl)).sum())}
+    return loss, stats
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def _trainable_state(model: Any) -> dict[str, Any]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(out_dir: Path, step: int, model: Any, optimizer: Any, cfg: GRPOConfig) -> Path:
+    """Write ``checkpoints/step-N/state.pt`` atomically (temp dir, then rename); prune old ones."""
+    import shutil
+
+    import torch
+
+    root = Path(out_dir) / "checkpoints"
+    path = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({"step": step, "params": _trainable_state(model), "optimizer": optimizer.state_dict(),
+                "config": dump_config(cfg)}, tmp / "state.pt")
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    for old in sorted(root.glob("step-*"))[: -cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted((Path(out_dir) / "checkpoints").glob("step-*/state.pt"))
+    return found[-1].parent if found else None
+
+
+def load_checkpoint(path: Path, model: Any, optimizer: Any | None = None) -> int:
+    """Load trainable weights (and optimizer state) saved by ``save_checkpoint``; returns its step."""
+    import torch
+
+    state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
+    params = dict(model.named_parameters())
+    missing = [n for n in state["params"] if n not in params]
+    if missing:
+        raise ConfigError(f"checkpoint {path} does not fit this model ({len(missing)} unknown weights, e.g. "
+                          f"{missing[0]}); resume with the same --model and --lora settings")
+    with torch.no_grad():
+        for n, value in state["params"].items():
+            params[n].copy_(value.to(params[n].device, params[n].dtype))
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+# -- tasks and model --------------------------------------------------------------------------------
+def load_tasks(cfg: GRPOConfig) -> list[tuple[str, list[str]]]:
+    """(question, gold aliases) pairs from a dataset file or generated task families."""
+    if Path(cfg.tasks).is_file():
+        from agent.evals.data import load_examples
+
+        examples = load_examples(cfg.tasks)
+    else:
+        from agent.evals.tasks import generate_mix
+
+        examples = generate_mix([f for f in cfg.tasks.split(",") if f], cfg.n_tasks, cfg.seed)
+    return [(e.question, e.golds) for e in examples]
+
+
+def _load_policy(cfg: GRPOConfig) -> tuple[Any, Any]:
+    from agent.backends import resolve_model
+    from agent.backends.transformers import load_hf
+
+    return load_hf(resolve_model(cfg.model), cfg.device, cfg.dtype)
+
+
+def _with_lora(model: Any, cfg: GRPOConfig) -> Any:
+    peft = require("peft", "torch")
+    conf = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                           target_modules="all-linear", task_type="CAUSAL_LM")
+    return peft.get_peft_model(model, conf)
+
+
+def _default_backend(model: Any, tokenizer: Any) -> Any:
+    from agent.backends.transformers import TransformersBackend
+
+    return TransformersBackend(model=model, tokenizer=tokenizer)
+
+
+def _reward_terms(cfg: GRPOConfig, device: Any) -> list[RewardTerm]:
+    extra: dict[str, Any] = {}
+    spec = cfg.rewards
+    if cfg.reward_model:
+        from train.reward import RewardModel
+
+        extra["reward_model"] = RewardModel.load(cfg.reward_model, device=str(device))
+        spec = f"{spec},reward_model:{cfg.reward_model_weight}" if spec.strip() else \
+            f"reward_model:{cfg.reward_model_weight}"
+    return parse_rewards(spec, extra)
+
+
+# -- the trainer --------------------------------------------------------------------------------------
+class GRPOTrainer:
+    """Holds the policy, optimizer and logs; ``train()`` runs the steps. ``model``/``tokenizer``,
+    ``tasks``, ``reward_terms`` and ``backend_factory(model, tokenizer) -> Backend`` may be injected
+    (tests, other backends); otherwise they come from ``cfg``."""
+
+    def __init__(self, cfg: GRPOConfig, *, model: Any = None, tokenizer: Any = None,
+                 tasks: Sequence[tuple[str, Any]] | None = None, reward_terms: list[RewardTerm] | None = None,
+                 backend_factory: Callable[[Any, Any], Any] | None = None,
+                 on_step: Callable[[int, dict[str, float]], None] | None = None):
+        import torch
+
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        if model is None:
+            model, tokenizer = _load_policy(cfg)
+        self.tokenizer = tokenizer
+        self.model = _with_lora(model, cfg) if cfg.lora else model
+        self.device = next(self.model.parameters()).device
+        self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef and not cfg.lora else None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.tasks = list(tasks) if tasks is not None else load_tasks(cfg)
+        if not self.tasks:
+            raise ConfigError(f"no tasks in {cfg.tasks!r}")
+        self.terms = reward_terms if reward_terms is not None else _reward_terms(cfg, self.device)
+        self.backend_factory = backend_factory or _default_backend
+        self.on_step = on_step
+        self.out = Path(cfg.output_dir)
+        self.temperature = cfg.temperature or 1.0
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad or 0)
+        self.start_step = 1
+
+    # -- setup / resume -------------------------------------------------------------------------
+    def _prepare_outputs(self) -> MetricsLog:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(dump_config(self.cfg), indent=2))
+        done = 0
+        ckpt = latest_checkpoint(self.out) if self.cfg.resume else None
+        if ckpt is not None:
+            done = load_checkpoint(ckpt, self.model, self.optimizer)
+            log.info("resumed from %s (step %d)", ckpt, done)
+        self.start_step = done + 1
+        self.traces = TraceWriter(self.out / "rollouts.jsonl")
+        self.traces.truncate_after(done)
+        fields = [f"reward/{t.name}" for t in self.terms]
+        return MetricsLog(self.out, extra_fields=fields, keep_until=done)
+
+    def _agent(self) -> Agent:
+        backend = self.backend_factory(self.model, self.tokenizer)
+        return Agent(backend, tools=list(self.cfg.tools), syntax=self.cfg.syntax, config=self.cfg.runtime())
+
+    # -- public ---------------------------------------------------------------------------------
+    def train(self) -> list[dict[str, float]]:
+        """Run from the first step not done yet to ``total_steps``; returns this run's metric rows."""
+        metrics = self._prepare_outputs()
+        rows: list[dict[str, float]] = []
+        last = self.cfg.total_steps
+        with asyncio.Runner() as runner, metrics, progress_bar(self.cfg.progress, self.start_step, last) as bar:
+            agent = self._agent()
+            try:
+                for step in range(self.start_step, last + 1):
+                    row = self.step(runner, agent, step)
+                    rows.append(row)
+                    metrics.append(row)
+                    bar(step, row)
+                    if self.on_step is not None:
+                        self.on_step(step, row)
+                    if step % self.cfg.save_every == 0 or step == last:
+                        save_checkpoint(self.out, step, self.model, self.optimizer, self.cfg)
+            finally:
+                runner.run(agent.aclose())
+        self.save_final()
+        return rows
+
+    def save_final(self) -> Path:
+        path = self.out / "final"
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        return path
+
+    def step(self, runner: asyncio.Runner, agent: Agent, step: int) -> dict[str, float]:
+        """One GRPO step: rollouts, rewards, advantages, optimisation. Returns the metric row."""
+        t0 = time.perf_counter()
+        tasks = self._tasks_for(step)
+        n = len(tasks) * self.cfg.group_size
+        with rollout_mode(self.model):
+            episodes = runner.run(rollout_groups(agent, tasks, self.cfg.group_size,
+                                                 seed=self.cfg.seed + (step - 1) * n,
+                                                 concurrency=self.cfg.concurrency))
+        t_roll = time.perf_counter() - t0
+        parts = self._score(episodes)
+        stats = self._optimise(episodes)
+        self.traces.write(step, episodes)
+        return _metrics_row(step, episodes, parts, stats, self.cfg.group_size,
+                            {"rollout_s": t_roll, "step_s": time.perf_counter() - t0})
+
+    # -- pieces of a step -----------------------------------------------------------------------
+    def _tasks_for(self, step: int) -> list[tuple[str, Any]]:
+        rng = random.Random(f"grpo:{self.cfg.seed}:{step}")
+        k = self.cfg.prompts_per_step
+        return rng.sample(self.tasks, k) if k <= len(self.tasks) else rng.choices(self.tasks, k=k)
+
+    def _score(self, episodes: list[Episode]) -> dict[str, list[float]]:
+        from agent.evals.metrics import accuracy_reward
+
+        trajs = [e.trajectory for e in episodes]
+        completions, answers = [t.text for t in trajs], [e.answer for e in episodes]
+        kw = {"trajectories": trajs, "prompts": [e.question for e in episodes], "syntax": self.cfg.syntax}
+        total, parts = score(self.terms, completions, answers, **kw)
+        parts = {"accuracy_metric": accuracy_reward(completions, answers, **kw), **parts}
+        adv = group_advantages(total, self.cfg.group_size, self.cfg.scale_rewards).tolist()
+        for i, e in enumerate(episodes):
+            e.reward, e.advantage = total[i], adv[i]
+            e.rewards = {k: v[i] for k, v in parts.items()}
+            e.void = self.cfg.mask_void and is_void(e.trajectory)
+        return parts
+
+    def _logp(self, batch: Any, model: Any = None) -> Any:
+        out = (model or self.model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        return logprobs_from_logits(out.logits, batch.input_ids, self.temperature)
+
+    def _reference_logp(self, batch: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            if self.ref is not None:
+                return self._logp(batch, self.ref)
+            with self.model.disable_adapter():
+                return self._logp(batch)
+
+    def _optimise(self, episodes: list[Episode]) -> dict[str, float]:
+        import torch
+
+        cfg = self.cfg
+        batch = pack([e.trajectory for e in episodes], self.pad_id, [e.void for e in episodes]).to(self.device)
+        adv = torch.tensor([e.advantage for e in episodes], dtype=torch.float32, device=self.device)
+        spans = [(a, min(a + cfg.micro_batch, len(batch))) for a in range(0, len(batch), cfg.micro_batch)]
+        denom = float(batch.loss_mask.sum()) if cfg.loss_norm == "token" else float((batch.loss_mask.sum(-1) > 0).sum())
+        self.model.train()
+        with torch.no_grad():
+            old = [self._logp(batch.slice(a, b)) for a, b in spans] if cfg.epochs > 1 else None
+        ref = [self._reference_logp(batch.slice(a, b)) for a, b in spans] if cfg.kl_coef else None
+        sums = {"tokens": 0.0, "clipped": 0.0, "kl": 0.0, "loss": 0.0, "grad_norm": 0.0}
+        for _ in range(cfg.epochs):
+            for j, (a, b) in enumerate(spans):
+                mb = batch.slice(a, b)
+                logp = self._logp(mb)
+                loss, st = grpo_loss(logp, old[j] if old else logp.detach(), adv[a:b], mb.loss_mask,
+                                     clip_low=cfg.clip_eps, clip_high=cfg.clip_eps_high or None,
+                                     ref_logp=ref[j] if ref else None, kl_coef=cfg.kl_coef,
+                                     norm=cfg.loss_norm, denom=max(denom, 1.0))
+                if st["tokens"]:
+                    loss.backward()
+                for k in ("tokens", "clipped", "kl"):
+                    sums[k] += st[k]
+                sums["loss"] += float(loss)
+            sums["grad_norm"] += self._apply_gradients()
+        sums["epochs"] = cfg.epochs
+        return sums
+
+    def _apply_gradients(self) -> float:
+        import torch
+
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm or float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+
+def _metrics_row(step: int, episodes: list[Episode], parts: dict[str, list[float]], st: dict[str, float],
+                 group_size: int, timing: dict[str, float]) -> dict[str, float]:
+    import statistics
+
+    rewards = [e.reward for e in episodes]
+    groups = [rewards[i:i + group_size] for i in range(0, len(rewards), group_size)]
+    trajs = [e.trajectory for e in episodes]
+    tokens = max(st["tokens"], 1.0)
+    row = {
+        "step": step,
+        "reward_mean": statistics.fmean(rewards),
+        "reward_std": statistics.pstdev(rewards),
+        "accuracy": statistics.fmean(parts["accuracy_metric"]),
+        "tool_calls": statistics.fmean(len(t.tool_calls) for t in trajs),
+        "tool_errors": statistics.fmean(sum(c.error for c in t.tool_calls) for t in trajs),
+        "response_len": statistics.fmean(t.n_generated for t in trajs),
+        "void_frac": statistics.fmean(e.void for e in episodes),
+        "zero_std_groups": sum(1 for g in groups if max(g) == min(g)) / len(groups),
+        "loss": st["loss"] / st["epochs"],
+        "kl": st["kl"] / tokens,
+        "clip_frac": st["clipped"] / tokens,
+        "grad_norm": st["grad_norm"] / st["epochs"],
+        **timing,
+    }
+    for name, values in parts.items():
+        if name != "accuracy_metric":
+            row[f"reward/{name}"] = statistics.fmean(values)
+    return row
+
+
+def train_grpo(cfg: GRPOConfig, **inject: Any) -> list[dict[str, float]]:
+    """Library entry point: build a ``GRPOTrainer`` (``inject`` passes its keyword options) and train."""
+    return GRPOTrainer(cfg, **inject).train()
+
+
+# -- CLI ----------------------------------------------------------------------------------------------
+def add_parser(subparsers: Any) -> None:
+    """Register ``grpo`` on the ``agent train`` subparsers."""
+    p = subparsers.add_parser("grpo", help="GRPO on tool-use rollouts played by the runtime",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", dest="config_file", default="", help="JSON file of GRPOConfig fields (flags win)")
+    add_arguments(p, GRPOConfig)
+    p.set_defaults(func=_cli)
+
+
+def _cli(ns: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    names = {f.name for f in fields(GRPOConfig)}
+    values = {k: v for k, v in vars(ns).items() if k in names}
+    cfg = load_config(GRPOConfig, ns.config_file, **values) if ns.config_file else GRPOConfig(**values)
+    rows = train_grpo(cfg)
+    if rows:
+        last = rows[-1]
+        print(f"step {int(last['step'])}: reward {last['reward_mean']:.3f}, accuracy {last['accuracy']:.3f}; "
+              f"metrics in {Path(cfg.output_dir) / 'metrics.csv'}")
+    return 0

@@ -1,0 +1,253 @@
+"""Rollouts for RL: the runtime plays episodes, training reads their tokens and masks.
+
+Episodes come from ``Agent.run`` (the same loop, backends and tools as inference): each prompt is
+played ``group_size`` times with distinct seeds, all concurrently under one ``TaskGroup`` and a
+semaphore. ``pack`` turns the trajectories into right-padded tensors whose ``loss_mask`` is the
+Trajectory's own (model tokens 1; prompt and spliced tool results 0), shifted to the positions that
+predict each token. The records of a run live here too: ``TraceWriter`` keeps every episode as
+one JSON line, ``MetricsLog`` one CSV row per step (plus TensorBoard and a PNG), ``progress_bar``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from agent.runtime import Agent
+from agent.trajectory import Trajectory
+
+__all__ = ["Episode", "rollout_groups", "rollout_mode", "Packed", "pack", "TraceWriter", "MetricsLog", "progress_bar"]
+
+
+@dataclass
+class Episode:
+    """One sampled episode with what training attaches to it."""
+
+    prompt_index: int  # index into the step's prompts
+    sample: int  # 0 .. group_size - 1
+    question: str
+    answer: Any
+    trajectory: Trajectory
+    reward: float = 0.0
+    rewards: dict[str, float] = field(default_factory=dict)
+    advantage: float = 0.0
+    void: bool = False  # left out of the loss
+
+
+async def rollout_groups(agent: Agent, tasks: Sequence[tuple[str, Any]], group_size: int, *, seed: int,
+                         concurrency: int = 16) -> list[Episode]:
+    """Play every task ``group_size`` times; episodes come back grouped (task-major order).
+    Sample ``g`` of task ``i`` uses seed ``seed + i * group_size + g``."""
+    sem = asyncio.Semaphore(max(1, concurrency))
+    out: list[Episode | None] = [None] * (len(tasks) * group_size)
+
+    async def one(i: int, g: int) -> None:
+        question, answer = tasks[i]
+        k = i * group_size + g
+        async with sem:
+            traj = await agent.run(question, seed=seed + k)
+        out[k] = Episode(i, g, question, answer, traj)
+
+    async with asyncio.TaskGroup() as tg:
+        for i in range(len(tasks)):
+            for g in range(group_size):
+                tg.create_task(one(i, g))
+    return [e for e in out if e is not None]
+
+
+@contextlib.contextmanager
+def rollout_mode(model: Any) -> Iterator[None]:
+    """Sample from the live policy: eval mode (no dropout) and no autograd; train mode after."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class Packed:
+    """Right-padded batch. ``loss_mask[b, t]`` weights the log-prob of token ``t + 1`` (predicted at
+    position ``t``), so it lines up with ``logits[:, :-1]``."""
+
+    input_ids: Any  # LongTensor [B, T]
+    attention_mask: Any  # LongTensor [B, T]
+    loss_mask: Any  # FloatTensor [B, T - 1]
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def slice(self, start: int, stop: int) -> "Packed":
+        """Rows ``start:stop``, trimmed to their longest sequence."""
+        width = int(self.attention_mask[start:stop].sum(-1).max())
+        return Packed(self.input_ids[start:stop, :width], self.attention_mask[start:stop, :width],
+                      self.loss_mask[start:stop, : width - 1])
+
+    def to(self, device: Any) -> "Packed":
+        return Packed(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device))
+
+
+def pack(trajectories: Sequence[Trajectory], pad_id: int, void: Sequence[bool] | None = None) -> Packed:
+    """Tensors from trajectories. A void episode keeps its row but gets an all-zero loss mask."""
+    import torch
+
+    width = max(len(t.token_ids) for t in trajectories)
+    n = len(trajectories)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, max(width - 1, 0)), dtype=torch.float32)
+    for b, t in enumerate(trajectories):
+        tok, m = t.token_ids, t.loss_mask()
+        ids[b, : len(tok)] = torch.tensor(tok, dtype=torch.long)
+        attn[b, : len(tok)] = 1
+        if not (void and void[b]) and len(tok) > 1:
+            mask[b, : len(tok) - 1] = torch.tensor(m[1:], dtype=torch.float32)
+    return Packed(ids, attn, mask)
+
+
+class TraceWriter:
+    """Appends one JSON line per episode: step, group, sample, rewards, advantage, the trajectory."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, step: int, episodes: Sequence[Episode]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            for e in episodes:
+                row = {"step": step, "prompt_index": e.prompt_index, "sample": e.sample, "answer": e.answer,
+                       "reward": e.reward, "rewards": e.rewards, "advantage": e.advantage, "void": e.void,
+                       "trajectory": e.trajectory.to_dict()}
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines of steps after ``step`` (written after the checkpoint a resume starts from)."""
+        if not self.path.exists():
+            return
+        tmp = self.path.with_suffix(".tmp")
+        with self.path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
+            for line in src:
+                if line.strip() and json.loads(line)["step"] <= step:
+                    dst.write(line)
+        tmp.replace(self.path)
+
+
+# -- run records: metrics ----------------------------------------------------------------------------------------
+class MetricsLog:
+    """``metrics.csv`` (one row per step), TensorBoard scalars when tensorboard is installed, and
+    ``rewards.png`` (reward and accuracy over steps) redrawn after every step. On resume, rows of
+    steps after ``keep_until`` (written after the checkpoint) are dropped first."""
+
+    BASE = ("step", "reward_mean", "reward_std", "accuracy", "tool_calls", "tool_errors", "response_len",
+            "void_frac", "zero_std_groups", "loss", "kl", "clip_frac", "grad_norm", "rollout_s", "step_s")
+
+    def __init__(self, out_dir: Path, extra_fields: Sequence[str] = (), keep_until: int = 0):
+        self.out = Path(out_dir)
+        self.csv = self.out / "metrics.csv"
+        self.fields = [*self.BASE, *extra_fields]
+        self.rows = [r for r in self.read(self.csv) if float(r["step"]) <= keep_until]
+        self._rewrite()
+        self.tb = _tensorboard(self.out / "tb")
+
+    @staticmethod
+    def read(path: Path) -> list[dict[str, Any]]:
+        import csv
+
+        if not Path(path).exists():
+            return []
+        with Path(path).open(newline="") as f:
+            return [{k: v for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+
+    def _rewrite(self) -> None:
+        import csv
+
+        with self.csv.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self.rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        import csv
+
+        self.rows.append(row)
+        with self.csv.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, int(row["step"]))
+        self.plot()
+
+    def plot(self) -> Path | None:
+        """Reward (mean and std band) and accuracy against step, as ``rewards.png``."""
+        if not self.rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [float(r["step"]) for r in self.rows]
+        mean = [float(r["reward_mean"]) for r in self.rows]
+        std = [float(r.get("reward_std", 0.0)) for r in self.rows]
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        ax.plot(steps, mean, marker="o", label="reward (mean)")
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+        ax.plot(steps, [float(r["accuracy"]) for r in self.rows], marker="s", label="accuracy")
+        ax.set_xlabel("step")
+        ax.legend(loc="best")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = self.out / "rewards.png"
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _tensorboard(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(path))
+
+
+class progress_bar:
+    """A rich progress bar over steps (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, first: int, last: int):
+        self.enabled, self.first, self.last = enabled, first, last
+        self.bar: Any = None
+
+    def __enter__(self) -> "progress_bar":
+        if self.enabled:
+            from rich.progress import Progress
+
+            self.bar = Progress(*Progress.get_default_columns(), "{task.fields[info]}")
+            self.bar.start()
+            self.task = self.bar.add_task("grpo", total=self.last, completed=self.first - 1, info="")
+        return self
+
+    def __call__(self, step: int, row: dict[str, float]) -> None:
+        if self.bar is not None:
+            info = f"reward {row['reward_mean']:.3f} acc {row['accuracy']:.2f} calls {row['tool_calls']:.1f}"
+            self.bar.update(self.task, completed=step, info=info)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
