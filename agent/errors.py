@@ -47,7 +47,7 @@ class ModelNotFound(ModelError, FileNotFoundError):
     pass
 
 
-class ToolError(SpliceError):
+class ToolError(SpliceError, ValueError):
     pass
 
 

@@ -52,7 +52,8 @@ class RuntimeConfig:
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
     seed: int = field(default=0, metadata={"help": "sampling seed (episode i uses seed + i)"})
-    search_backend: str = field(default="local", metadata={"help": "local | web | http"})
+    search_backend: str = field(default="auto", metadata={"help": "auto (local with --search-index, http with "
+                                "--search-url, else web) | local | web | http"})
     search_index: str = field(default="", metadata={"help": "local search index (SQLite) path"})
     search_url: str = field(default="", metadata={"help": "http retriever URL (Search-R1 /retrieve)"})
     sandbox: str = field(default="process", metadata={"help": "python sandbox backend: process | docker"})
@@ -60,8 +61,8 @@ class RuntimeConfig:
     n_ctx: int = field(default=4096, metadata={"help": "llama.cpp context size"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.tools, str):
-            self.tools = [t for t in self.tools.split(",") if t and t != "none"]
+        tools = self.tools.split(",") if isinstance(self.tools, str) else self.tools
+        self.tools = [t.strip() for t in tools if t and t.strip() != "none"]
         get_syntax(self.syntax)
         for name in ("max_new_tokens", "max_result_tokens", "n_ctx"):
             if getattr(self, name) <= 0:
@@ -73,7 +74,10 @@ class RuntimeConfig:
 
     def tool_options(self, name: str) -> dict[str, Any]:
         if name == "search":
-            opts: dict[str, Any] = {"backend": self.search_backend}
+            backend = self.search_backend
+            if backend == "auto":
+                backend = "local" if self.search_index else "http" if self.search_url else "web"
+            opts: dict[str, Any] = {"backend": backend}
             if self.search_index:
                 opts["index"] = self.search_index
             if self.search_url:
@@ -147,11 +151,11 @@ class Agent:
             cfg_over["syntax"] = syntax
         self.config = replace(base, tools=names, **cfg_over)
         self.syntax = get_syntax(syntax)
-        self.backend = model if isinstance(model, Backend) else _load_backend(self.config)
-        self.tools: dict[str, Tool] = {}
+        self.tools: dict[str, Tool] = {}  # tools first: a bad tool name fails before a model loads
         for spec in tool_specs:
             t = get_tool(spec, **(self.config.tool_options(spec) if isinstance(spec, str) else {}))
             self.tools[t.name] = t
+        self.backend = model if isinstance(model, Backend) else _load_backend(self.config)
         self._episode = 0
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import signal
 import struct
 import sys
 import time
-import traceback
 
 MAX_FRAME = 64 * 1024 * 1024
 PR_SET_NO_NEW_PRIVS = 38
@@ -104,7 +103,8 @@ def install_seccomp(bpf_b64):
 
 def become_subreaper():
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    ul = ctypes.c_ulong
+    libc.prctl(PR_SET_CHILD_SUBREAPER, ul(1), ul(0), ul(0), ul(0))
 
 
 class Capture:
@@ -163,23 +163,28 @@ class Session:
         self.streams = (sys.stdout, sys.stderr)
         self.ns = {"__name__": "__main__", "__builtins__": builtins}
         self.cells = 0
+        self.in_user_code = False
 
     def run(self, code, timeout_s):
         started = time.monotonic()
         error, timed_out, exc_type = None, False, None
         self._arm(timeout_s)
         try:
-            self._execute(code)
+            self.in_user_code = True
+            try:
+                self._execute(code)
+            finally:
+                self.in_user_code = False
         except _Timeout:
             error, timed_out, exc_type = f"timed out after {timeout_s:g} s", True, "Timeout"
         except SystemExit as e:
             if e.code not in (None, 0):
                 error, exc_type = f"SystemExit: {e.code}", "SystemExit"
         except MemoryError:
-            error, exc_type = f"MemoryError: memory limit {self.cfg['limits'].get('memory_mb')} MB exceeded", \
-                "MemoryError"
+            limit = self.cfg["limits"].get("memory_mb")
+            error, exc_type = f"MemoryError: memory limit {limit} MB exceeded", "MemoryError"
         except BaseException as e:  # noqa: BLE001 - any user exception becomes result text
-            error, exc_type = format_error(e), type(e).__name__
+            error, exc_type = safe_format_error(e), type(e).__name__
         finally:
             self._disarm()
         reap(self.cfg.get("reap", "tree"))
@@ -197,7 +202,8 @@ class Session:
 
     def _arm(self, timeout_s):
         def on_alarm(signum, frame):
-            raise _Timeout()
+            if self.in_user_code:  # never interrupt the worker's own bookkeeping
+                raise _Timeout()
 
         signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, timeout_s)
@@ -225,8 +231,17 @@ class Session:
                 print(repr(value))
 
 
+def safe_format_error(exc):
+    try:
+        return format_error(exc)
+    except BaseException:  # noqa: BLE001 - an exception whose __str__ or traceback is hostile
+        return f"{type(exc).__name__}: <exception could not be formatted>"
+
+
 def format_error(exc, max_frames=4):
     """Exception type + message + the last traceback lines of the user's own cells."""
+    import traceback  # only on errors: keeps worker start fast
+
     te = traceback.TracebackException.from_exception(exc, limit=-max_frames)
     te.stack = traceback.StackSummary.from_list([f for f in te.stack if f.filename.startswith("<cell-")])
     lines = list(te.format())
@@ -282,20 +297,33 @@ def main():
     cfg = read_frame(0)
     if cfg is None:
         return
-    workdir = cfg.get("workdir") or os.getcwd()
-    os.chdir(workdir)
+    os.chdir(cfg.get("workdir") or os.getcwd())
     proto_in, proto_out, out, err = setup_stdio()
+    try:
+        lock_down(cfg)
+    except Exception as e:  # noqa: BLE001 - reported to the host, which raises SandboxError
+        write_frame(proto_out, {"ready": False, "error": f"{type(e).__name__}: {e}"})
+        return
+    write_frame(proto_out, {"ready": True, "pid": os.getpid()})
+    serve(Session(cfg, out, err), proto_in, proto_out)
+
+
+def lock_down(cfg):
+    """Everything that must hold before the first line of user code runs."""
     become_subreaper()
     apply_limits(cfg.get("limits", {}))
     if cfg.get("seccomp"):
         install_seccomp(cfg["seccomp"])
-    write_frame(proto_out, {"ready": True, "pid": os.getpid()})
-    session = Session(cfg, out, err)
+
+
+def serve(session, proto_in, proto_out):
     while True:
         req = read_frame(proto_in)
         if req is None:
             return
-        write_frame(proto_out, session.run(req["code"], float(req.get("timeout_s", 5))))
+        result = session.run(req["code"], float(req.get("timeout_s", 5)))
+        result["seq"] = req.get("seq")
+        write_frame(proto_out, result)
 
 
 if __name__ == "__main__":

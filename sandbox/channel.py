@@ -45,12 +45,15 @@ class WorkerHandle:
 
     def __init__(self, reader: ByteReader, writer: asyncio.StreamWriter | Any,
                  kill: Callable[[], Awaitable[None]], exit_code: Callable[[], Awaitable[int | None]],
-                 max_frame: int, label: str, alive: Callable[[], bool] = lambda: True):
+                 max_frame: int, label: str, alive: Callable[[], bool] = lambda: True,
+                 exit_wait_s: float = 2.0):
         self._reader, self._writer = reader, writer
         self._kill, self._exit_code, self._alive = kill, exit_code, alive
         self.max_frame = max_frame
+        self.exit_wait_s = exit_wait_s
         self.label = label
         self.closed = False
+        self._seq = 0
 
     async def handshake(self, cfg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         try:
@@ -70,10 +73,15 @@ class WorkerHandle:
         return reply
 
     async def execute(self, code: str, timeout_s: float, grace_s: float) -> dict[str, Any]:
-        """Run code; raises TimeoutError past ``timeout_s + grace_s`` and WorkerDied on EOF."""
-        await self._send({"code": code, "timeout_s": timeout_s})
+        """Run code; raises TimeoutError past ``timeout_s + grace_s`` and WorkerDied on EOF or on a
+        reply out of step (each request carries a sequence number the worker echoes)."""
+        self._seq += 1
+        await self._send({"code": code, "timeout_s": timeout_s, "seq": self._seq})
         async with asyncio.timeout(timeout_s + grace_s):
-            return await self._receive()
+            reply = await self._receive()
+        if reply.get("seq") != self._seq:
+            raise WorkerDied(f"reply out of step (seq {reply.get('seq')!r}, expected {self._seq})")
+        return reply
 
     async def _send(self, obj: dict[str, Any]) -> None:
         try:
@@ -99,7 +107,7 @@ class WorkerHandle:
 
     async def exit_code(self) -> int | None:
         try:
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(self.exit_wait_s):
                 return await self._exit_code()
         except TimeoutError:
             return None

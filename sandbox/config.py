@@ -18,7 +18,8 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass
 class SandboxConfig:
-    backend: str = field(default="process", metadata=_help("process (namespaces + rlimits + seccomp) or docker"))
+    backend: str = field(default="process",
+                         metadata=_help("process (namespaces + rlimits + seccomp) or docker"))
     timeout_s: float = field(default=5.0, metadata=_help("wall-clock limit of one run, in seconds"))
     memory_mb: int = field(default=512, metadata=_help("address-space (process) or memory (docker) limit"))
     max_output_chars: int = field(default=20_000, metadata=_help("cap on stdout and on stderr per run"))
@@ -30,9 +31,11 @@ class SandboxConfig:
     cpu_session_s: int = field(default=600, metadata=_help("hard RLIMIT_CPU over a whole session"))
     kill_grace_s: float = field(default=1.0, metadata=_help("extra wait after timeout_s before a hard kill"))
     isolation: str = field(default="auto", metadata=_help("process backend: auto, bwrap, unshare or none"))
-    python: str = field(default="", metadata=_help("interpreter to run (default: this one / python3 in image)"))
-    site_packages: bool = field(default=True, metadata=_help("process backend: allow the interpreter's "
-                                                              "installed packages (read-only)"))
+    python: str = field(default="",
+                        metadata=_help("interpreter to run (default: this one / python3 in the image)"))
+    site_packages: bool = field(default=False, metadata=_help("process backend: let code import the "
+                                                               "interpreter's installed packages (read-only; "
+                                                               "slower worker start: site and .pth run)"))
     seccomp: bool = field(default=True, metadata=_help("install the seccomp filter (needs pyseccomp)"))
     image: str = field(default="splice-sandbox:latest", metadata=_help("docker image with python3"))
     docker_host: str = field(default="", metadata=_help("Docker API address (default: DOCKER_HOST)"))
@@ -40,9 +43,11 @@ class SandboxConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ConfigError(f"sandbox backend {self.backend!r} is unknown: use one of {', '.join(BACKENDS)}")
+            raise ConfigError(f"sandbox backend {self.backend!r} is unknown: "
+                              f"use one of {', '.join(BACKENDS)}")
         if self.isolation not in ISOLATION_MODES:
-            raise ConfigError(f"isolation {self.isolation!r} is unknown: use one of {', '.join(ISOLATION_MODES)}")
+            raise ConfigError(f"isolation {self.isolation!r} is unknown: "
+                              f"use one of {', '.join(ISOLATION_MODES)}")
         for name in ("timeout_s", "memory_mb", "max_output_chars", "max_processes", "max_open_files",
                      "file_size_mb", "tmp_size_mb", "cpu_session_s", "cpus"):
             if getattr(self, name) <= 0:

@@ -26,6 +26,7 @@ __all__ = ["DockerBackend", "DemuxReader"]
 DOCKER_HEADER = struct.Struct(">BxxxI")
 USER = "65534:65534"
 LABEL = "splice.sandbox"
+EXIT_WAIT_S = 10.0  # podman reports a container's exit status a second or two late
 
 
 class DemuxReader:
@@ -64,8 +65,8 @@ class DockerBackend:
         try:
             self.client = await asyncio.to_thread(self._connect, docker)
         except docker.errors.DockerException as e:
-            raise SandboxError(f"cannot reach the Docker API at {self.config.docker_host or 'DOCKER_HOST'}: {e}"
-                               ) from e
+            where = self.config.docker_host or "DOCKER_HOST"
+            raise SandboxError(f"cannot reach the Docker API at {where}: {e}") from e
         if self.config.seccomp and await asyncio.to_thread(seccomp_bpf) is None:
             warn_missing("seccomp", "pyseccomp/libseccomp not installed: only the engine's default seccomp "
                          "profile applies (pip install 'splice[sandbox]')")
@@ -102,7 +103,8 @@ class DockerBackend:
             raise SandboxError(f"{e}; stderr: {bytes(demux.stderr).decode(errors='replace')!r}") from e
         return handle
 
-    def _handle(self, container: Any, sock: Any, demux: DemuxReader, writer: asyncio.StreamWriter) -> WorkerHandle:
+    def _handle(self, container: Any, sock: Any, demux: DemuxReader,
+                writer: asyncio.StreamWriter) -> WorkerHandle:
         async def kill() -> None:
             await asyncio.to_thread(self._remove, container)
             sock.close()  # the attach socket; keeping ``sock`` referenced keeps the HTTP response alive
@@ -112,7 +114,7 @@ class DockerBackend:
 
         cap = self.config.max_output_chars
         return WorkerHandle(demux, writer, kill, exit_code, max_frame=24 * cap + (1 << 20),
-                            label=f"container {container.short_id}")
+                            label=f"container {container.short_id}", exit_wait_s=EXIT_WAIT_S)
 
     def _create(self) -> Any:
         from docker.types import Ulimit
@@ -149,7 +151,7 @@ class DockerBackend:
 
     def _exit_code(self, container: Any) -> int | None:
         try:
-            return int(container.wait(timeout=2)["StatusCode"])
+            return int(container.wait(timeout=EXIT_WAIT_S)["StatusCode"])
         except Exception:  # noqa: BLE001 - already gone or engine hiccup: unknown
             return None
 

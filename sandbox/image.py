@@ -24,8 +24,8 @@ from typing import Any, Iterable
 __all__ = ["build_rootfs", "import_image", "ensure_image"]
 
 PREFIX_IN_IMAGE = "/opt/python"
-SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
-             "config-3.11-x86_64-linux-gnu", "pkgconfig"}
+SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "tkinter", "turtledemo",
+             "ensurepip", "lib2to3"}
 PASSWD = "root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/tmp:/sbin/nologin\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
@@ -40,9 +40,11 @@ def _shared_libs(binaries: Iterable[str]) -> set[str]:
     return libs
 
 
-def _python_files(prefix: Path) -> Iterable[Path]:
-    for root, dirs, files in os.walk(prefix / "lib"):
-        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+def _python_files(prefix: Path, version: str) -> Iterable[Path]:
+    """The standard library (no site-packages, tests, tkinter...) and libpython."""
+    yield from (prefix / "lib").glob("libpython*")
+    for root, dirs, files in os.walk(prefix / "lib" / f"python{version}"):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith("config-")]
         for name in files:
             yield Path(root) / name
 
@@ -71,7 +73,7 @@ def build_rootfs(out: str | Path, prefix: str | Path | None = None) -> Path:
     prefix = Path(prefix or sys.base_prefix).resolve()
     version = sysconfig.get_python_version()
     python = prefix / "bin" / f"python{version}"
-    files = list(_python_files(prefix))
+    files = list(_python_files(prefix, version))
     libs = _shared_libs([str(python), *(str(f) for f in files if f.suffix == ".so")])
     out = Path(out)
     with tarfile.open(out, "w") as tar:

@@ -95,12 +95,23 @@ class WorkerPool:
             self._wanted.clear()
             while len(self._ready) < self.size:
                 try:
-                    worker = await self.backend.start_worker()
+                    worker = await self._start_uninterrupted()
                 except SandboxError as e:
                     log.warning("sandbox pool could not start a worker (retrying in %.0f s): %s", RETRY_S, e)
                     await asyncio.sleep(RETRY_S)
                     continue
                 self._ready.append(worker)
+
+    async def _start_uninterrupted(self) -> WorkerHandle:
+        """Start a worker; if cancelled meanwhile, let the start finish, kill the worker, re-raise.
+        (Cancelling a process spawn half-way makes asyncio reap the child behind its own back.)"""
+        start = asyncio.ensure_future(self.backend.start_worker())
+        try:
+            return await asyncio.shield(start)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await (await start).close()
+            raise
 
     async def aclose(self) -> None:
         """Stop the filler and kill idle workers. Idempotent."""

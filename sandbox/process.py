@@ -48,10 +48,13 @@ class ProcessBackend:
         self.prefix = self.shared = ""
         self.layers: HostLayers | None = None
         self._uids: set[int] = set()
+        self._setpriv = shutil.which("setpriv") or ""
 
     async def prepare(self) -> None:
         """Probe the host once per process and pick the strongest mode; warn about what is missing."""
         self.layers = await asyncio.to_thread(probe_host)
+        if self.layers.root and not self._setpriv:
+            raise SandboxError("running as root needs setpriv (util-linux) to drop to a worker uid")
         self.prefix = str(Path(self.python).resolve().parent.parent)
         self.shared = await asyncio.to_thread(shared_prefix, self.prefix)
         self.mode = self._choose_mode(self.layers)
@@ -88,9 +91,9 @@ class ProcessBackend:
         workdir = await asyncio.to_thread(self._host_workdir, uid)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self._command(workdir), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=self._env(workdir), cwd=workdir or "/",
-                start_new_session=True, **self._demote(uid))
+                *self._demote(uid), *self._command(workdir), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self._env(workdir),
+                cwd=workdir or "/", start_new_session=True)
         except OSError as e:
             self._uids.discard(uid)
             raise SandboxError(f"cannot start sandbox worker {self._command(workdir)[0]}: {e}") from e
@@ -114,11 +117,12 @@ class ProcessBackend:
                             label=f"pid {proc.pid} ({self.mode})", alive=lambda: proc.returncode is None)
 
     async def _kill(self, proc: asyncio.subprocess.Process, uid: int | None, workdir: str | None) -> None:
-        for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
-            try:
-                kill()
-            except (ProcessLookupError, PermissionError):
-                pass
+        # The worker leads its own process group (start_new_session). Not proc.kill(): Popen polls
+        # first, which can reap the child behind asyncio's child watcher.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         await proc.wait()
         if uid is not None:
             await asyncio.to_thread(_kill_uid, uid)
@@ -135,9 +139,12 @@ class ProcessBackend:
         self._uids.add(uid)
         return uid
 
-    @staticmethod
-    def _demote(uid: int | None) -> dict[str, Any]:
-        return {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
+    def _demote(self, uid: int | None) -> list[str]:
+        """Drop to ``uid`` through setpriv: with ``Popen(user=...)`` Python must fork() the whole
+        (large) parent on the event loop thread; without it, it can vfork()."""
+        if uid is None:
+            return []
+        return [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
 
     def _host_workdir(self, uid: int | None) -> str | None:
         """bwrap gives the worker a private tmpfs; the other modes need a host directory."""
@@ -174,8 +181,8 @@ class ProcessBackend:
         return self._python_argv(outside=True)
 
     def _bwrap_args(self) -> list[str]:
-        args = ["--die-with-parent", "--new-session", "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
-                "--hostname", "sandbox", "--clearenv"]
+        args = ["--die-with-parent", "--new-session", "--unshare-all", "--unshare-user", "--disable-userns",
+                "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv"]
         for key, value in self._env(None).items():
             args += ["--setenv", key, value]
         args += ["--ro-bind", "/usr", "/usr"]
@@ -186,7 +193,7 @@ class ProcessBackend:
                 args += ["--ro-bind", top, top]
         for path in ETC_FILES:
             args += ["--ro-bind-try", path, path]
-        if not self.prefix.startswith("/usr/"):
+        if self.prefix != "/usr" and not self.prefix.startswith("/usr/"):
             args += ["--ro-bind", self.shared, self.prefix]
         size = str(self.config.tmp_size_mb * 1024 * 1024)
         args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/tmp",

@@ -55,7 +55,8 @@ def _stream(part: Any) -> tuple[str, bool]:
     if not isinstance(part, dict):
         return "", False
     head, tail = str(part.get("head", "")), str(part.get("tail", ""))
-    cut = int(part.get("cut", 0) or 0)
+    cut = part.get("cut", 0)
+    cut = cut if isinstance(cut, int) else 0
     if cut <= 0:
         return head + tail, False
     return head + TRUNCATED.format(cut=cut) + tail, True

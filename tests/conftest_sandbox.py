@@ -67,7 +67,8 @@ def _wait_for(host: str, proc: subprocess.Popen, workdir: Path):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"podman system service exited: {(workdir / 'podman.log').read_text()[-2000:]}")
+            log = (workdir / "podman.log").read_text()[-2000:]
+            raise RuntimeError(f"podman system service exited: {log}")
         if (workdir / "podman.sock").exists():
             client = docker.DockerClient(base_url=host)
             try:

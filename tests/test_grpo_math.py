@@ -49,7 +49,7 @@ def test_clipping_by_hand():
     advs = [1.0, 1.0, -1.0, -1.0, -1.0]
     loss, stats, grad = _loss_for(ratios, advs, clip_low=0.2)
     # per-token -min(r*A, clip(r)*A): -1.2 (clipped), -0.5, 1.1, 1.5, 0.8 (clipped); mean over 5 tokens
-    assert float(loss) == pytest.approx((-1.2 - 0.5 + 1.1 + 1.5 + 0.8) / 5)
+    assert float(loss.detach()) == pytest.approx((-1.2 - 0.5 + 1.1 + 1.5 + 0.8) / 5)
     assert stats == {"tokens": 5.0, "clipped": 2.0, "kl": 0.0}
     # d/dlogp of -r*A/5 is -r*A/5 where unclipped; exactly zero where the clipped branch is taken
     assert grad.tolist() == pytest.approx([0.0, -0.5 / 5, 1.1 / 5, 1.5 / 5, 0.0])
@@ -66,7 +66,7 @@ def test_ratio_one_gives_plain_policy_gradient():
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     loss, _ = grpo_loss(logp, logp.detach(), torch.tensor([2.0]), torch.ones(1, 2))
     loss.backward()
-    assert float(loss) == pytest.approx(-2.0)
+    assert float(loss.detach()) == pytest.approx(-2.0)
     assert logp.grad.tolist() == [[-1.0, -1.0]]  # -A / n_tokens
 
 
@@ -76,7 +76,7 @@ def test_kl_k3_by_hand():
     loss, stats = grpo_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 2), ref_logp=ref, kl_coef=0.1)
     k3 = 2 - math.log(2) - 1  # exp(d) - d - 1 with d = log 2; zero on the second token
     assert stats["kl"] == pytest.approx(k3)
-    assert float(loss) == pytest.approx(0.1 * k3 / 2)
+    assert float(loss.detach()) == pytest.approx(0.1 * k3 / 2)
 
 
 def test_token_and_sequence_normalisation():

@@ -239,6 +239,9 @@ ATTACKS = [
     Attack("environment_secrets", ("import os\nprint(dict(os.environ))",),
            all_of(secret_absent, holds(lambda r: SECRET_NAME not in r.stdout))),
     Attack("ctypes_segfault", ("import ctypes\nctypes.string_at(0)",), restarted_with("SIGSEGV")),
+    Attack("exception_with_hostile_str",
+           ("class E(Exception):\n    def __str__(self):\n        raise E()\nraise E()",),
+           holds(lambda r: r.error is not None and "E" in r.error and not r.restarted)),
     Attack("deep_recursion", ("def f(n):\n    return f(n + 1)\nf(0)",), error_in("RecursionError")),
     Attack("c_stack_overflow", ("import sys\nsys.setrecursionlimit(10 ** 8)\ndef f(n):\n    return f(n + 1)\nf(0)",),
            holds(lambda r: r.error is not None)),
@@ -260,12 +263,18 @@ ATTACKS = [
     Attack("setuid_root", ("import os\nos.setuid(0)",), error_in("PermissionError", "Invalid argument")),
     Attack("new_user_namespace", (CTYPES + "print(libc.unshare(0x10000000), ctypes.get_errno())",),
            out_is("-1 1\n")),
-    Attack("mount_syscall", (CTYPES + "print(libc.mount(b'none', b'/tmp', b'tmpfs', 0, None), ctypes.get_errno())",),
+    Attack("mount_syscall",
+           (CTYPES + "print(libc.mount(b'none', b'/tmp', b'tmpfs', 0, None), ctypes.get_errno())",),
            out_is("-1 1\n")),
     Attack("forge_protocol_frames",
            ("import os\nfor fd in range(3, 40):\n    try:\n        os.write(fd, b'\\xff\\xff\\xff\\xff')\n"
             "    except OSError:\n        pass",),
            holds(lambda r: r.restarted)),
+    Attack("forge_well_formed_result",
+           ("import json, os, struct\nbody = json.dumps({'stdout': {'head': 'FORGED', 'tail': '', 'cut': 0}, "
+            "'error': None, 'seq': -1}).encode()\nfor fd in range(3, 40):\n    try:\n"
+            "        os.write(fd, struct.pack('>I', len(body)) + body)\n    except OSError:\n        pass",),
+           holds(lambda r: r.restarted and "FORGED" not in r.stdout)),
 ]
 
 

@@ -131,6 +131,8 @@ def available_tools() -> list[str]:
 
 def get_tool(spec: str | Tool, **options: Any) -> Tool:
     """A Tool from a registered name (``"python"``), an import path (``"pkg.mod:obj"``) or a Tool."""
+    from agent.errors import ToolError
+
     if isinstance(spec, Tool):
         return spec
     if spec in _REGISTRY:
@@ -140,15 +142,15 @@ def get_tool(spec: str | Tool, **options: Any) -> Tool:
         try:
             obj = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"cannot import tool {spec!r}: {e}") from e
+            raise ToolError(f"cannot import tool {spec!r}: {e}") from e
         if isinstance(obj, Tool):
             return obj
         if isinstance(obj, type) and issubclass(obj, Tool):
             return obj(**options)
         if callable(obj):
             return FunctionTool(obj)
-        raise ValueError(f"{spec!r} is not a Tool, Tool class or function")
-    raise ValueError(f"unknown tool {spec!r}; available: {', '.join(available_tools())} "
+        raise ToolError(f"{spec!r} is not a Tool, Tool class or function")
+    raise ToolError(f"unknown tool {spec!r}; available: {', '.join(available_tools())} "
                      "(or give an import path 'module:name')")
 
 

@@ -66,13 +66,12 @@ async def open_tools(syntax: str, index: str = "", multihop: str = "", need_sear
 
 def build_search_index(index: str, multihop: str) -> None:
     from agent.errors import ConfigError
-    from train.data import multihop_passages
+    from tools.search import build_index
+    from train.data import multihop_corpora
 
     if not multihop:
         raise ConfigError(f"search index {index} does not exist; give --multihop DIR to build it from passages")
-    from tools.search import build_index
-
-    build_index(multihop_passages(multihop), index)
+    build_index(multihop_corpora(multihop), index, progress=False)
 
 
 def _cmd_data(ns: argparse.Namespace) -> int:

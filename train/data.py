@@ -309,17 +309,13 @@ def multihop_records(root: str | Path, holdout: float = 0.0, heldout_prefix: str
     return out
 
 
-def multihop_passages(root: str | Path) -> list[dict[str, str]]:
-    """Every passage of the multi-hop sets as {title, text} (the corpus of the local index)."""
-    root = Path(root)
-    docs: list[dict[str, str]] = []
-    hp = root / "hotpotqa_train_corpus.json"
-    if hp.exists():
-        docs += [{"title": t, "text": "".join(s).strip()} for t, s in json.loads(hp.read_text()).items()]
-    mq = root / "musique_train_corpus.json"
-    if mq.exists():
-        docs += [{"title": d["title"], "text": d["text"]} for d in json.loads(mq.read_text())]
-    return docs
+def multihop_corpora(root: str | Path) -> list[Path]:
+    """The passage files of the multi-hop sets (title -> sentences, or a list of {title, text})."""
+    found = [p for p in (Path(root) / "hotpotqa_train_corpus.json", Path(root) / "musique_train_corpus.json")
+             if p.exists()]
+    if not found:
+        raise DataError(f"no *_train_corpus.json passages under {root}")
+    return found
 
 
 # -- plain answers ---------------------------------------------------------------------------------

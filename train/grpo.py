@@ -120,14 +120,16 @@ class GRPOConfig:
 
 # -- the math -------------------------------------------------------------------------------------
 def group_advantages(rewards: Any, group_size: int, scale: bool = True, eps: float = 1e-4) -> Any:
-    """``(r - mean_group) / (std_group + eps)`` with the unbiased std (``scale=False``: no division).
+    """``(r - mean_group) / (std_group + eps)`` with the unbiased std (``scale=False``: no division);
+    a group without spread gets 0.
     ``rewards`` is flat, grouped: entries ``[i*G, (i+1)*G)`` share a prompt."""
     import torch
 
     r = torch.as_tensor(rewards, dtype=torch.float32).view(-1, group_size)
     adv = r - r.mean(dim=1, keepdim=True)
     if scale:
-        adv = adv / (r.std(dim=1, keepdim=True) + eps)
+        std = r.std(dim=1, keepdim=True)
+        adv = torch.where(std > 0, adv / (std + eps), torch.zeros_like(adv))
     return adv.flatten()
 
 
@@ -152,17 +154,19 @@ def grpo_loss(logp: Any, old_logp: Any, advantages: Any, mask: Any, *, clip_low:
     import torch
 
     clip_high = clip_low if clip_high is None else clip_high
-    ratio = torch.exp(logp - old_logp)
+    live = mask > 0
+    zero = torch.zeros_like(logp)
+    # masked positions are zeroed BEFORE exp: a huge ratio there would turn 0 * inf into a NaN gradient
+    ratio = torch.exp(torch.where(live, logp - old_logp, zero))
     adv = advantages.to(logp.dtype).unsqueeze(-1)
     unclipped, clipped = ratio * adv, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
     per_tok = -torch.minimum(unclipped, clipped)
-    kl = torch.zeros_like(logp)
+    kl = zero
     if ref_logp is not None and kl_coef:
-        d = ref_logp - logp
+        d = torch.where(live, ref_logp - logp, zero)
         kl = torch.exp(d) - d - 1
         per_tok = per_tok + kl_coef * kl
-    live = mask > 0
-    per_tok = torch.where(live, per_tok, torch.zeros_like(per_tok))
+    per_tok = torch.where(live, per_tok, zero)
     if norm == "sequence":
         per_seq = per_tok.sum(-1) / mask.sum(-1).clamp(min=1)
         loss = per_seq.sum() / (denom if denom else max(int((mask.sum(-1) > 0).sum()), 1))
@@ -171,7 +175,7 @@ def grpo_loss(logp: Any, old_logp: Any, advantages: Any, mask: Any, *, clip_low:
     with torch.no_grad():
         is_clipped = ((ratio > 1 + clip_high) & (adv > 0)) | ((ratio < 1 - clip_low) & (adv < 0))
         stats = {"tokens": float(live.sum()), "clipped": float((is_clipped & live).sum()),
-                 "kl": float(torch.where(live, kl, torch.zeros_like(kl)).sum())}
+                 "kl": float(torch.where(live, kl, zero).sum())}
     return loss, stats
 
 
@@ -426,7 +430,7 @@ class GRPOTrainer:
                     loss.backward()
                 for k in ("tokens", "clipped", "kl"):
                     sums[k] += st[k]
-                sums["loss"] += float(loss)
+                sums["loss"] += float(loss.detach())
             sums["grad_norm"] += self._apply_gradients()
         sums["epochs"] = cfg.epochs
         return sums

@@ -250,7 +250,7 @@ def _train_step(rm: RewardModel, opt: Any, batch: list[Pair]) -> float:
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 # -- CLI ----------------------------------------------------------------------------------------------

@@ -339,7 +339,8 @@ class SFTTrainer:
         path = self.out / ("adapter" if self.cfg.lora else "model")
         if self.accel.is_main_process:
             model = self.accel.unwrap_model(self.model)
-            model.save_pretrained(path)
+            # new tag rows travel in the adapter (trainable tokens); the resized base is rebuilt on load
+            model.save_pretrained(path, **({"save_embedding_layers": False} if self.cfg.lora else {}))
             self.tok.save_pretrained(path)
             meta = {"base_model": _base_path(self.cfg.model), "syntax": self.cfg.syntax, "tools": self.cfg.tools,
                     "lora": self.cfg.lora, "new_token_ids": self.new_ids, "steps": self.step}

@@ -34,7 +34,7 @@ def unsupported_reason(model: Any) -> str | None:
     cfg = model.config
     if cfg.model_type not in _SUPPORTED:
         return f"model_type {cfg.model_type!r} is not one of {_SUPPORTED}"
-    rope = getattr(cfg, "rope_scaling", None) or {}
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     if "dynamic" in str(rope.get("rope_type", rope.get("type", ""))):
         return "dynamic RoPE scaling changes with length"
     if getattr(cfg, "use_sliding_window", False):

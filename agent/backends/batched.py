@@ -9,9 +9,10 @@ the spliced tokens prefilled. New sequences take slots as they free up.
 
 The forward runs in a worker thread (``asyncio.to_thread``), one step at a time, so the event loop
 stays free for tools and consumers. Per step the Python work is a handful of numpy ops plus one
-queue put per decoding sequence. Greedy rows are an on-device argmax; sampled rows use the same
-``sample_token`` and per-sequence seeded RNG as the single-sequence backend, so an episode's tokens
-do not depend on which other episodes shared its batch. Design notes and numbers: docs/speed.md.
+queue put per decoding sequence. Greedy rows are an on-device argmax (the same tokens as the
+single-sequence backend); sampled rows use the same ``sample_token`` with a generator keyed by
+(seed, token index), so a seeded episode samples the same tokens whatever shared its batch and
+however far the scheduler decoded past a closed stream. Design notes and numbers: docs/speed.md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 
 from agent.backends._static_cache import StaticLlamaRunner, unsupported_reason
 from agent.backends.base import SamplingParams, Sequence, common_prefix
-from agent.backends.sampling import make_rng, sample_token
+from agent.backends.sampling import sample_token
 from agent.backends.transformers import TransformersBackend
 from agent.errors import ModelError
 
@@ -41,7 +42,7 @@ log = logging.getLogger("splice.backends.batched")
 @dataclass(eq=False)
 class _SeqState:
     owner: object  # the scheduler that gave out ``slot``
-    rng: np.random.Generator
+    key: int  # sampling key: the token at index i is drawn from rng(key, i)
     slot: int | None = None
     cached: list[int] = field(default_factory=list)  # ids the slot's cache holds, in order
 
@@ -57,6 +58,12 @@ class _Req:
     todo: list[int] = field(default_factory=list)  # ids still to prefill
     left: int = 0  # tokens still to sample
     closed: bool = False
+
+
+def _rng(key: int, index: int) -> np.random.Generator:
+    """The generator for the token at ``index`` of a sequence: a counter-based draw, so tokens the
+    scheduler samples past a closed stream (and discards) never shift later draws."""
+    return np.random.default_rng([key, index])
 
 
 class _HFRunner:
@@ -76,7 +83,7 @@ class _HFRunner:
         if start == 0 or cache is None:
             cache = DynamicCache()
         elif cache.get_seq_length() > start:
-            cache.crop(start)
+            cache.crop(start - cache.get_seq_length())  # negative: tokens to drop (transformers 4 and 5)
         out = self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=cache,
                          use_cache=True)
         self.caches[slot] = out.past_key_values
@@ -239,12 +246,13 @@ class _Scheduler:
                 return None
             if r.params.greedy:
                 return int(logits.argmax())
-            return sample_token(logits.cpu().numpy(), r.params, r.st.rng)
+            return sample_token(logits.cpu().numpy(), r.params, _rng(r.st.key, start + len(chunk)))
 
     async def _decode_step(self) -> None:
         n = max(self.decoding) + 1
         tok, pos, act = self.tok[:n].copy(), self.pos[:n].copy(), self.active[:n].copy()
-        samplers = [(s, r.params, r.st.rng) for s, r in self.decoding.items() if not r.params.greedy]
+        samplers = [(s, r.params, _rng(r.st.key, int(pos[s]) + 1))
+                    for s, r in self.decoding.items() if not r.params.greedy]
         new = await asyncio.to_thread(self._decode_job, tok, pos, act, samplers)
         self.steps += 1
         for s, r in list(self.decoding.items()):
@@ -319,7 +327,8 @@ class BatchedTransformersBackend(TransformersBackend):
         sched = self._scheduler()
         st = seq.state
         if not isinstance(st, _SeqState) or st.owner is not sched:
-            st = seq.state = _SeqState(owner=sched, rng=make_rng(seq.seed))
+            key = seq.seed if seq.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+            st = seq.state = _SeqState(owner=sched, key=key)
         req = _Req(seq, params, st)
         sched.submit(req)
         try:

@@ -20,12 +20,12 @@ from typing import Protocol, runtime_checkable
 from agent.errors import SearchError
 
 __all__ = [
+    "BadResponse",
+    "EngineTimeout",
     "Passage",
+    "RateLimited",
     "SearchBackend",
     "SearchUnavailable",
-    "RateLimited",
-    "EngineTimeout",
-    "BadResponse",
     "normalize_query",
 ]
 

@@ -13,8 +13,8 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from agent.errors import SearchError
 from tools.search.base import Passage

@@ -16,18 +16,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from agent.errors import DataError
 
-__all__ = ["Document", "iter_documents", "chunk_text", "TEXT_SUFFIXES"]
+__all__ = ["TEXT_SUFFIXES", "Document", "chunk_text", "iter_documents"]
 
 TEXT_SUFFIXES = (".txt", ".md")
 _TEXT_KEYS = ("text", "paragraph_text", "contents", "sentences", "body", "content")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.M)
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tools.search.base import Passage
 
-__all__ = ["DESCRIPTION", "EXAMPLES", "format_results", "format_failure", "clip"]
+__all__ = ["DESCRIPTION", "EXAMPLES", "clip", "format_failure", "format_results"]
 
 DESCRIPTION = (
     "Search for passages about a topic. Give a short query of keywords or a question; the result is "
@@ -33,7 +33,7 @@ def clip(text: str, max_chars: int) -> str:
 def format_results(query: str, passages: list[Passage], max_chars: int) -> str:
     """``[1] Title (source)`` then the snippet, one block per passage, blank line between."""
     if not passages:
-        return f"No results for {query!r}. Try other keywords."
+        return f"No results for {clip(query, 100)!r}. Try other keywords."
     blocks = []
     for i, p in enumerate(passages, 1):
         head = f"[{i}] {p.title or 'Untitled'}" + (f" ({p.source})" if p.source else "")

@@ -25,22 +25,23 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from agent.errors import SearchError
 from tools.search.base import Passage
 from tools.search.corpus import Document, chunk_text, iter_documents
 
-__all__ = ["LocalIndex", "LocalBackend", "IndexStats", "build_index", "tokenize", "match_expression"]
+__all__ = ["IndexStats", "LocalBackend", "LocalIndex", "build_index", "match_expression", "tokenize"]
 
 SCHEMA_VERSION = "1"
 TITLE_WEIGHT, TEXT_WEIGHT = 2.0, 1.0
 K1, B = 1.2, 0.75
 MAX_TERMS = 32
 _WORD = re.compile(r"[^\W_]+")
+# ASCII fast path of _WORD: every ASCII character but letters and digits separates words.
+_ASCII_SEPARATORS = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isalnum()})
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -56,8 +57,9 @@ INSERT OR IGNORE INTO passages(passages, rank) VALUES ('rank', 'bm25({TITLE_WEIG
 def tokenize(text: str) -> list[str]:
     """Lower-cased words without diacritics: what FTS5's ``unicode61 remove_diacritics 2`` keeps."""
     text = text.lower()
-    if not text.isascii():
-        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    if text.isascii():
+        return text.translate(_ASCII_SEPARATORS).split()
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return _WORD.findall(text)
 
 
@@ -240,11 +242,11 @@ class LocalIndex:
         idf = {t: max(math.log((n - df[t] + 0.5) / (df[t] + 0.5)), 1e-6) for t in terms}
         scored = []
         for i, (_, title, text, source) in enumerate(rows):
-            title_tf, text_tf = Counter(tokenize(title)), Counter(tokenize(text))
-            norm = K1 * (1 - B + B * (title_tf.total() + text_tf.total()) / self.avgdl)
+            title_toks, text_toks = tokenize(title), tokenize(text)
+            norm = K1 * (1 - B + B * (len(title_toks) + len(text_toks)) / self.avgdl)
             score = 0.0
             for t in terms:
-                tf = TITLE_WEIGHT * title_tf[t] + TEXT_WEIGHT * text_tf[t]
+                tf = TITLE_WEIGHT * title_toks.count(t) + TEXT_WEIGHT * text_toks.count(t)
                 score += idf[t] * tf * (K1 + 1) / (tf + norm)
             scored.append((-score, i, (title, text, source)))
         scored.sort()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 from agent.errors import ConfigError
 from tools.search.base import BadResponse, EngineTimeout, RateLimited
 
-__all__ = ["TokenBucket", "RetryPolicy", "with_retries", "check_http", "http_call"]
+__all__ = ["RetryPolicy", "TokenBucket", "check_http", "http_call", "with_retries"]
 
 T = TypeVar("T")
 

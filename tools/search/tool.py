@@ -150,7 +150,7 @@ class SearchTool(Tool):
             if self.cache is not None:
                 await self.cache.aclose()
 
-    async def __aenter__(self) -> SearchTool:
+    async def __aenter__(self) -> SearchTool:  # noqa: PYI034
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from collections.abc import Awaitable, Callable, Sequence
 from types import ModuleType
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 import httpx
 
@@ -29,7 +30,7 @@ from agent.errors import ConfigError, MissingDependency
 from tools.search.base import BadResponse, EngineTimeout, Passage, RateLimited, SearchUnavailable
 from tools.search.retry import RetryPolicy, TokenBucket, check_http, http_call, with_retries
 
-__all__ = ["WebBackend", "DdgsEngine", "SearxngEngine", "EngineFn", "import_ddgs", "DEFAULT_ENGINES"]
+__all__ = ["DEFAULT_ENGINES", "DdgsEngine", "EngineFn", "SearxngEngine", "WebBackend", "import_ddgs"]
 
 EngineFn = Callable[[str, str, int], Awaitable[list[Passage]]]
 DEFAULT_ENGINES = ("duckduckgo", "brave", "mojeek", "wikipedia")
