@@ -184,6 +184,19 @@ def profile(model, tok, prompts, result, s: Setup) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=15)
 
 
+def _load(device: str):
+    path = default_model_path()
+    try:
+        return load_hf(path, device)
+    except ValueError:  # transformers 5 cannot save_pretrained a GGUF-loaded model: load it directly
+        import transformers
+
+        tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+        dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        return model.to(dev).eval(), tok
+
+
 # -- main -------------------------------------------------------------------------------------------
 def _rate(name: str, wall: float, outs: list[list[int]], n: int, ref: list[list[int]] | None) -> Row:
     gen = sum(map(len, outs))
@@ -227,7 +240,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench_rollout.json")
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
-    model, tok = load_hf(default_model_path(), a.device)
+    model, tok = _load(a.device)
     s = Setup(a.episodes, a.turns, a.tokens_per_turn, a.result_tokens, a.tool_ms, str(model.device), a.max_len)
     rows = asyncio.run(throughput(model, tok, s))
     prompts, result = _prompts(tok, 1), _result_ids(tok, s.result_tokens)

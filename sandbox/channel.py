@@ -69,7 +69,8 @@ class WorkerHandle:
             raise
         if not reply.get("ready"):
             await self.close()
-            raise SandboxError(f"sandbox worker {self.label} sent an unexpected first frame: {reply!r:.200}")
+            why = reply.get("error") or f"unexpected first frame {reply!r:.200}"
+            raise SandboxError(f"sandbox worker {self.label} failed to start: {why}")
         return reply
 
     async def execute(self, code: str, timeout_s: float, grace_s: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from agent.backends._static_cache import _DecodeGraphs  # noqa: E402
 from agent.backends.base import SamplingParams  # noqa: E402
 from agent.backends.batched import BatchedTransformersBackend  # noqa: E402
 from agent.backends.transformers import TransformersBackend  # noqa: E402
@@ -107,6 +108,30 @@ async def test_lean_forward_is_used_for_llama(llama):
         assert b.lean
         await _drive(b, SCRIPTS[1], seed=0)
         assert b.decode_steps > 0
+
+
+class _EagerGraphs(_DecodeGraphs):
+    """The CUDA-graph decode path (padded batch buckets, bucketed key length, static input buffers)
+    with the capture replaced by an eager replay, so its bookkeeping is checked on CPU."""
+
+    MIN_KV = 16
+
+    def _capture(self, b, kv_len):
+        static = (torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long),
+                  torch.full((b,), self.r.max_len, dtype=torch.long))
+        out = self.r._decode_core(*static, b, kv_len)
+        self.captured.append((b, kv_len))
+        return (lambda: out.copy_(self.r._decode_core(*static, b, kv_len))), static, out
+
+
+async def test_cuda_graph_bookkeeping_matches_single_on_cpu(llama):
+    expected = await _single(llama)
+    async with BatchedTransformersBackend(model=llama, tokenizer=TOK, max_batch=5, max_len=256) as b:
+        b.runner.graphs = graphs = _EagerGraphs(b.runner)
+        graphs.captured = []
+        got = await asyncio.gather(*[_drive(b, s, seed=i, delay=0.01 * i) for i, s in enumerate(SCRIPTS)])
+    assert list(got) == expected
+    assert {k[0] for k in graphs.captured} >= {4, 5} and len({k[1] for k in graphs.captured}) >= 2
 
 
 async def test_hf_fallback_for_other_architectures_matches_single():

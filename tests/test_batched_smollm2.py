@@ -30,7 +30,14 @@ def smol():
         path = default_model_path()
     except MissingDependency as e:
         pytest.skip(str(e))
-    return load_hf(path, "cpu")
+    try:
+        return load_hf(path, "cpu")
+    except ValueError:  # transformers 5 cannot save_pretrained a GGUF-loaded model: load it directly
+        import transformers
+
+        tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+        return model.eval(), tok
 
 
 async def _episode(backend, prompt: list[int], result: list[int], delay: float) -> list[int]:

@@ -227,8 +227,11 @@ def test_cli_flags_build_the_config():
 
 
 def test_cli_reports_config_errors_and_compares_runs(tmp_path, capsys):
-    assert handler(parse(["eval", "gen:arith", "--samples", "2"])) == 2
+    from agent.cli import main
+
+    assert main(["eval", "gen:arith", "--samples", "2"]) == 2
     assert "--temperature 0.7" in capsys.readouterr().err
+    assert main(["eval"]) == 2 and "--compare" in capsys.readouterr().err
     a = {"modes": {"none": {"accuracy": 0.25, "f1": 0.5, "pass@1": 0.25}}}
     b = {"modes": {"none": {"accuracy": 0.5, "f1": 0.5}, "python": {"accuracy": 0.75}}}
     (tmp_path / "a.json").write_text(json.dumps(a))

@@ -64,9 +64,10 @@ def test_load_pairs_reports_the_bad_line(tmp_path):
 def trained_rm(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm")
     data = out / "pairs.jsonl"
-    data.write_text("\n".join(json.dumps(vars(p)) for p in make_pairs(64, seed=1)))
-    cfg = RewardConfig(model=str(tiny_model_dir), data=str(data), output_dir=str(out / "model"), epochs=4,
+    data.write_text("\n".join(json.dumps(vars(p)) for p in make_pairs(48, seed=1)))
+    cfg = RewardConfig(model=str(tiny_model_dir), data=str(data), output_dir=str(out / "model"), epochs=2,
                        batch_size=8, lr=2e-3, eval_fraction=0.0, max_length=96, device="cpu", seed=0)
+    torch.manual_seed(0)  # the same score-head init train_reward_model draws
     before = RewardModel.from_base(str(tiny_model_dir), device="cpu")
     held_out = make_pairs(40, seed=2)
     result = train_reward_model(cfg, eval_pairs=held_out)
@@ -75,16 +76,19 @@ def trained_rm(tiny_model_dir, tmp_path_factory):
 
 def test_reward_model_learns_separable_preferences(trained_rm):
     result, held_out = trained_rm["result"], trained_rm["held_out"]
-    assert result["steps"] == 4 * 8 and result["eval_pairs"] == 40
+    assert result["steps"] == 2 * 6 and result["eval_pairs"] == 40
     assert result["eval_accuracy"] > 0.9
     meta = json.loads((Path(trained_rm["cfg"].output_dir) / "reward_model.json").read_text())
     history = meta["loss_history"]
-    assert sum(history[-4:]) / 4 < sum(history[:4]) / 4  # the loss went down
-    untrained = trained_rm["untrained"]
+    assert sum(history[-3:]) / 3 < sum(history[:3]) / 3  # the loss went down
     prompts = [p.prompt for p in held_out]
-    acc0 = pairwise_accuracy(untrained.score(prompts, [p.chosen for p in held_out]),
-                             untrained.score(prompts, [p.rejected for p in held_out]))
-    assert acc0 < result["eval_accuracy"]
+
+    def margin(rm):
+        chosen, rejected = rm.score(prompts, [p.chosen for p in held_out]), rm.score(prompts, [p.rejected for p in held_out])
+        return sum(c - r for c, r in zip(chosen, rejected)) / len(held_out)
+
+    trained = RewardModel.load(trained_rm["cfg"].output_dir, device="cpu")
+    assert margin(trained) > margin(trained_rm["untrained"]) + 1.0
 
 
 def test_saved_reward_model_is_a_reward_function(trained_rm):

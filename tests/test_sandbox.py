@@ -229,3 +229,9 @@ def docker_host(tmp_path_factory):
 
     with podman_service(tmp_path_factory.mktemp("podman")) as host:
         yield host
+
+
+async def test_worker_that_cannot_lock_down_is_a_sandbox_error():
+    with pytest.raises(SandboxError, match="failed to start.*ValueError"):
+        async with Sandbox(max_open_files=10**9, **FAST) as box:  # above the hard limit: setrlimit fails
+            await box.run("1")

@@ -10,7 +10,7 @@ The forward reuses the model's own ``nn.Module``s (embedding, RMSNorm, q/k/v/o p
 final norm, lm_head) and only re-implements what HF ties to its cache classes: RoPE at per-row
 positions, the cache write, and attention (SDPA with a boolean mask). GQA is folded into the query
 axis (``[B, kv_heads, groups * T, d]``) so K/V are never repeated. On CUDA the decode step is captured
-in one CUDA graph per batch bucket (1, 2, 4, ...); everything else is plain eager PyTorch.
+in CUDA graphs, one per (batch, key length) bucket, powers of two; everything else is eager PyTorch.
 """
 
 from __future__ import annotations
@@ -171,21 +171,25 @@ def _decode_inputs(tok: np.ndarray, pos: np.ndarray, active: np.ndarray, max_len
 
 
 class _DecodeGraphs:
-    """One CUDA graph per batch bucket for the decode step (attention over the full slot length,
-    so shapes are static). Capture failures fall back to eager for that bucket, with a warning.
-    Not exercised by the CPU test suite: see docs/speed.md."""
+    """CUDA graphs of the decode step, one per (batch bucket, key-length bucket), both powers of two,
+    captured lazily into one shared memory pool. A capture failure falls back to eager for that
+    shape, with a warning. Not exercised by the CPU test suite: see docs/speed.md."""
+
+    MIN_KV = 128
 
     def __init__(self, runner: StaticLlamaRunner):
         self.r = runner
-        self.graphs: dict[int, tuple[Any, tuple[torch.Tensor, ...], torch.Tensor] | None] = {}
+        self.pool: Any = None
+        self.graphs: dict[tuple[int, int], tuple[Any, tuple[torch.Tensor, ...], torch.Tensor] | None] = {}
 
-    def _bucket(self, n: int) -> int:
-        b = 1
+    @staticmethod
+    def _pow2(n: int, lo: int, hi: int) -> int:
+        b = lo
         while b < n:
             b *= 2
-        return min(b, self.r.n_slots)
+        return min(b, hi)
 
-    def _capture(self, b: int) -> tuple[Any, tuple[torch.Tensor, ...], torch.Tensor] | None:
+    def _capture(self, b: int, kv_len: int) -> tuple[Any, tuple[torch.Tensor, ...], torch.Tensor] | None:
         r = self.r
         static = (torch.zeros(b, dtype=torch.long, device=r.device),
                   torch.zeros(b, dtype=torch.long, device=r.device),
@@ -194,30 +198,34 @@ class _DecodeGraphs:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):  # warm up kernels and allocator outside the graph
-                    r._decode_core(*static, b, r.max_len + 1)
+                for _ in range(2):  # warm up kernels and the allocator outside the graph
+                    r._decode_core(*static, b, kv_len)
             torch.cuda.current_stream().wait_stream(side)
+            self.pool = self.pool or torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = r._decode_core(*static, b, r.max_len + 1)
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = r._decode_core(*static, b, kv_len)
         except RuntimeError as e:
-            log.warning("CUDA graph capture failed for batch %d, running eager: %s", b, e)
+            log.warning("CUDA graph capture failed for batch %d x %d keys, running eager: %s", b, kv_len, e)
             return None
-        return graph, static, out
+        return graph.replay, static, out
 
     def run(self, tok: np.ndarray, pos: np.ndarray, active: np.ndarray) -> torch.Tensor | None:
-        n, b = len(tok), self._bucket(len(tok))
-        if b not in self.graphs:
-            self.graphs[b] = self._capture(b)
-        entry = self.graphs[b]
+        r = self.r
+        n = len(tok)
+        b = self._pow2(n, 1, r.n_slots)
+        need = int(pos[active].max()) + 1 if active.any() else 1
+        key = (b, self._pow2(need, self.MIN_KV, r.max_len + 1))
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(*key)
+        entry = self.graphs[key]
         if entry is None:
             return None
-        graph, static, out = entry
-        pad = b - n  # padding rows are inactive: scratch writes only
-        tok = np.pad(tok, (0, pad))
-        act = np.pad(active, (0, pad))
-        pos = np.pad(pos, (0, pad))
-        for buf, src in zip(static, _decode_inputs(tok, pos, act, self.r.max_len, self.r.device)):
+        replay, static, out = entry
+        pad = b - n  # rows n..b-1 are other slots, run as inactive: scratch writes only
+        inputs = _decode_inputs(np.pad(tok, (0, pad)), np.pad(pos, (0, pad)), np.pad(active, (0, pad)),
+                                r.max_len, r.device)
+        for buf, src in zip(static, inputs):
             buf.copy_(src)
-        graph.replay()
+        replay()
         return out[:n]

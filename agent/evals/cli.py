@@ -21,7 +21,7 @@ from rich.progress import (
 )
 
 from agent.config import add_arguments, from_args
-from agent.errors import ConfigError, SpliceError
+from agent.errors import ConfigError
 from agent.evals.config import EvalConfig, mode_name, parse_mode
 from agent.runtime import RuntimeConfig
 
@@ -101,16 +101,14 @@ def _run(ns: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def handler(ns: argparse.Namespace) -> int:
+    """Run or compare. SpliceErrors propagate to ``agent.cli.main``, which prints them."""
     out, err = Console(), Console(stderr=True)
+    if ns.compare:
+        return _compare(ns.compare, out)
+    if not ns.data:
+        raise ConfigError("give a dataset (a .jsonl/.json file or gen:arith,count) or --compare A B")
     try:
-        if ns.compare:
-            return _compare(ns.compare, out)
-        if not ns.data:
-            raise ConfigError("give a dataset (a .jsonl/.json file or gen:arith,count) or --compare A B")
         return _run(ns, out, err)
-    except SpliceError as e:
-        err.print(f"[red]error:[/] {e}")
-        return 2
     except KeyboardInterrupt:
         err.print("interrupted: finished episodes are saved; run the same command again to resume")
         return 130
