@@ -175,7 +175,8 @@ def memory(model, tok, s: Setup) -> dict[str, float]:
 
 
 def profile(model, tok, prompts, result, s: Setup) -> str:
-    from torch.profiler import ProfilerActivity, profile as tprofile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
     with tprofile(activities=acts) as prof:
@@ -206,9 +207,13 @@ def _rate(name: str, wall: float, outs: list[list[int]], n: int, ref: list[list[
 
 async def throughput(model, tok, s: Setup) -> list[Row]:
     prompts, result = _prompts(tok, s.episodes), _result_ids(tok, s.result_tokens)
+    err = Console(stderr=True)
     t_naive, naive = await run_naive(model, tok, prompts, result, s)
+    err.log(f"naive: {t_naive:.1f}s")
     t_lock, lock = await run_lockstep(model, tok, prompts, result, s)
+    err.log(f"lockstep: {t_lock:.1f}s")
     t_splice, spl = await run_splice(model, tok, prompts, result, s)
+    err.log(f"splice: {t_splice:.1f}s")
     return [_rate("naive (HF generate per turn)", t_naive, naive, s.episodes, None),
             _rate("lockstep (batched generate per round)", t_lock, lock, s.episodes, naive),
             _rate("splice batched", t_splice, spl, s.episodes, naive)]
@@ -239,14 +244,17 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="bench_rollout.json")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     model, tok = _load(a.device)
     s = Setup(a.episodes, a.turns, a.tokens_per_turn, a.result_tokens, a.tool_ms, str(model.device), a.max_len)
     rows = asyncio.run(throughput(model, tok, s))
     prompts, result = _prompts(tok, 1), _result_ids(tok, s.result_tokens)
     overhead = asyncio.run(tool_overhead(model, tok, prompts[0], result, s))
     mem = memory(model, tok, s)
-    console = Console()
+    console = Console(width=130)
     console.print(_table(rows, s))
     console.print(f"episode with 4 tool calls vs plain generation of {overhead['generated']} tokens: "
                   f"{overhead['t_with_tools_s']:.2f}s / {overhead['t_plain_s']:.2f}s = {overhead['ratio']:.2f}x")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sandbox import Sandbox, SandboxConfig, WorkerPool  # noqa: E402
+from sandbox import Sandbox, SandboxConfig, WorkerPool
 
 
 def summary(samples_s: list[float]) -> dict[str, float]:

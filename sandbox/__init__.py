@@ -28,7 +28,7 @@ Not contained:
   surface). Use a VM (gVisor, Firecracker) for code from truly adversarial users at scale;
 * side channels (timing, Spectre-class) and CPU contention with other sessions: the CPU is shared;
 * total memory when the code forks: each process may use memory_mb, so the worst case is
-  max_processes x memory_mb (docker: the cgroup caps the total);
+  max_processes x memory_mb (docker: the cgroup caps the container at memory_mb + tmp_size_mb + 64 MB);
 * the session itself: user code runs inside the worker and can forge or garble its own results.
   The host treats every frame as untrusted data (size-capped, validated) and never executes it;
 * anything when an isolation layer is unavailable: then the sandbox runs with less containment and
@@ -41,4 +41,4 @@ from sandbox.pool import WorkerPool
 from sandbox.result import ExecResult
 from sandbox.session import Sandbox
 
-__all__ = ["Sandbox", "ExecResult", "SandboxConfig", "WorkerPool", "SandboxDegraded"]
+__all__ = ["ExecResult", "Sandbox", "SandboxConfig", "SandboxDegraded", "WorkerPool"]

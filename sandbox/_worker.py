@@ -1,7 +1,8 @@
 """The worker: runs INSIDE the sandbox, one per session. Standard library only.
 
 The host starts it as ``python -I -c <this file's source>`` and talks to it over its stdin/stdout
-with length-prefixed JSON frames (4-byte big-endian length, then UTF-8 JSON):
+with length-prefixed frames (4-byte big-endian length): ``marshal`` from the host (trusted, and
+free to import), JSON from the worker (the host only ever parses JSON from the sandbox):
 
     host -> worker   {"limits": {...}, "seccomp": "<base64 BPF>" | null, "reap": "all" | "tree", ...}
     worker -> host   {"ready": true, "pid": N}
@@ -15,19 +16,20 @@ the seccomp filter the host compiled. Everything here is untrusted once user cod
 treats every frame as data and enforces its own limits (frame size, wall-clock timeout).
 """
 
-import ast
-import base64
+import _ast
+import _signal as signal  # the signal module imports enum: ~5 ms more per start
+import binascii
 import builtins
-import ctypes
-import io
-import json
-import linecache
+import marshal
+import math
 import os
 import resource
-import signal
 import struct
 import sys
 import time
+
+# Imports are kept to cheap built-in modules: they are paid on every worker start (json alone pulls
+# in re and enum). ctypes, traceback and linecache are imported only when needed.
 
 MAX_FRAME = 64 * 1024 * 1024
 PR_SET_NO_NEW_PRIVS = 38
@@ -48,7 +50,7 @@ def read_frame(fd):
     if size > MAX_FRAME:
         raise ValueError(f"frame of {size} bytes is too large")
     body = _read_exact(fd, size)
-    return None if body is None else json.loads(body)
+    return None if body is None else marshal.loads(body)  # from the host: trusted
 
 
 def _read_exact(fd, n):
@@ -62,8 +64,31 @@ def _read_exact(fd, n):
     return b"".join(chunks)
 
 
+JSON_ESCAPES = {i: f"\\u{i:04x}" for i in [*range(0x20), *range(0xD800, 0xE000)]}
+JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
+
+
+def to_json(obj):
+    """A minimal JSON encoder (str, int, float, bool, None, dict, list): json costs ~10 ms to import."""
+    kind = type(obj)
+    if kind is str:
+        return '"' + obj.translate(JSON_ESCAPES) + '"'
+    if kind is dict:
+        return "{" + ",".join(['"' + str(k).translate(JSON_ESCAPES) + '":' + to_json(v)
+                               for k, v in obj.items()]) + "}"
+    if obj is None:
+        return "null"
+    if kind is bool:
+        return "true" if obj else "false"
+    if kind is int or (kind is float and math.isfinite(obj)):
+        return repr(obj)
+    if kind is list or kind is tuple:
+        return "[" + ",".join([to_json(v) for v in obj]) + "]"
+    return to_json(str(obj))
+
+
 def write_frame(fd, obj):
-    body = json.dumps(obj).encode("utf-8", "replace")
+    body = to_json(obj).encode("utf-8")
     data = struct.pack(">I", len(body)) + body
     while data:
         data = data[os.write(fd, data):]
@@ -86,7 +111,9 @@ def apply_limits(limits):
 
 
 def install_seccomp(bpf_b64):
-    bpf = base64.b64decode(bpf_b64)
+    import ctypes
+
+    bpf = binascii.a2b_base64(bpf_b64)
 
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
@@ -102,6 +129,9 @@ def install_seccomp(bpf_b64):
 
 
 def become_subreaper():
+    """Orphans of user code re-parent to the worker, so ``descendants`` finds them all."""
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     ul = ctypes.c_ulong
     libc.prctl(PR_SET_CHILD_SUBREAPER, ul(1), ul(0), ul(0), ul(0))
@@ -137,10 +167,28 @@ class Capture:
 
 
 def text_stream(fd):
-    """Unbuffered text output: every write goes straight to the fd, so nothing a timed-out or failed
-    write left in a buffer can show up in a later run."""
-    raw = io.FileIO(fd, "w", closefd=False)
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", write_through=True)
+    """Line-buffered text output (like a terminal: prints and child processes interleave in order)."""
+    return open(fd, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)
+
+
+def flush_or_discard(stream, fd):
+    """Flush a stream at the end of a run. If that fails (the file-size limit was hit), flush into
+    /dev/null instead, so the stale buffer cannot leak into a later run's output."""
+    try:
+        stream.flush()
+        return
+    except (OSError, ValueError):
+        pass
+    saved, null = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(null)
 
 
 def setup_stdio():
@@ -150,7 +198,7 @@ def setup_stdio():
     os.close(null)
     out, err = Capture(1), Capture(2)
     sys.stdout, sys.stderr = text_stream(1), text_stream(2)
-    sys.stdin = open(0, "r", closefd=False)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the worker
     return proto_in, proto_out, out, err
 
 
@@ -162,7 +210,7 @@ class Session:
         self.out, self.err = out, err
         self.streams = (sys.stdout, sys.stderr)
         self.ns = {"__name__": "__main__", "__builtins__": builtins}
-        self.cells = 0
+        self.cells = {}  # cell name -> source, for tracebacks
         self.in_user_code = False
 
     def run(self, code, timeout_s):
@@ -184,18 +232,15 @@ class Session:
             limit = self.cfg["limits"].get("memory_mb")
             error, exc_type = f"MemoryError: memory limit {limit} MB exceeded", "MemoryError"
         except BaseException as e:  # noqa: BLE001 - any user exception becomes result text
-            error, exc_type = safe_format_error(e), type(e).__name__
+            error, exc_type = safe_format_error(e, self.cells), type(e).__name__
         finally:
             self._disarm()
         reap(self.cfg.get("reap", "tree"))
         return self._result(error, exc_type, timed_out, time.monotonic() - started)
 
     def _result(self, error, exc_type, timed_out, duration):
-        for stream in self.streams:
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        for fd, stream in enumerate(self.streams, start=1):
+            flush_or_discard(stream, fd)
         cap = int(self.cfg.get("max_output_bytes", 20000))
         return {"stdout": self.out.take(cap), "stderr": self.err.take(cap), "error": error,
                 "exc_type": exc_type, "timed_out": timed_out, "duration_s": duration}
@@ -209,7 +254,7 @@ class Session:
         signal.setitimer(signal.ITIMER_REAL, timeout_s)
         used = resource.getrusage(resource.RUSAGE_SELF)
         cpu_used = used.ru_utime + used.ru_stime
-        soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
         want = int(cpu_used + timeout_s + 2)
         if hard == resource.RLIM_INFINITY or want <= hard:
             resource.setrlimit(resource.RLIMIT_CPU, (want, hard))
@@ -219,28 +264,31 @@ class Session:
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
     def _execute(self, code):
-        self.cells += 1
-        name = f"<cell-{self.cells}>"
-        linecache.cache[name] = (len(code), None, code.splitlines(True), name)
-        tree = ast.parse(code, name, "exec")
-        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-        exec(compile(tree, name, "exec"), self.ns)
+        name = f"<cell-{len(self.cells) + 1}>"
+        self.cells[name] = code
+        tree = compile(code, name, "exec", _ast.PyCF_ONLY_AST)
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], _ast.Expr) else None
+        exec(compile(tree, name, "exec"), self.ns)  # noqa: S102 - running the code is the point
         if last is not None:
-            value = eval(compile(ast.Expression(last.value), name, "eval"), self.ns)
+            value = eval(compile(_ast.Expression(last.value), name, "eval"), self.ns)
             if value is not None:
                 print(repr(value))
 
 
-def safe_format_error(exc):
+def safe_format_error(exc, cells):
     try:
-        return format_error(exc)
+        return format_error(exc, cells)
     except BaseException:  # noqa: BLE001 - an exception whose __str__ or traceback is hostile
         return f"{type(exc).__name__}: <exception could not be formatted>"
 
 
-def format_error(exc, max_frames=4):
+def format_error(exc, cells, max_frames=4):
     """Exception type + message + the last traceback lines of the user's own cells."""
-    import traceback  # only on errors: keeps worker start fast
+    import linecache
+    import traceback
+
+    for name, code in cells.items():  # so tracebacks can quote the user's cells
+        linecache.cache[name] = (len(code), None, code.splitlines(True), name)
 
     te = traceback.TracebackException.from_exception(exc, limit=-max_frames)
     te.stack = traceback.StackSummary.from_list([f for f in te.stack if f.filename.startswith("<cell-")])
@@ -310,7 +358,8 @@ def main():
 
 def lock_down(cfg):
     """Everything that must hold before the first line of user code runs."""
-    become_subreaper()
+    if cfg.get("reap") != "all":
+        become_subreaper()
     apply_limits(cfg.get("limits", {}))
     if cfg.get("seccomp"):
         install_seccomp(cfg["seccomp"])

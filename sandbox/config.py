@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from agent.errors import ConfigError
 
-__all__ = ["SandboxConfig", "BACKENDS", "ISOLATION_MODES"]
+__all__ = ["BACKENDS", "ISOLATION_MODES", "SandboxConfig"]
 
 BACKENDS = ("process", "docker")
 ISOLATION_MODES = ("auto", "bwrap", "unshare", "none")

@@ -21,7 +21,7 @@ from sandbox.channel import WorkerHandle, worker_source
 from sandbox.config import SandboxConfig
 from sandbox.layers import seccomp_bpf, warn_missing
 
-__all__ = ["DockerBackend", "DemuxReader"]
+__all__ = ["DemuxReader", "DockerBackend"]
 
 DOCKER_HEADER = struct.Struct(">BxxxI")
 USER = "65534:65534"
@@ -121,11 +121,15 @@ class DockerBackend:
 
         cfg = self.config
         nofile = cfg.max_open_files
+        # The cgroup caps the container's total: each process's address space (RLIMIT_AS =
+        # memory_mb), plus the tmpfs work dir (its pages are charged to the cgroup), plus slack, so a
+        # single process hits a clean MemoryError long before the cgroup starts reclaiming.
+        total = f"{cfg.memory_mb + cfg.tmp_size_mb + 64}m"
         return self.client.containers.create(
             cfg.image, command=[self.python, "-I", "-S", "-c", worker_source()], user=USER,
             network_mode="none", read_only=True, working_dir="/tmp",
             tmpfs={"/tmp": f"size={cfg.tmp_size_mb}m,mode=1777,exec"},
-            mem_limit=f"{cfg.memory_mb}m", memswap_limit=f"{cfg.memory_mb}m",
+            mem_limit=total, memswap_limit=total,
             nano_cpus=int(cfg.cpus * 1e9), pids_limit=cfg.max_processes, cap_drop=["ALL"],
             security_opt=["no-new-privileges"], stdin_open=True, tty=False,
             environment={"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",

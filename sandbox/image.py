@@ -18,10 +18,11 @@ import sys
 import sysconfig
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-__all__ = ["build_rootfs", "import_image", "ensure_image"]
+__all__ = ["build_rootfs", "ensure_image", "import_image"]
 
 PREFIX_IN_IMAGE = "/opt/python"
 SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "tkinter", "turtledemo",
@@ -34,7 +35,7 @@ def _shared_libs(binaries: Iterable[str]) -> set[str]:
     """The ldd closure of the interpreter and its extension modules."""
     libs: set[str] = set()
     for binary in binaries:
-        out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+        out = subprocess.run(["ldd", binary], check=False, capture_output=True, text=True).stdout
         for match in re.finditer(r"(/\S+) \(0x", out):
             libs.add(match.group(1))
     return libs

@@ -10,15 +10,15 @@ import errno
 import functools
 import hashlib
 import os
-import stat
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import warnings
 from dataclasses import dataclass
 
-__all__ = ["SandboxDegraded", "HostLayers", "probe_host", "seccomp_bpf", "warn_missing", "shared_prefix"]
+__all__ = ["HostLayers", "SandboxDegraded", "probe_host", "seccomp_bpf", "shared_prefix", "warn_missing"]
 
 SHARED_PYTHONS = "/var/cache/splice-sandbox"
 
@@ -78,7 +78,8 @@ def _probe_unshare(root: bool) -> str | None:
 
 def _runs(cmd: list[str], root: bool) -> bool:
     try:
-        done = subprocess.run(cmd, capture_output=True, timeout=10, env={}, cwd="/", **_demote_kwargs(root))
+        done = subprocess.run(cmd, check=False, capture_output=True, timeout=10, env={}, cwd="/",
+                              **_demote_kwargs(root))
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0
@@ -150,13 +151,13 @@ def shared_prefix(prefix: str) -> str:
     os.chmod(SHARED_PYTHONS, 0o755)
     tmp = tempfile.mkdtemp(dir=SHARED_PYTHONS, prefix=".partial-")
     os.rmdir(tmp)
-    done = subprocess.run(["cp", "-al", prefix, tmp], capture_output=True)
+    done = subprocess.run(["cp", "-al", prefix, tmp], check=False, capture_output=True)
     if done.returncode != 0:
-        subprocess.run(["rm", "-rf", tmp])
+        subprocess.run(["rm", "-rf", tmp], check=False)
         subprocess.run(["cp", "-a", prefix, tmp], check=True, capture_output=True)
     os.chmod(tmp, 0o755)
     try:
         os.rename(tmp, target)
     except OSError:  # another process won the race
-        subprocess.run(["rm", "-rf", tmp])
+        subprocess.run(["rm", "-rf", tmp], check=False)
     return target

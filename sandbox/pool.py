@@ -47,7 +47,7 @@ class WorkerPool:
         self._started = False
         self._closed = False
 
-    async def __aenter__(self) -> "WorkerPool":
+    async def __aenter__(self) -> WorkerPool:  # noqa: PYI034 - typing.Self needs 3.11
         await self.start()
         return self
 

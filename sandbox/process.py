@@ -8,8 +8,8 @@ Layers, strongest first (each missing one is named in ONE ``SandboxDegraded`` wa
   interpreter only (no /root, /home, host /tmp, project), a size-capped private tmpfs at ``/tmp``,
   no capabilities, no further user namespaces, ``--die-with-parent``;
   or, without bubblewrap, ``unshare`` (user + net + pid namespaces; files by unix permissions only);
-* rlimits (AS, CPU, FSIZE, NPROC, NOFILE, CORE) and a seccomp filter, applied by the worker itself
-  before it reads any code;
+* a seccomp filter (loaded by bwrap before it execs the worker; by the worker itself otherwise) and
+  rlimits (AS, CPU, FSIZE, NPROC, NOFILE, CORE) the worker sets before it reads any code;
 * a scrubbed environment, a wall-clock timeout that kills the process tree.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import SandboxError
-from sandbox.channel import WorkerHandle, worker_source
+from sandbox.channel import BOOTSTRAP, WorkerHandle, worker_code, worker_source
 from sandbox.config import SandboxConfig
 from sandbox.layers import HostLayers, probe_host, seccomp_bpf, shared_prefix, warn_missing
 
@@ -89,17 +89,23 @@ class ProcessBackend:
             await self.prepare()
         uid = self._allocate_uid()
         workdir = await asyncio.to_thread(self._host_workdir, uid)
+        bpf_fd = self._seccomp_fd()
+        fds = () if bpf_fd is None else (bpf_fd,)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self._demote(uid), *self._command(workdir), stdin=asyncio.subprocess.PIPE,
+                *self._demote(uid), *self._command(workdir, bpf_fd), stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self._env(workdir),
-                cwd=workdir or "/", start_new_session=True)
+                cwd=workdir or "/", start_new_session=True, pass_fds=fds)
         except OSError as e:
             self._uids.discard(uid)
-            raise SandboxError(f"cannot start sandbox worker {self._command(workdir)[0]}: {e}") from e
+            raise SandboxError(f"cannot start sandbox worker {self._command(workdir, None)[0]}: {e}") from e
+        finally:
+            if bpf_fd is not None:
+                os.close(bpf_fd)
         handle = self._handle(proc, uid, workdir)
         try:
-            await handle.handshake(self._worker_config(workdir), timeout_s=30.0)
+            preamble = worker_code() if self._same_python else b""
+            await handle.handshake(self._worker_config(workdir), timeout_s=30.0, preamble=preamble)
         except SandboxError as e:
             raise SandboxError(f"{e}; stderr: {await _read_some(proc.stderr)!r}") from e
         return handle
@@ -169,12 +175,28 @@ class ProcessBackend:
         if outside and self.shared != self.prefix:
             python = self.shared + python[len(self.prefix):]
         flags = ["-I"] if self.config.site_packages else ["-I", "-S"]
-        return [python, *flags, "-c", worker_source()]
+        return [python, *flags, "-c", BOOTSTRAP if self._same_python else worker_source()]
 
-    def _command(self, workdir: str | None) -> list[str]:
+    @property
+    def _same_python(self) -> bool:
+        """The default interpreter is this one's base: it can run our precompiled worker code."""
+        return not self.config.python
+
+    def _seccomp_fd(self) -> int | None:
+        """bwrap installs the filter itself from an fd (so the worker needs no ctypes at start)."""
+        bpf = seccomp_bpf() if self.config.seccomp else None
+        if self.mode != "bwrap" or bpf is None:
+            return None
+        fd = os.memfd_create("splice-seccomp")
+        os.write(fd, bpf)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    def _command(self, workdir: str | None, bpf_fd: int | None) -> list[str]:
         assert self.layers is not None
         if self.mode == "bwrap":
-            return [self.layers.bwrap or "bwrap", *self._bwrap_args(), "--", *self._python_argv()]
+            seccomp = [] if bpf_fd is None else ["--seccomp", str(bpf_fd)]
+            return [self.layers.bwrap or "bwrap", *self._bwrap_args(), *seccomp, "--", *self._python_argv()]
         if self.mode == "unshare":
             return [self.layers.unshare or "unshare", "--user", "--map-root-user", "--net", "--pid", "--fork",
                     "--kill-child", "--mount-proc", "--", *self._python_argv(outside=True)]
@@ -202,7 +224,7 @@ class ProcessBackend:
 
     def _worker_config(self, workdir: str | None) -> dict[str, Any]:
         assert self.layers is not None
-        bpf = seccomp_bpf() if self.config.seccomp else None
+        bpf = seccomp_bpf() if self.config.seccomp and self.mode != "bwrap" else None  # bwrap: --seccomp
         own_pid_ns = self.mode in ("bwrap", "unshare")
         return {"limits": self.config.limits(), "workdir": workdir or "/tmp",
                 "seccomp": base64.b64encode(bpf).decode() if bpf else None,

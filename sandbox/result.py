@@ -36,7 +36,7 @@ class ExecResult:
         return "\n".join(parts) if parts else NO_OUTPUT
 
     @classmethod
-    def from_worker(cls, raw: dict[str, Any], duration_s: float) -> "ExecResult":
+    def from_worker(cls, raw: dict[str, Any], duration_s: float) -> ExecResult:
         """Build from a worker frame. The frame is untrusted data: coerce every field."""
         out, out_cut = _stream(raw.get("stdout"))
         err, err_cut = _stream(raw.get("stderr"))
@@ -46,7 +46,7 @@ class ExecResult:
                    truncated=out_cut or err_cut)
 
     @classmethod
-    def killed(cls, reason: str, duration_s: float, timed_out: bool = False) -> "ExecResult":
+    def killed(cls, reason: str, duration_s: float, timed_out: bool = False) -> ExecResult:
         return cls(error=f"{reason}; {STATE_LOST}", timed_out=timed_out, duration_s=duration_s,
                    restarted=True)
 

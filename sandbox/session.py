@@ -41,7 +41,7 @@ class Sandbox:
         self._lock = asyncio.Lock()
         self._closed = False
 
-    async def __aenter__(self) -> "Sandbox":
+    async def __aenter__(self) -> Sandbox:  # noqa: PYI034 - typing.Self needs 3.11
         await self.start()
         return self
 

@@ -11,8 +11,8 @@ import contextlib
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -35,7 +35,7 @@ def podman_service(workdir: Path) -> Iterator[str]:
     import docker
 
     sock = workdir / "podman.sock"
-    log = open(workdir / "podman.log", "wb")
+    log = open(workdir / "podman.log", "wb")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen([*podman_base(), "system", "service", "--time=0", f"unix://{sock}"],
                             stdout=log, stderr=subprocess.STDOUT)
     host = f"unix://{sock}"

@@ -52,6 +52,7 @@ async def splice_vs_cold(warm, cold):
     prefilled = seq.n_prefilled - before
     cold_seq = cold.new_sequence()
     reference = await collect(cold, cold_seq, prompt + first + splice, 16)
+    assert cold_seq.n_prefilled == len(prompt) + len(first) + len(splice)  # the cold run was cold
     return cont, reference, prefilled, len(splice), cold_seq.n_prefilled
 
 
@@ -60,14 +61,14 @@ async def test_llama_cpp_splice_equals_cold_run_and_reuses_kv(llama_pair):
     assert cont == ref
     # only the spliced tokens (+ the last sampled token, not yet evaluated) went through prefill
     assert prefilled == n_splice + 1
-    assert cold_prefill > 10 * prefilled
+    assert cold_prefill > 2 * prefilled
 
 
 async def test_transformers_splice_equals_cold_run_and_reuses_kv(hf_backend):
     cont, ref, prefilled, n_splice, cold_prefill = await splice_vs_cold(hf_backend, hf_backend)
     assert cont == ref
     assert prefilled == n_splice + 1
-    assert cold_prefill > 10 * prefilled
+    assert cold_prefill > 2 * prefilled
 
 
 async def test_backends_agree_on_tokenization_and_template(llama_pair, hf_backend):

@@ -13,12 +13,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from agent.backends._static_cache import _DecodeGraphs  # noqa: E402
-from agent.backends.base import SamplingParams  # noqa: E402
-from agent.backends.batched import BatchedTransformersBackend  # noqa: E402
-from agent.backends.transformers import TransformersBackend  # noqa: E402
-from agent.errors import ModelError  # noqa: E402
-from tools.base import FunctionTool  # noqa: E402
+from agent.backends._static_cache import _DecodeGraphs
+from agent.backends.base import SamplingParams
+from agent.backends.batched import BatchedTransformersBackend
+from agent.backends.transformers import TransformersBackend
+from agent.errors import ModelError
+from tools.base import FunctionTool
 
 EOS = 127
 TOK = SimpleNamespace(eos_token_id=EOS)

@@ -12,11 +12,11 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
-from agent import Agent  # noqa: E402
-from agent.backends import SamplingParams, default_model_path  # noqa: E402
-from agent.backends.batched import BatchedTransformersBackend  # noqa: E402
-from agent.backends.transformers import TransformersBackend, load_hf  # noqa: E402
-from agent.errors import MissingDependency  # noqa: E402
+from agent import Agent
+from agent.backends import SamplingParams, default_model_path
+from agent.backends.batched import BatchedTransformersBackend
+from agent.backends.transformers import TransformersBackend, load_hf
+from agent.errors import MissingDependency
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ async def test_smollm2_batched_greedy_equals_single_sequence(smol):
 
 async def test_smollm2_agent_run_many_same_trajectories(smol):
     model, tok = smol
-    kw = dict(tools=[], max_new_tokens=12)
+    kw = {"tools": [], "max_new_tokens": 12}
     async with Agent(model=TransformersBackend(model=model, tokenizer=tok), **kw) as agent:
         expected = [await agent.run(q, seed=i) for i, q in enumerate(QUESTIONS)]
     batched = BatchedTransformersBackend(model=model, tokenizer=tok, max_batch=4, max_len=1024)

@@ -21,12 +21,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from agent import Agent  # noqa: E402
-from agent.backends.sampling import sample_token  # noqa: E402
-from agent.backends.transformers import TransformersBackend, load_hf  # noqa: E402
-from train import grpo  # noqa: E402
-from train.grpo import GRPOConfig, GRPOTrainer, grpo_loss, logprobs_from_logits  # noqa: E402
-from train.rollout import pack  # noqa: E402
+from agent import Agent
+from agent.backends.sampling import sample_token
+from agent.backends.transformers import TransformersBackend, load_hf
+from train import grpo
+from train.grpo import GRPOConfig, GRPOTrainer, grpo_loss, logprobs_from_logits
+from train.rollout import pack
 
 pytestmark = pytest.mark.filterwarnings("ignore::sandbox.SandboxDegraded")
 
@@ -75,12 +75,11 @@ class ForcingBackend(TransformersBackend):
 
 
 def config(tmp_path, **kw) -> GRPOConfig:
-    base = dict(model="unused", output_dir=str(tmp_path / "run"), steps=2, prompts_per_step=2, group_size=4,
-                epochs=2, micro_batch=3, lr=5e-3, kl_coef=0.05, lora=True, lora_r=4, lora_alpha=8,
-                tools=["python"], max_new_tokens=48, max_tool_calls=2, save_every=1, concurrency=8,
-                rewards="accuracy:1,format:0.2", progress=False, seed=3)
-    base.update(kw)
-    return GRPOConfig(**base)
+    base = {"model": "unused", "output_dir": str(tmp_path / "run"), "steps": 2, "prompts_per_step": 2,
+            "group_size": 4, "epochs": 2, "micro_batch": 3, "lr": 5e-3, "kl_coef": 0.05, "lora": True,
+            "lora_r": 4, "lora_alpha": 8, "tools": ["python"], "max_new_tokens": 48, "max_tool_calls": 2,
+            "save_every": 1, "concurrency": 8, "rewards": "accuracy:1,format:0.2", "progress": False, "seed": 3}
+    return GRPOConfig(**{**base, **kw})
 
 
 def trainer(cfg, model_dir, **kw) -> GRPOTrainer:
@@ -227,3 +226,23 @@ def test_cli_runs_a_real_sampling_step(tiny_model_dir, tmp_path):
     [row] = read_csv(tmp_path / "cli" / "metrics.csv")
     assert float(row["response_len"]) > 0 and row["step"] == "1"
     assert (tmp_path / "cli" / "checkpoints" / "step-000001" / "state.pt").exists()
+
+
+async def test_batched_rollout_backend_samples_from_the_live_lora_policy(tiny_model_dir):
+    model, tok = load_hf(tiny_model_dir, device="cpu")
+    cfg = GRPOConfig(model="unused", lora_r=4, rollout_backend="batched", concurrency=2)
+    policy = grpo._with_lora(model, cfg)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # the adapter now changes what the model says
+
+    async def greedy(backend):
+        async with Agent(backend, tools=[], max_new_tokens=12, temperature=0) as agent:
+            return (await agent.run("hello there")).completion_ids
+
+    batched = await greedy(grpo.rollout_backend(cfg)(policy, tok))
+    single = await greedy(TransformersBackend(model=policy, tokenizer=tok))
+    with policy.disable_adapter():
+        base = await greedy(TransformersBackend(model=policy, tokenizer=tok))
+    assert batched == single and single != base

@@ -7,10 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from agent.errors import ConfigError  # noqa: E402
-from agent.trajectory import Segment, ToolCall, Trajectory  # noqa: E402
-from train.grpo import GRPOConfig, group_advantages, grpo_loss, logprobs_from_logits  # noqa: E402
-from train.rewards import (  # noqa: E402
+from agent.errors import ConfigError
+from agent.trajectory import Segment, ToolCall, Trajectory
+from train.grpo import GRPOConfig, group_advantages, grpo_loss, logprobs_from_logits
+from train.rewards import (
     format_reward,
     is_void,
     parse_rewards,
@@ -18,7 +18,7 @@ from train.rewards import (  # noqa: E402
     tool_bonus_reward,
     tool_cost_reward,
 )
-from train.rollout import pack  # noqa: E402
+from train.rollout import pack
 
 
 # -- advantages ------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from agent.errors import DataError  # noqa: E402
-from train import grpo, reward  # noqa: E402
-from train.reward import (  # noqa: E402
+from agent.errors import DataError
+from train import grpo, reward
+from train.reward import (
     Pair,
     RewardConfig,
     RewardModel,
@@ -26,7 +26,7 @@ from train.reward import (  # noqa: E402
     train_reward_model,
 )
 
-WORDS = "the of and to in is was for on that with as by at from city river year number name".split()
+WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "city", "river", "year", "number", "name"]
 
 
 def make_pairs(n: int, seed: int) -> list[Pair]:

@@ -13,9 +13,9 @@ import hashlib
 import os
 import string
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import pytest_asyncio
@@ -26,8 +26,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PROJECT = Path(__file__).resolve().parents[1]
 SECRET_NAME = "SPLICE_SANDBOX_TEST_SECRET"
-LIMITS = dict(timeout_s=2.0, kill_grace_s=0.5, memory_mb=256, max_processes=32, file_size_mb=16,
-              tmp_size_mb=64, max_output_chars=2000, max_open_files=128, pool_size=2)
+LIMITS = {"timeout_s": 2.0, "kill_grace_s": 0.5, "memory_mb": 256, "max_processes": 32, "file_size_mb": 16,
+              "tmp_size_mb": 64, "max_output_chars": 2000, "max_open_files": 128, "pool_size": 2}
 
 
 @dataclass
@@ -165,8 +165,8 @@ ATTACKS = [
     Attack("read_etc_shadow", ("print(open('/etc/shadow').read())",),
            error_in("FileNotFoundError", "PermissionError")),
     Attack("list_and_read_host_root_home",
-           ("import os\nfor n in os.listdir('/root'):\n    print(repr(n))\n"
-            "    try: print(open('/root/' + n).read()[:200])\n    except OSError: pass",),
+           (("import os\nfor n in os.listdir('/root'):\n    print(repr(n))\n"
+            "    try: print(open('/root/' + n).read()[:200])\n    except OSError: pass"),),
            no_host_root_entries),
     Attack("read_secret_file_in_host_tmp", ("print(open('$secret_file').read())",),
            error_in("FileNotFoundError", "PermissionError")),
@@ -176,8 +176,8 @@ ATTACKS = [
     Attack("write_outside_work_dir", (WRITE_CODE,), nothing_written),
     Attack("modify_python_stdlib", ("import os\nopen(os.__file__, 'a').write('pwned = 1')",),
            error_in("Read-only file system", "Permission denied")),
-    Attack("tcp_to_host_listener", ("import socket\ns = socket.create_connection(('127.0.0.1', $port), timeout=1)\n"
-                                    "s.sendall(b'pwned')",),
+    Attack("tcp_to_host_listener", (("import socket\ns = socket.create_connection(('127.0.0.1', $port), timeout=1)\n"
+                                    "s.sendall(b'pwned')"),),
            error_in("PermissionError", "ConnectionRefused", "Network is unreachable")),
     Attack("tcp_to_internet", ("import socket\nsocket.create_connection(('1.1.1.1', 443), timeout=1)",),
            error_in("PermissionError", "Network is unreachable", "OSError")),
@@ -192,20 +192,20 @@ ATTACKS = [
     Attack("host_unix_socket", ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('$unix_sock')",),
            error_in("FileNotFoundError", "PermissionError")),
     Attack("container_engine_sockets",
-           ("import socket, os\nfor p in ('/var/run/docker.sock', '/run/podman/podman.sock', '/run/docker.sock'):\n"
+           (("import socket, os\nfor p in ('/var/run/docker.sock', '/run/podman/podman.sock', '/run/docker.sock'):\n"
             "    s = socket.socket(socket.AF_UNIX)\n    try:\n        s.connect(p); print('CONNECTED', p)\n"
-            "    except OSError as e:\n        print('no', type(e).__name__)",),
+            "    except OSError as e:\n        print('no', type(e).__name__)"),),
            out_is("no FileNotFoundError\n" * 3)),
     Attack("fork_bomb", ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",),
            timed_out()),
-    Attack("thread_bomb", ("import threading, time\nfor _ in range(100000):\n"
-                           "    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()",),
+    Attack("thread_bomb", (("import threading, time\nfor _ in range(100000):\n"
+                           "    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()"),),
            error_in("can't start new thread", "Resource temporarily unavailable", "MemoryError")),
     Attack("memory_bomb", ("a = []\nwhile True:\n    a.append(bytearray(32 * 1024 * 1024))",),
            error_in("MemoryError")),
     Attack("memory_bomb_in_child",
-           ("import subprocess, sys\nr = subprocess.run([sys.executable, '-c', 'bytearray(8 * 1024 ** 3)'])\n"
-            "print('child exit', r.returncode)",),
+           (("import subprocess, sys\nr = subprocess.run([sys.executable, '-c', 'bytearray(8 * 1024 ** 3)'])\n"
+            "print('child exit', r.returncode)"),),
            all_of(out_is("child exit 1\n"), holds(lambda r: "MemoryError" in r.stderr))),
     Attack("cpu_spin", ("while True:\n    pass",), timed_out(restarted=False)),
     Attack("cpu_spin_ignoring_alarm",
@@ -250,14 +250,14 @@ ATTACKS = [
            error_in("No space left on device")),
     Attack("fd_exhaustion", ("fs = [open('/dev/null') for _ in range(100000)]",), error_in("Too many open files")),
     Attack("background_process_is_reaped",
-           ("import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1000)'])\n"
-            "print(p.pid)",
+           (("import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1000)'])\n"
+            "print(p.pid)"),
             "import os\ntry:\n    os.kill(p.pid, 0); print('ALIVE')\nexcept ProcessLookupError:\n    print('gone')"),
            out_is("gone\n")),
     Attack("setsid_daemon_is_reaped",
-           ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+           (("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
             "        while True:\n            open('beat', 'a').write('.'); time.sleep(0.05)\n    os._exit(0)\n"
-            "time.sleep(0.3)",
+            "time.sleep(0.3)"),
             "import os, time\nn = os.path.getsize('beat'); time.sleep(0.3)\nprint('stopped' if os.path.getsize('beat') == n else 'RUNNING')"),
            out_is("stopped\n")),
     Attack("setuid_root", ("import os\nos.setuid(0)",), error_in("PermissionError", "Invalid argument")),
@@ -267,13 +267,13 @@ ATTACKS = [
            (CTYPES + "print(libc.mount(b'none', b'/tmp', b'tmpfs', 0, None), ctypes.get_errno())",),
            out_is("-1 1\n")),
     Attack("forge_protocol_frames",
-           ("import os\nfor fd in range(3, 40):\n    try:\n        os.write(fd, b'\\xff\\xff\\xff\\xff')\n"
-            "    except OSError:\n        pass",),
+           (("import os\nfor fd in range(3, 40):\n    try:\n        os.write(fd, b'\\xff\\xff\\xff\\xff')\n"
+            "    except OSError:\n        pass"),),
            holds(lambda r: r.restarted)),
     Attack("forge_well_formed_result",
-           ("import json, os, struct\nbody = json.dumps({'stdout': {'head': 'FORGED', 'tail': '', 'cut': 0}, "
+           (("import json, os, struct\nbody = json.dumps({'stdout': {'head': 'FORGED', 'tail': '', 'cut': 0}, "
             "'error': None, 'seq': -1}).encode()\nfor fd in range(3, 40):\n    try:\n"
-            "        os.write(fd, struct.pack('>I', len(body)) + body)\n    except OSError:\n        pass",),
+            "        os.write(fd, struct.pack('>I', len(body)) + body)\n    except OSError:\n        pass"),),
            holds(lambda r: r.restarted and "FORGED" not in r.stdout)),
 ]
 

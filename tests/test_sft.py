@@ -112,3 +112,24 @@ def test_new_tag_tokens_are_trained_with_lora(tiny_model_dir, tmp_path):
     k = len(trainer.new_ids)
     assert not torch.allclose(before[:k], after[:k])  # the new tag rows learnt
     assert torch.equal(before[k:], after[k:])  # the old vocabulary is untouched
+
+
+def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_model_dir, tmp_path):
+    from train.sft import _collate, _shared_prefix
+
+    rows = make_rows(4)
+    for r in rows:
+        r["messages"][0]["content"] = "You can use tools. " * 12  # a long shared system prompt
+    results = []
+    for share in (False, True):
+        t = SFTTrainer(cfg_for(tiny_model_dir, tmp_path / str(share), share_prefix=share, batch_size=4), rows)
+        batch = _collate(t.train_feats[:3], t.tok.pad_token_id, torch)
+        if share:
+            assert _shared_prefix(batch["input_ids"], batch["labels"]) > 40
+        loss, n = t._loss_sum(batch)
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in t.model.named_parameters() if p.grad is not None}
+        results.append((float(loss.detach()), n, grads))
+    (l0, n0, g0), (l1, n1, g1) = results
+    assert n0 == n1 and abs(l0 - l1) < 1e-4 * abs(l0)
+    assert g0.keys() == g1.keys() and all(torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-4) for k in g0)

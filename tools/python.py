@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from sandbox import ExecResult, Sandbox, SandboxConfig, WorkerPool
 from tools.base import Tool, ToolCallable, ToolOutput

@@ -22,9 +22,10 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from agent.config import add_arguments, dump_config, load_config
 from agent.errors import ConfigError, require
@@ -32,8 +33,19 @@ from agent.runtime import Agent, RuntimeConfig
 from train.rewards import RewardTerm, is_void, parse_rewards, score
 from train.rollout import Episode, MetricsLog, TraceWriter, pack, progress_bar, rollout_groups, rollout_mode
 
-__all__ = ["GRPOConfig", "GRPOTrainer", "train_grpo", "group_advantages", "logprobs_from_logits",
-           "grpo_loss", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "add_parser"]
+__all__ = [
+    "GRPOConfig",
+    "GRPOTrainer",
+    "add_parser",
+    "group_advantages",
+    "grpo_loss",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "logprobs_from_logits",
+    "rollout_backend",
+    "save_checkpoint",
+    "train_grpo",
+]
 
 log = logging.getLogger("splice.grpo")
 
@@ -77,6 +89,8 @@ class GRPOConfig:
     tool_timeout_s: float = field(default=10.0, metadata={"help": "seconds per tool call"})
     sandbox: str = field(default="process", metadata={"help": "python sandbox backend: process | docker"})
     concurrency: int = field(default=16, metadata={"help": "episodes played at once"})
+    rollout_backend: str = field(default="transformers", metadata={"help": "transformers (one sequence per "
+                                 "forward) | batched (continuous batching over --concurrency slots; GPU)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16"})
     seed: int = field(default=0, metadata={"help": "seed for init, task order and sampling"})
@@ -94,6 +108,8 @@ class GRPOConfig:
                 raise ConfigError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.group_size < 2:
             raise ConfigError("group_size must be >= 2: GRPO compares samples of the same prompt")
+        if self.rollout_backend not in ("transformers", "batched"):
+            raise ConfigError(f"rollout_backend must be 'transformers' or 'batched' (got {self.rollout_backend!r})")
         if self.loss_norm not in ("token", "sequence"):
             raise ConfigError(f"loss_norm must be 'token' or 'sequence' (got {self.loss_norm!r})")
         if not 0 < self.clip_eps < 1 or self.clip_eps_high < 0:
@@ -255,10 +271,25 @@ def _with_lora(model: Any, cfg: GRPOConfig) -> Any:
     return peft.get_peft_model(model, conf)
 
 
-def _default_backend(model: Any, tokenizer: Any) -> Any:
-    from agent.backends.transformers import TransformersBackend
+def rollout_backend(cfg: GRPOConfig) -> Callable[[Any, Any], Any]:
+    """A factory ``(policy, tokenizer) -> Backend`` over the live policy weights (never a copy)."""
 
-    return TransformersBackend(model=model, tokenizer=tokenizer)
+    def single(model: Any, tokenizer: Any) -> Any:
+        from agent.backends.transformers import TransformersBackend
+
+        return TransformersBackend(model=model, tokenizer=tokenizer)
+
+    def batched(model: Any, tokenizer: Any) -> Any:
+        from agent.backends.batched import BatchedTransformersBackend
+
+        # The batched runner walks ``model.model.layers``; under peft that is the base model, whose
+        # Linear modules now carry the LoRA branches. CUDA graphs stay off: they would have to be
+        # re-validated after every optimizer step.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return BatchedTransformersBackend(model=base, tokenizer=tokenizer, max_batch=cfg.concurrency,
+                                          cuda_graphs=False)
+
+    return batched if cfg.rollout_backend == "batched" else single
 
 
 def _reward_terms(cfg: GRPOConfig, device: Any) -> list[RewardTerm]:
@@ -299,7 +330,7 @@ class GRPOTrainer:
         if not self.tasks:
             raise ConfigError(f"no tasks in {cfg.tasks!r}")
         self.terms = reward_terms if reward_terms is not None else _reward_terms(cfg, self.device)
-        self.backend_factory = backend_factory or _default_backend
+        self.backend_factory = backend_factory or rollout_backend(cfg)
         self.on_step = on_step
         self.out = Path(cfg.output_dir)
         self.temperature = cfg.temperature or 1.0

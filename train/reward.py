@@ -14,15 +14,24 @@ import argparse
 import json
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from agent.config import add_arguments, dump_config, load_config
 from agent.errors import ConfigError, DataError, ModelNotFound, require
 
-__all__ = ["RewardConfig", "Pair", "RewardModel", "load_pairs", "bradley_terry_loss", "pairwise_accuracy",
-           "train_reward_model", "add_parser"]
+__all__ = [
+    "Pair",
+    "RewardConfig",
+    "RewardModel",
+    "add_parser",
+    "bradley_terry_loss",
+    "load_pairs",
+    "pairwise_accuracy",
+    "train_reward_model",
+]
 
 log = logging.getLogger("splice.reward")
 
@@ -110,12 +119,12 @@ class RewardModel:
         _set_padding(model, tokenizer)
 
     @classmethod
-    def from_base(cls, model: str, device: str = "auto", dtype: str = "float32", max_length: int = 512) -> "RewardModel":
+    def from_base(cls, model: str, device: str = "auto", dtype: str = "float32", max_length: int = 512) -> RewardModel:
         """A fresh score head (``num_labels=1``) on a base LM."""
         return cls._load(_hf_dir(model), device, dtype, max_length)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", dtype: str = "float32") -> "RewardModel":
+    def load(cls, path: str | Path, device: str = "auto", dtype: str = "float32") -> RewardModel:
         """A reward model saved by ``save`` (``agent train rm``)."""
         path = Path(path)
         if not (path / "config.json").exists():
@@ -124,7 +133,7 @@ class RewardModel:
         return cls._load(path, device, dtype, int(meta.get("max_length", 512)))
 
     @classmethod
-    def _load(cls, path: Path, device: str, dtype: str, max_length: int) -> "RewardModel":
+    def _load(cls, path: Path, device: str, dtype: str, max_length: int) -> RewardModel:
         torch = require("torch", "torch")
         transformers = require("transformers", "torch")
         if device == "auto":
@@ -197,7 +206,7 @@ def _split(cfg: RewardConfig, pairs: list[Pair], eval_pairs: list[Pair] | None) 
         return pairs, load_pairs(cfg.eval_data)
     shuffled = pairs[:]
     random.Random(cfg.seed).shuffle(shuffled)
-    n_eval = int(round(len(shuffled) * cfg.eval_fraction))
+    n_eval = round(len(shuffled) * cfg.eval_fraction)
     return shuffled[n_eval:], shuffled[:n_eval]
 
 

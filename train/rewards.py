@@ -11,8 +11,9 @@ here add what only training needs: the shape of an episode (format) and what its
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from agent.errors import ConfigError
 from agent.evals.metrics import accuracy_reward, exact_match_reward, f1_reward
@@ -20,15 +21,15 @@ from agent.syntax import get_syntax
 from agent.trajectory import Trajectory
 
 __all__ = [
+    "REWARDS",
     "RewardFn",
     "RewardTerm",
-    "REWARDS",
     "format_reward",
-    "tool_bonus_reward",
-    "tool_cost_reward",
     "is_void",
     "parse_rewards",
     "score",
+    "tool_bonus_reward",
+    "tool_cost_reward",
 ]
 
 RewardFn = Callable[..., list[float]]

@@ -13,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from agent.runtime import Agent
 from agent.trajectory import Trajectory
 
-__all__ = ["Episode", "rollout_groups", "rollout_mode", "Packed", "pack", "TraceWriter", "MetricsLog", "progress_bar"]
+__all__ = ["Episode", "MetricsLog", "Packed", "TraceWriter", "pack", "progress_bar", "rollout_groups", "rollout_mode"]
 
 
 @dataclass
@@ -85,13 +86,13 @@ class Packed:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def slice(self, start: int, stop: int) -> "Packed":
+    def slice(self, start: int, stop: int) -> Packed:
         """Rows ``start:stop``, trimmed to their longest sequence."""
         width = int(self.attention_mask[start:stop].sum(-1).max())
         return Packed(self.input_ids[start:stop, :width], self.attention_mask[start:stop, :width],
                       self.loss_mask[start:stop, : width - 1])
 
-    def to(self, device: Any) -> "Packed":
+    def to(self, device: Any) -> Packed:
         return Packed(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device))
 
 
@@ -211,7 +212,7 @@ class MetricsLog:
         plt.close(fig)
         return path
 
-    def __enter__(self) -> "MetricsLog":
+    def __enter__(self) -> MetricsLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -234,7 +235,7 @@ class progress_bar:
         self.enabled, self.first, self.last = enabled, first, last
         self.bar: Any = None
 
-    def __enter__(self) -> "progress_bar":
+    def __enter__(self) -> progress_bar:
         if self.enabled:
             from rich.progress import Progress
 

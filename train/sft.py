@@ -62,6 +62,7 @@ class SFTConfig:
     eval_every: int = field(default=50, metadata={"help": "steps between eval-loss passes (0 = end only)"})
     save_every: int = field(default=50, metadata={"help": "steps between checkpoints (0 = end only)"})
     group_by_length: bool = field(default=True, metadata={"help": "batch examples of similar length"})
+    share_prefix: bool = field(default=True, metadata={"help": "run a prefix shared by a batch (system prompt) once"})
     seed: int = field(default=0, metadata={"help": "seed of init, batch order and dropout"})
     resume: bool = field(default=True, metadata={"help": "resume from OUT/checkpoint when it exists"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
@@ -118,6 +119,17 @@ def _featurize(renderer: ChatRenderer, rows: list[dict[str, Any]], max_len: int)
     if dropped:
         log.warning("dropped %d of %d examples longer than max_len=%d tokens", dropped, len(rows), max_len)
     return out
+
+
+def _shared_prefix(ids: Any, labels: Any, min_len: int = 32) -> int:
+    """Length of the token prefix all rows share and none trains on (0 when short or one row)."""
+    if ids.size(0) < 2:
+        return 0
+    p = int(((ids == ids[:1]).all(0)).int().cumprod(0).sum())
+    trained = (labels != IGNORE_INDEX).any(0).nonzero()
+    first = int(trained[0]) if len(trained) else ids.size(1)
+    p = min(p, first - 1, ids.size(1) - 2)  # token p opens the suffix and is never a target
+    return p if p >= min_len else 0
 
 
 def _collate(feats: list[Features], pad_id: int, torch: Any) -> dict[str, Any]:
@@ -229,10 +241,25 @@ class SFTTrainer:
 
     # -- steps ----------------------------------------------------------------------------------
     def _loss_sum(self, batch: dict[str, Any]) -> tuple[Any, int]:
+        """Summed token loss of a micro-batch and its number of trained tokens. A token prefix that
+        every row shares (the system prompt) runs once and its KV cache is repeated over the batch:
+        the same loss and gradients as running every row in full (causal attention), for less work."""
         torch = self.torch
         batch = {k: v.to(self.accel.device) for k, v in batch.items()}
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
+        ids, labels, attn = batch["input_ids"], batch["labels"], batch["attention_mask"]
+        # (under DDP a second forward per backward is not allowed: there every row runs in full)
+        p = _shared_prefix(ids, labels) if self.cfg.share_prefix and self.accel.num_processes == 1 else 0
+        if p:
+            pre = self.model(input_ids=ids[:1, :p], use_cache=True)
+            cache = pre.past_key_values
+            cache.batch_repeat_interleave(ids.size(0))
+            pos = torch.arange(p, ids.size(1), device=ids.device).unsqueeze(0).expand(ids.size(0), -1)
+            logits = self.model(input_ids=ids[:, p:], attention_mask=attn, past_key_values=cache,
+                                position_ids=pos, use_cache=False).logits
+            labels = labels[:, p:]
+        else:
+            logits = self.model(input_ids=ids, attention_mask=attn).logits
+        labels = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
                                                  labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
         return loss, int((labels != IGNORE_INDEX).sum())

@@ -116,7 +116,7 @@ class StaticLlamaRunner:
     # -- prefill: one slot, T tokens at positions start..start+T-1 --------------------------------
     def prefill(self, slot: int, ids: list[int], start: int) -> torch.Tensor:
         """Write ``ids`` into ``slot`` from ``start``; logits ``[V]`` of the last one."""
-        t, end = len(ids), start + len(ids)
+        end = start + len(ids)
         if end > self.max_len:
             raise ValueError(f"prefill to {end} exceeds the slot size {self.max_len}")
         pos = torch.arange(start, end, device=self.device)[None]
@@ -166,7 +166,7 @@ def _decode_inputs(tok: np.ndarray, pos: np.ndarray, active: np.ndarray, max_len
     """(token, RoPE position, cache write position) per row; inactive rows: position 0, scratch."""
     rope = np.where(active, pos, 0)
     write = np.where(active, pos, max_len)
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
     return as_t(tok), as_t(rope), as_t(write)
 
 

@@ -21,9 +21,10 @@ import asyncio
 import heapq
 import logging
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,8 +139,8 @@ class _Scheduler:
         self.wake.set()
         try:
             await self.task
-        except Exception:  # already reported to every waiting stream
-            pass
+        except Exception as e:  # already handed to every waiting stream
+            log.debug("decode loop had failed: %r", e)
         self._fail_all(ModelError("the batched backend was closed while generating"))
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -176,8 +177,9 @@ class _Scheduler:
                 if r in q:
                     q.remove(r)
         self.closing.clear()
+        busy = {r.st.slot for r in self.prefilling} | set(self.decoding)
         for st in self.releasing:
-            if st.slot is not None and st.slot not in self.decoding:
+            if st.slot is not None and st.slot not in busy:  # released mid-stream: keep it (misuse)
                 heapq.heappush(self.free, st.slot)
                 st.slot, st.cached = None, []
         self.releasing.clear()
@@ -315,7 +317,7 @@ class BatchedTransformersBackend(TransformersBackend):
         self._sched = _Scheduler(self.runner, self._eos, self.prefill_chunk)
         return self._sched
 
-    async def __aenter__(self) -> "BatchedTransformersBackend":
+    async def __aenter__(self) -> BatchedTransformersBackend:
         self._scheduler()
         return self
 

@@ -10,7 +10,8 @@ The runtime speaks token ids; servers speak ``/v1/completions``. Choices made he
 * **Prompt: token ids.** Each request sends the whole sequence as a list of ids (the OpenAI API
   allows it; vLLM, SGLang and llama.cpp accept it), so spliced tool output keeps exactly the ids the
   runtime chose (tool text is never re-parsed into special tokens) and a prefix-caching server
-  prefills only the new suffix. Servers that reject id prompts (422/400) get the detokenized text.
+  prefills only the new suffix. A server that rejects id prompts (llama-cpp-python's, whose
+  ``prompt`` must be a string) gets the detokenized text, special tokens written out.
 * **Stops: the syntax's close tags.** Servers drop the matched stop string from the output, so the
   backend puts the close tag back (vLLM says which stop matched in ``stop_reason``; otherwise the
   close tag of the last unclosed open tag is used, and a stop with nothing open is EOS).
@@ -29,8 +30,10 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -135,7 +138,7 @@ def stop_pairs(syntax: ToolSyntax, tools: Iterable[str]) -> list[tuple[str, str]
 
 def _server_root(url: str) -> str:
     url = url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
+    return url.removesuffix("/v1")
 
 
 class OpenAIBackend(Backend):
@@ -158,16 +161,16 @@ class OpenAIBackend(Backend):
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.prompt_ids = prompt_ids
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client_args = dict(
-            base_url=self.base_url, headers=headers, transport=transport,
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+        self._client_args: dict[str, Any] = {
+            "base_url": self.base_url, "headers": headers, "transport": transport,
+            "timeout": httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)}
         self._client: httpx.AsyncClient | None = None
         self._ready: asyncio.Lock | None = None
         self._checked = False
 
     @classmethod
-    def from_config(cls, cfg: "RuntimeConfig") -> "OpenAIBackend":
+    def from_config(cls, cfg: RuntimeConfig) -> OpenAIBackend:
         """``cfg.model`` is the server URL, or the served model name with ``cfg.base_url`` (or
         ``OPENAI_BASE_URL``) as the URL. ``cfg.tokenizer`` (else 'default'), ``cfg.api_key`` (else
         ``OPENAI_API_KEY``)."""
@@ -203,7 +206,7 @@ class OpenAIBackend(Backend):
             self._client = httpx.AsyncClient(**self._client_args)
         return self._client
 
-    async def __aenter__(self) -> "OpenAIBackend":
+    async def __aenter__(self) -> OpenAIBackend:
         await self.check()
         return self
 
@@ -316,40 +319,64 @@ class OpenAIBackend(Backend):
         await self.check()
         seq.n_prefilled += len(append)  # what a prefix-caching server has to prefill
         seq.n_cached += len(seq.ids) - len(append)
-        left = min(params.max_tokens, self.context_size - len(seq.ids))
-        text, attempt = "", 0
-        while left > 0:
+        st = _Progress(left=min(params.max_tokens, self.context_size - len(seq.ids)))
+        attempt = 0
+        while st.left > 0:
+            before = st.left
             try:
-                async with contextlib.aclosing(self._events(self.request_body(seq, params, left))) as events:
-                    async for choice in events:
-                        text += choice.get("text") or ""
-                        ids = self.encode(choice.get("text") or "")
-                        finish = choice.get("finish_reason")
-                        if finish == "stop":
-                            tag = self._close_tag(text, choice)
-                            ids += self.encode(tag) if tag is not None else [min(self.eos_ids)]
-                        for tok in ids[:left]:
-                            seq.ids.append(tok)
-                            seq.n_sampled += 1
-                            left -= 1
-                            yield tok
-                        if finish is not None:
-                            return
-                return
+                async with contextlib.aclosing(self._attempt(seq, params, st)) as toks:
+                    async for tok in toks:
+                        yield tok
+                if st.finished:
+                    return
+                err: object = "the stream ended before a finish_reason (interrupted by the server?)"
             except _HTTPStatus as e:
-                if e.status in (400, 422) and self.prompt_ids and attempt == 0 and not text:
-                    log.info("server rejected a token-id prompt (%s); sending text", e.status)
+                if self.prompt_ids and not st.text and e.rejects_prompt:
+                    log.info("server rejected a token-id prompt (HTTP %s); sending text", e.status)
                     self.prompt_ids = False
-                elif e.status not in _RETRY_STATUS:
+                    continue
+                if e.status not in _RETRY_STATUS:
                     raise ModelError(f"POST {self.base_url}/v1/completions: HTTP {e.status}: {e.body[:500]}") from e
-                else:
-                    await self._backoff(attempt, e)
+                err = e
             except (httpx.TransportError, httpx.DecodingError) as e:
-                await self._backoff(attempt, f"{type(e).__name__}: {e}")
-            attempt += 1
+                err = f"{type(e).__name__}: {e}"
+            attempt = 0 if st.left < before else attempt + 1  # a request that made progress resets
+            await self._backoff(attempt, err)
+
+    async def _attempt(self, seq: Sequence, params: SamplingParams, st: _Progress) -> AsyncIterator[int]:
+        """One request, resuming from ``seq``: yields ids (appended to ``seq``) as text arrives."""
+        async with contextlib.aclosing(self._events(self.request_body(seq, params, st.left))) as events:
+            async for choice in events:
+                delta = choice.get("text") or ""
+                st.text += delta
+                ids = self.encode(delta)
+                finish = choice.get("finish_reason")
+                if finish == "stop":
+                    tag = self._close_tag(st.text, choice)
+                    ids += self.encode(tag) if tag is not None else [min(self.eos_ids)]
+                for tok in ids[: st.left]:
+                    seq.ids.append(tok)
+                    seq.n_sampled += 1
+                    st.left -= 1
+                    yield tok
+                if finish is not None:
+                    st.finished = True
+                    return
+
+
+@dataclass
+class _Progress:
+    left: int  # tokens still allowed in this stream call
+    text: str = ""  # generated so far in this stream call
+    finished: bool = False
 
 
 class _HTTPStatus(Exception):
     def __init__(self, status: int, body: str):
         super().__init__(f"HTTP {status}: {body[:200]}")
         self.status, self.body = status, body
+
+    @property
+    def rejects_prompt(self) -> bool:
+        """A validation error about the prompt field (llama-cpp-python reports those as 500)."""
+        return self.status in (400, 422, 500) and "prompt" in self.body

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,11 @@ def trajectory_blocks(traj: dict[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
+def _natural(text: str) -> list[tuple[int, int | str]]:
+    """Sort key putting "q2" before "q10"."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", text) if p]
+
+
 def _cards(records: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
@@ -195,7 +201,7 @@ def _cards(records: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[
                          "n_tokens": r["n_tokens"], "seconds": r["seconds"], "stop": r["stop_reason"],
                          "blocks": trajectory_blocks(r["trajectory"])} for r in samples],
         })
-    cards.sort(key=lambda c: (c["id"], mode_order.get(c["mode"], 99)))
+    cards.sort(key=lambda c: (_natural(c["id"]), mode_order.get(c["mode"], 99)))
     return cards
 
 

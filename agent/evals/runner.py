@@ -51,6 +51,7 @@ log = logging.getLogger("splice.evals")
 EPISODES, SUMMARY, CONFIG = "episodes.jsonl", "summary.json", "config.json"
 GEN_PREFIX = "gen:"
 GEN_DEFAULT_PER_FAMILY = 100
+JOB_BLOCK = 16  # questions per block of the job order (see plan_jobs)
 
 Progress = Callable[[int, int, "dict[str, Any] | None"], None]  # (done, total, record or None at start)
 
@@ -85,9 +86,16 @@ def episode_seed(cfg: EvalConfig, example_id: str, sample: int) -> int:
 
 
 def plan_jobs(cfg: EvalConfig, examples: list[Example], done: set[tuple[str, str, int]]) -> list[Job]:
-    return [Job(ex, mode, s, episode_seed(cfg, ex.id, s))
-            for ex in examples for mode in cfg.modes for s in range(cfg.samples)
-            if (ex.id, mode, s) not in done]
+    """Jobs not yet done, in blocks of questions: within a block mode by mode, so consecutive
+    episodes share the mode's system prompt in the KV cache, while a killed run still has every
+    mode done for about the same questions."""
+    jobs = []
+    for start in range(0, len(examples), JOB_BLOCK):
+        block = examples[start:start + JOB_BLOCK]
+        jobs += [Job(ex, mode, s, episode_seed(cfg, ex.id, s))
+                 for mode in cfg.modes for ex in block for s in range(cfg.samples)
+                 if (ex.id, mode, s) not in done]
+    return jobs
 
 
 # -- the output directory ------------------------------------------------------------------------------
@@ -138,7 +146,8 @@ async def search_runtime(cfg: EvalConfig, every: list[Example], out: Path) -> Ru
     and no index or other search backend was given."""
     rt = cfg.runtime
     uses_search = any("search" in parse_mode(m) for m in cfg.modes)
-    if not uses_search or rt.search_index or rt.search_backend != "local":
+    local = rt.search_backend == "local" or (rt.search_backend == "auto" and not rt.search_url)
+    if not uses_search or rt.search_index or not local:
         return rt
     index = out / "index.sqlite"
     if not index.exists():
@@ -157,7 +166,7 @@ def _dataset_corpus(every: list[Example], out: Path) -> str:
     passages = collect_passages(every)
     if not passages:
         raise ConfigError("search mode needs passages: this dataset carries none, so give --corpus FILE, "
-                          "--search-index PATH or --search-backend web|http")
+                          "--search-index PATH, --search-url URL or --search-backend web")
     return str(write_corpus(passages, out / "corpus.jsonl"))
 
 
