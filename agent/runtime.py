@@ -82,7 +82,7 @@ class RuntimeConfig:
                 opts["index"] = self.search_index
             if self.search_url:
                 opts["url"] = self.search_url
-            return opts
+            return opts | {"timeout_s": self.tool_timeout_s}
         if name == "python":
             return {"backend": self.sandbox, "timeout_s": self.tool_timeout_s}
         return {}
@@ -428,7 +428,7 @@ class _Episode:
 
     async def _call_tool(self, name: str, arg: str) -> ToolOutput:
         tool = self.agent.tools[name]
-        timeout = min(tool.timeout_s, self.cfg.tool_timeout_s) if tool.timeout_s else self.cfg.tool_timeout_s
+        timeout = tool.timeout_s or self.cfg.tool_timeout_s
         try:
             async with asyncio.timeout(timeout):
                 call = self.sessions.get(name)

@@ -50,7 +50,8 @@ class Tool:
     description: str = ""
     arg_name: str = "input"  # the JSON argument name for JSON-call syntaxes (hermes)
     examples: tuple[tuple[str, str], ...] = ()  # (argument, result) pairs shown in the system prompt
-    timeout_s: float = 30.0
+    timeout_s: float | None = None  # the runtime's limit per call; None = RuntimeConfig.tool_timeout_s.
+    # Tools that enforce their own limit set it a little above theirs, so their clearer message wins.
 
     async def call(self, arg: str) -> ToolOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -71,7 +72,7 @@ class FunctionTool(Tool):
     """A tool made from a plain (sync or async) function ``f(arg: str) -> str``."""
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None, description: str | None = None,
-                 timeout_s: float = 30.0):
+                 timeout_s: float | None = None):
         params = list(inspect.signature(fn).parameters.values())
         if len(params) != 1:
             raise TypeError(f"tool function {fn.__name__} must take exactly one argument, got {len(params)}")
@@ -89,7 +90,7 @@ class FunctionTool(Tool):
         return out if isinstance(out, ToolOutput) else ToolOutput(str(out))
 
 
-def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, timeout_s: float = 30.0):
+def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, timeout_s: float | None = None):
     """Decorator: ``@tool`` turns ``def f(query: str) -> str`` (docstring = description) into a Tool
     and registers it under its name."""
 

@@ -103,7 +103,7 @@ def _maybe_permute(gname: str, w: Any, cfg: Any) -> Any:
 
 
 def _pre_tokenizer(tok: Any, pre: str) -> str:
-    """llama.cpp's pre-tokenizer name: SmolLM's digits-split byte-level -> smollm, GPT-2 -> gpt2."""
+    """llama.cpp's pre-tokenizer name: SmolLM's digits-split byte-level -> smollm, GPT-2 -> gpt-2."""
     if pre != "auto":
         return pre
     spec = json.loads(tok.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
@@ -111,7 +111,7 @@ def _pre_tokenizer(tok: Any, pre: str) -> str:
     if "Digits" in kinds and "ByteLevel" in kinds:
         return "smollm"
     if kinds == ["ByteLevel"]:
-        return "gpt2"
+        return "gpt-2"
     log.warning("unknown pre-tokenizer %s; writing 'default' (pass --pre NAME to choose)", kinds)
     return "default"
 

@@ -195,6 +195,7 @@ class MetricsLog:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         steps = [float(r["step"]) for r in self.rows]
         mean = [float(r["reward_mean"]) for r in self.rows]
@@ -204,6 +205,7 @@ class MetricsLog:
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
         ax.plot(steps, [float(r["accuracy"]) for r in self.rows], marker="s", label="accuracy")
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(loc="best")
         ax.grid(alpha=0.3)
         fig.tight_layout()
