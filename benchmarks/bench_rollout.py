@@ -174,15 +174,28 @@ def memory(model, tok, s: Setup) -> dict[str, float]:
             "slot_tokens": s.max_len, "measured_bytes_per_episode": (after - before) / s.episodes}
 
 
-def profile(model, tok, prompts, result, s: Setup) -> str:
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as tprofile
+def profile(model, tok, prompts, result, s: Setup, steps: int = 10) -> str:
+    """The hot path: the batched decode step for all episodes at their prompt length, profiled in
+    this thread (the backend runs it in a worker thread, which the profiler does not follow)."""
+    from torch.profiler import ProfilerActivity, profile as tprofile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
-    with tprofile(activities=acts) as prof:
-        asyncio.run(run_splice(model, tok, prompts, result, s))
+    import numpy as np
+
+    from agent.backends._static_cache import StaticLlamaRunner
+
+    r = StaticLlamaRunner(model, len(prompts), s.max_len)
+    with torch.inference_mode():
+        for i, p in enumerate(prompts):
+            r.prefill(i, p, 0)
+        pos = np.array([len(p) for p in prompts])
+        tok_, act = np.full(len(prompts), result[0]), np.ones(len(prompts), bool)
+        r.decode(tok_, pos, act)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+        with tprofile(activities=acts) as prof:
+            for i in range(steps):
+                r.decode(tok_, pos + 1 + i, act)
     key = "self_cuda_time_total" if model.device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=15)
+    return prof.key_averages().table(sort_by=key, row_limit=12)
 
 
 def _load(device: str):

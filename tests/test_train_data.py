@@ -172,3 +172,28 @@ async def test_real_python_tool_runs_a_plan():
     finally:
         await py.aclose()
     assert ex is not None and ex["messages"][-1]["content"][2]["type"] == "result"
+
+
+def test_cli_registers_train_steps_with_config_flags():
+    from agent.cli import build_parser
+
+    parser = build_parser()
+    ns = parser.parse_args(["train", "sft", "--data", "d.jsonl", "--max-steps", "7", "--no-lora", "--tools", "python"])
+    assert ns.max_steps == 7 and ns.lora is False and ns.tools == ["python"] and callable(ns.func)
+    ns = parser.parse_args(["train", "data", "--n-arith", "3", "--syntax", "hermes"])
+    assert ns.n_arith == 3 and ns.syntax == "hermes"
+    for step in ("probe", "export"):
+        assert callable(parser.parse_args(["train", step]).func)
+
+
+def test_musique_hops_become_single_fact_questions(tmp_path):
+    from train.probe import ProbeConfig, qa_pairs
+
+    recs = [{"id": "m1", "question": "Q", "answer": "B", "question_decomposition": [
+        {"id": 1, "question": "Who founded X?", "answer": "A"},
+        {"id": 2, "question": "Where was #1 born ?", "answer": "B"},
+        {"id": 3, "question": "#2 >> country", "answer": "C"}]}]
+    (tmp_path / "musique_train.json").write_text(json.dumps(recs))
+    cfg = ProbeConfig(multihop=str(tmp_path), search=False, n=10, multihop_holdout=0.0)
+    pairs = sorted(qa_pairs(cfg), key=lambda p: p.id)
+    assert [(p.question, p.answer) for p in pairs] == [("Who founded X?", "A"), ("Where was A born?", "B")]
