@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Iterable
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field, replace
-from typing import Any, AsyncIterator, Iterable, Sequence as Seq
+from typing import Any
 
 from agent.backends.base import Backend, SamplingParams, Sequence
 from agent.config import dump_config

@@ -177,9 +177,9 @@ def memory(model, tok, s: Setup) -> dict[str, float]:
 def profile(model, tok, prompts, result, s: Setup, steps: int = 10) -> str:
     """The hot path: the batched decode step for all episodes at their prompt length, profiled in
     this thread (the backend runs it in a worker thread, which the profiler does not follow)."""
-    from torch.profiler import ProfilerActivity, profile as tprofile
-
     import numpy as np
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
 
     from agent.backends._static_cache import StaticLlamaRunner
 

@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from agent.errors import ConfigError
 from agent.syntax import (
     PRESETS,
     ZWSP,
@@ -15,7 +16,6 @@ from agent.syntax import (
     extract_answer,
     get_syntax,
 )
-from agent.errors import ConfigError
 
 TOOLS = ["python", "search"]
 ARGS = {"python": "code", "search": "query"}

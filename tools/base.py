@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "Tool",

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import importlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from agent.config import add_arguments, from_args
 

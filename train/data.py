@@ -19,9 +19,10 @@ import contextlib
 import json
 import random
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from agent.errors import ConfigError, DataError
 from tools.base import Tool

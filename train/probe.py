@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from agent.errors import ConfigError, DataError
 from train.data import Plan, answer, call, text

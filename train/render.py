@@ -16,8 +16,9 @@ runtime records. Tags can be added to the tokenizer as special tokens (``add_tag
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from agent.syntax import ToolSyntax, get_syntax
 from agent.trajectory import Segment, Trajectory

@@ -10,8 +10,9 @@ the iterator (``contextlib.aclosing``); the next ``stream`` call resumes on the 
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 __all__ = ["Backend", "Sequence", "SamplingParams", "common_prefix"]
 

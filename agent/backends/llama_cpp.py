@@ -12,8 +12,8 @@ import asyncio
 import ctypes
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import numpy as np
 

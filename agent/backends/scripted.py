@@ -4,7 +4,7 @@ time. Token id = Unicode code point; id 0 is EOS. Not a model: never the only te
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from agent.backends.base import Backend, SamplingParams, Sequence
 
