@@ -222,6 +222,7 @@ class StreamParser:
         self.arg_names = arg_names or {}
         self._opens = self._build_opens()
         self._max_open = max(len(o) for o in self._opens) if self._opens else 1
+        self._first_chars = {o[0] for o in self._opens if o} | {syntax.call_open[0]}
         self._generic = None if syntax.json_calls else syntax._generic_open_re()
         self.reset()
 
@@ -283,12 +284,14 @@ class StreamParser:
     def _holdback(self) -> int:
         """How many trailing chars might start a tag and must wait for more text."""
         buf = self.buf
-        for k in range(min(len(buf), self._max_open + 40), 0, -1):
-            tail = buf[-k:]
+        for i in range(max(0, len(buf) - self._max_open - 40), len(buf)):
+            if buf[i] not in self._first_chars:
+                continue
+            tail = buf[i:]
             if any(tag.startswith(tail) for tag in self._opens):
-                return k
+                return len(buf) - i
             if self._generic is not None and self._could_be_generic(tail):
-                return k
+                return len(buf) - i
         return 0
 
     def _could_be_generic(self, tail: str) -> bool:
