@@ -41,7 +41,7 @@ log = logging.getLogger("splice.runtime")
 @dataclass
 class RuntimeConfig:
     model: str = field(default="default", metadata={"help": "'default' (embedded SmolLM2), a .gguf file or a HF model dir"})
-    backend: str = field(default="auto", metadata={"help": "auto | llama_cpp | transformers | openai"})
+    backend: str = field(default="auto", metadata={"help": "auto | llama_cpp | transformers | batched | openai"})
     tools: list[str] = field(default_factory=lambda: ["python", "search"],
                              metadata={"help": "tools to enable: names or module:attr import paths"})
     syntax: str = field(default="splice", metadata={"help": "tag syntax: splice, search-r1, nanochat, tora, hermes"})
@@ -60,7 +60,13 @@ class RuntimeConfig:
     search_url: str = field(default="", metadata={"help": "http retriever URL (Search-R1 /retrieve)"})
     sandbox: str = field(default="process", metadata={"help": "python sandbox backend: process | docker"})
     device: str = field(default="auto", metadata={"help": "transformers device: auto | cpu | cuda"})
-    n_ctx: int = field(default=4096, metadata={"help": "llama.cpp context size"})
+    n_ctx: int = field(default=4096, metadata={"help": "context size (llama.cpp n_ctx; batched slot length)"})
+    max_batch: int = field(default=8, metadata={"help": "batched backend: concurrent sequences (slots)"})
+    base_url: str = field(default="", metadata={"help": "openai backend: server URL when --model is a model name "
+                          "(else OPENAI_BASE_URL)"})
+    api_key: str = field(default="", metadata={"help": "openai backend: API key (else OPENAI_API_KEY)"})
+    tokenizer: str = field(default="", metadata={"help": "openai backend: local tokenizer: 'default', a .gguf or "
+                           "a HF dir"})
 
     def __post_init__(self) -> None:
         tools = self.tools.split(",") if isinstance(self.tools, str) else self.tools
@@ -157,6 +163,7 @@ class Agent:
         for spec in tool_specs:
             t = get_tool(spec, **(self.config.tool_options(spec) if isinstance(spec, str) else {}))
             self.tools[t.name] = t
+        self._stop_pairs = tuple(self.syntax.stop_pairs(self.tools))
         self.backend = model if isinstance(model, Backend) else _load_backend(self.config)
         self._episode = 0
 
@@ -194,7 +201,8 @@ class Agent:
 
     def _sampling(self, max_tokens: int, seed: int | None) -> SamplingParams:
         c = self.config
-        return SamplingParams(temperature=c.temperature, top_p=c.top_p, seed=seed, max_tokens=max_tokens)
+        return SamplingParams(temperature=c.temperature, top_p=c.top_p, seed=seed, max_tokens=max_tokens,
+                              stop_pairs=self._stop_pairs)
 
     # -- public API -----------------------------------------------------------------------------
     async def run(self, question: str, history: Seq[dict[str, str]] = (), seed: int | None = None,

@@ -81,6 +81,13 @@ class ToolSyntax:
                 out.append(t)
         return out
 
+    def stop_pairs(self, tools: Iterable[str]) -> list[tuple[str, str]]:
+        """(open, close) pairs whose close tag ends a model segment: tool calls and the answer."""
+        pairs = [(self.call_open, self.call_close)] if self.json_calls else \
+            [(self.open_tag(t), self.close_tag(t)) for t in tools]
+        pairs.append((self.answer_open, self.answer_close))
+        return [p for i, p in enumerate(pairs) if p[1] and p not in pairs[:i]]
+
     # -- rendering --------------------------------------------------------------------------
     def render_call(self, tool: str, arg: str, arg_name: str = "input") -> str:
         if self.json_calls:

@@ -64,7 +64,11 @@ def load_backend(cfg: "RuntimeConfig") -> Backend:
         from agent.backends.transformers import TransformersBackend
 
         return TransformersBackend(path, device=cfg.device)
-    raise ConfigError(f"unknown backend {kind!r}; choose auto, llama_cpp, transformers or openai")
+    if kind == "batched":
+        from agent.backends.batched import BatchedTransformersBackend
+
+        return BatchedTransformersBackend(path, device=cfg.device, max_batch=cfg.max_batch, max_len=cfg.n_ctx)
+    raise ConfigError(f"unknown backend {kind!r}; choose auto, llama_cpp, transformers, batched or openai")
 
 
 def _default_adapter(model: str) -> Path | None:

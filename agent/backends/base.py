@@ -24,6 +24,9 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     max_tokens: int = 256  # for this stream call
+    # (open, close) tags of the active syntax: servers that stop on strings stop at these closes;
+    # local backends ignore them (the runtime's parser stops the stream).
+    stop_pairs: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

@@ -129,11 +129,8 @@ def load_tokenizer(spec: str | Path) -> LocalTokenizer:
 
 
 def stop_pairs(syntax: ToolSyntax, tools: Iterable[str]) -> list[tuple[str, str]]:
-    """(open, close) tag pairs whose close tags end a model segment: tool calls and the answer."""
-    pairs = [(syntax.call_open, syntax.call_close)] if syntax.json_calls else \
-        [(syntax.open_tag(t), syntax.close_tag(t)) for t in tools]
-    pairs.append((syntax.answer_open, syntax.answer_close))
-    return [p for i, p in enumerate(pairs) if p[1] and p not in pairs[:i]]
+    """(open, close) tag pairs whose close tags end a model segment (see ``ToolSyntax.stop_pairs``)."""
+    return syntax.stop_pairs(tools)
 
 
 def _server_root(url: str) -> str:
@@ -276,8 +273,9 @@ class OpenAIBackend(Backend):
         prompt: Any = list(seq.ids) if self.prompt_ids else self.tok.decode(seq.ids, special=True)
         body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
                                 "temperature": params.temperature, "top_p": params.top_p}
-        if self.pairs:
-            body["stop"] = [close for _, close in self.pairs]
+        pairs = params.stop_pairs or self.pairs
+        if pairs:
+            body["stop"] = [close for _, close in pairs]
         if params.top_k:
             body["top_k"] = params.top_k
         if params.seed is not None:
@@ -302,13 +300,13 @@ class OpenAIBackend(Backend):
                 if event.get("choices"):
                     yield event["choices"][0]
 
-    def _close_tag(self, text: str, choice: dict[str, Any]) -> str | None:
+    def _close_tag(self, text: str, choice: dict[str, Any], pairs: Iterable[tuple[str, str]] = ()) -> str | None:
         """The stop string that ended generation (to put back), or None for EOS."""
         if "stop_reason" in choice:  # vLLM/SGLang: the matched string, a token id, or None (EOS)
             reason = choice["stop_reason"]
             return reason if isinstance(reason, str) else None
         best, at = None, -1
-        for open_, close in self.pairs:
+        for open_, close in pairs or self.pairs:
             i = text.rfind(open_)
             if i > at and text.rfind(close) < i:
                 best, at = close, i
@@ -352,7 +350,7 @@ class OpenAIBackend(Backend):
                 ids = self.encode(delta)
                 finish = choice.get("finish_reason")
                 if finish == "stop":
-                    tag = self._close_tag(st.text, choice)
+                    tag = self._close_tag(st.text, choice, params.stop_pairs)
                     ids += self.encode(tag) if tag is not None else [min(self.eos_ids)]
                 for tok in ids[: st.left]:
                     seq.ids.append(tok)

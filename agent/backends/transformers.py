@@ -126,7 +126,7 @@ class TransformersBackend(Backend):
         if st.cache is None:
             st.cache = DynamicCache()
         if keep < len(st.cached_ids):
-            st.cache.crop(keep)
+            st.cache.crop(keep - st.cache.get_seq_length())  # negative: tokens to drop (transformers 4 and 5)
             st.cached_ids = st.cached_ids[:keep]
         new = ids[keep:]
         with self._lock, torch.inference_mode():
