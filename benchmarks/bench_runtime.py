@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -46,31 +47,34 @@ noop.call = _noop_async  # type: ignore[method-assign]  # no thread hop: measure
 
 
 # -- 1. overhead per call, scripted model ---------------------------------------------------------
-async def overhead_per_call(reps: int = 200) -> dict[str, float]:
-    call = "<noop_start>1<noop_end>"
-    filler = "word " * 40
-    with_calls = [filler + call] * 4 + [filler + "<answer_start>a<answer_end>"]
-    n_chars = sum(map(len, with_calls))
-    plain = ["w" * (n_chars - len("<answer_start>a<answer_end>")) + "<answer_start>a<answer_end>"]
+async def overhead_per_call(n: int = 2000) -> dict[str, float]:
+    """Parse the call text, dispatch it (no-op tool), truncate, escape and encode the splice: the
+    runtime's own work per call, timed directly on a live episode."""
+    from agent.runtime import _Episode
 
-    async def time_script(script: list[str]) -> float:
-        agent = Agent(ScriptedBackend(script), tools=[noop], max_new_tokens=100_000)
-        ts = []
-        for _ in range(reps):
+    agent = Agent(ScriptedBackend([]), tools=[noop])
+    call_text = "<noop_start>print(6 * 7)<noop_end>"
+    ts = []
+    async with contextlib.AsyncExitStack() as stack:
+        ep = _Episode(agent, "q", [], 0)
+        ep.stack = stack
+        for _ in range(n):
             t0 = time.perf_counter()
-            await agent.run("q")
+            ep.parser.reset()
+            ev = ep.parser.feed(call_text)[-1]
+            await ep._dispatch(ev)
             ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
-
-    t_calls, t_plain = await time_script(with_calls), await time_script(plain)
-    return {"episode_4_calls_ms": t_calls * 1e3, "episode_plain_ms": t_plain * 1e3,
-            "overhead_per_call_us": (t_calls - t_plain) / 4 * 1e6}
+            ep.traj.tool_calls.clear()
+            ep.traj.segments.clear()
+    ts.sort()
+    return {"overhead_per_call_us_p50": ts[len(ts) // 2] * 1e6, "overhead_per_call_us_p99": ts[int(len(ts) * 0.99)] * 1e6}
 
 
 # -- 2. real model --------------------------------------------------------------------------------
 class ForcedCalls(Backend):
-    """Wraps a backend: after every ``every`` sampled tokens, the call text is emitted in place of
-    sampling (its tokens are evaluated with the next splice, as a real call's last token would be)."""
+    """Wraps the llama.cpp backend: after every ``every`` sampled tokens, the call text is emitted in
+    place of sampling. Each forced token is run through one decode step, as a sampled token would be,
+    so the only extra work of the tool episode is the splice itself."""
 
     def __init__(self, inner: Backend, call_text: str, every: int, n_calls: int):
         self.inner, self.every, self.n_calls = inner, every, n_calls
@@ -107,7 +111,8 @@ class ForcedCalls(Backend):
                 break
         if force and n >= self.every:
             seq.calls_made += 1  # type: ignore[attr-defined]
-            for tok in self.call_ids:
+            for tok in self.call_ids:  # each forced token costs one decode step, as a sampled one would
+                await asyncio.to_thread(self.inner.llm.eval, [seq.ids[-1]])  # type: ignore[attr-defined]
                 seq.ids.append(tok)
                 yield tok
 
@@ -196,8 +201,8 @@ def main() -> None:
     a = ap.parse_args()
     res: dict[str, dict[str, float]] = {"overhead": asyncio.run(overhead_per_call())}
     o = res["overhead"]
-    print(f"runtime overhead per tool call (scripted model, no-op tool): {o['overhead_per_call_us']:.0f} us "
-          f"(episode with 4 calls {o['episode_4_calls_ms']:.2f} ms vs plain {o['episode_plain_ms']:.2f} ms)")
+    print(f"runtime overhead per tool call (parse + dispatch + splice, no-op tool): "
+          f"p50 {o['overhead_per_call_us_p50']:.0f} us, p99 {o['overhead_per_call_us_p99']:.0f} us")
     if not a.skip_model:
         r = res["llama_cpp"] = asyncio.run(real_model(a.tokens, a.reps))
         print(f"llama.cpp SmolLM2-135M, {r['tokens']:.0f} generated tokens, {r['tool_calls']:.0f} tool calls, "

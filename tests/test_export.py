@@ -16,7 +16,8 @@ PROMPT_IDS = [1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49]
 
 
 def _rows(n: int = 8) -> list[dict]:
-    parts = lambda i: [{"type": "text", "text": f"Sum {i}.\n"}, {"type": "call", "tool": "python", "arg": f"print({i}+{i})"},  # noqa: E731
+    parts = lambda i: [{"type": "text", "text": f"Sum {i}.\n"},  # noqa: E731
+                       {"type": "call", "tool": "python", "arg": f"print({i}+{i})"},
                        {"type": "result", "text": f"{2 * i}\n"}, {"type": "answer", "text": str(2 * i)}]
     return [{"id": f"x{i}", "tools": ["python"], "messages": [{"role": "user", "content": f"{i}+{i}?"},
              {"role": "assistant", "content": parts(i)}]} for i in range(n)]
@@ -84,7 +85,19 @@ def test_gguf_lora_adapter_matches_peft(trained, tiny_model_dir, tmp_path):
     base, tok = load_hf(tiny_model_dir, device="cpu", dtype="float32")
     base_gguf = write_gguf(base, tok, tmp_path / "base.gguf", dtype="f32")
     model, _, _ = load_trained(trained)
-    adapter = write_lora_gguf(model, tmp_path / "adapter.gguf")
+    adapter = write_lora_gguf(model, tmp_path / "adapter.gguf", dtype="f32")
     want = _hf_logits(model)
     assert not np.allclose(_hf_logits(base), want, atol=1e-3)  # the adapter matters
     np.testing.assert_allclose(_llama_logits(base_gguf, lora=adapter), want, rtol=2e-3, atol=2e-3)
+
+
+def test_f16_gguf_lora_adapter_loads_and_is_small(trained, tiny_model_dir, tmp_path):
+    from agent.backends.transformers import load_hf
+
+    base, tok = load_hf(tiny_model_dir, device="cpu", dtype="float32")
+    base_gguf = write_gguf(base, tok, tmp_path / "base.gguf", dtype="f32")
+    model, _, _ = load_trained(trained)
+    f32 = write_lora_gguf(model, tmp_path / "a32.gguf", dtype="f32")
+    f16 = write_lora_gguf(model, tmp_path / "a16.gguf", dtype="f16")
+    assert f16.stat().st_size < 0.6 * f32.stat().st_size
+    np.testing.assert_allclose(_llama_logits(base_gguf, lora=f16), _hf_logits(model), rtol=1e-2, atol=1e-2)

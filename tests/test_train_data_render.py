@@ -23,7 +23,8 @@ def _python_tool(result: str = RESULT) -> FunctionTool:
 
 
 def _example(system: str, result: str = RESULT) -> dict:
-    parts = [{"type": "text", "text": "I'll compute it.\n"}, {"type": "call", "tool": "python", "arg": "print(23 * 47)"},
+    parts = [{"type": "text", "text": "I'll compute it.\n"},
+             {"type": "call", "tool": "python", "arg": "print(23 * 47)"},
              {"type": "result", "text": result}, {"type": "text", "text": "It is 1081.\n"},
              {"type": "answer", "text": "1081"}]
     return {"id": "e1", "tools": ["python"], "messages": [

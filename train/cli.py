@@ -48,15 +48,16 @@ def add_parser(subparsers: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_tools(syntax: str, index: str = "", multihop: str = "", need_search: bool = True) -> AsyncIterator[dict[str, Any]]:
+async def open_tools(syntax: str, index: str = "", multihop: str = "",
+                     need_search: bool = True) -> AsyncIterator[dict[str, Any]]:
     """The real tools: the Python sandbox and (when needed) local search over ``index``, built from
     the multi-hop passages first if the index does not exist yet."""
     from tools.base import get_tool
 
     tools = {"python": get_tool("python")}
     if need_search and index:
-        if not Path(index).exists():
-            build_search_index(index, multihop)
+        if not await asyncio.to_thread(Path(index).exists):
+            await asyncio.to_thread(build_search_index, index, multihop)
         tools["search"] = get_tool("search", backend="local", index=index)
     try:
         yield tools

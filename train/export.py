@@ -21,7 +21,8 @@ from typing import Any
 
 from agent.errors import ConfigError, ModelError, require
 
-__all__ = ["ExportConfig", "export", "load_trained", "merge_lora", "write_gguf", "write_lora_gguf", "hf_to_gguf_name"]
+__all__ = ["ExportConfig", "export", "load_trained", "merge_lora", "write_gguf", "write_lora_gguf",
+           "hf_to_gguf_name"]
 
 log = logging.getLogger("splice.train.export")
 
@@ -30,9 +31,9 @@ log = logging.getLogger("splice.train.export")
 class ExportConfig:
     src: str = field(default="out/sft", metadata={"help": "sft output dir, or its adapter/ or model/ dir"})
     out: str = field(default="out/model", metadata={"help": "dir for the merged HF model and its GGUF"})
-    base: str = field(default="", metadata={"help": "base model of a LoRA adapter (default: the one it was trained on)"})
+    base: str = field(default="", metadata={"help": "base model of a LoRA adapter (default: its training base)"})
     gguf: bool = field(default=True, metadata={"help": "write OUT/model-<dtype>.gguf"})
-    dtype: str = field(default="f16", metadata={"help": "GGUF tensor type: f32 | f16"})
+    dtype: str = field(default="f16", metadata={"help": "GGUF tensor type (model and adapter): f32 | f16"})
     adapter_gguf: str = field(default="", metadata={"help": "also write the LoRA adapter as a GGUF adapter here"})
     pre: str = field(default="auto", metadata={"help": "llama.cpp pre-tokenizer name (auto: from tokenizer.json)"})
 
@@ -187,8 +188,8 @@ def write_gguf(model: Any, tok: Any, path: str | Path, dtype: str = "f16", pre: 
     return path
 
 
-def write_lora_gguf(model: Any, path: str | Path) -> Path:
-    """A GGUF LoRA adapter (F32 A/B matrices, alpha) for the base model's GGUF, from a peft model."""
+def write_lora_gguf(model: Any, path: str | Path, dtype: str = "f32") -> Path:
+    """A GGUF LoRA adapter (F32 or F16 A/B matrices, alpha) for the base model's GGUF, from a peft model."""
     gguf = require("gguf", "torch")
     import numpy as np
 
@@ -212,7 +213,7 @@ def write_lora_gguf(model: Any, path: str | Path) -> Path:
         w = t.detach().float().cpu().numpy()
         if ab == "lora_b":
             w = _maybe_permute(gname, w, cfg)
-        writer.add_tensor(f"{gname}.{ab}", np.ascontiguousarray(w.astype(np.float32)))
+        writer.add_tensor(f"{gname}.{ab}", np.ascontiguousarray(w.astype(np.float16 if dtype == "f16" else np.float32)))
     _finish(writer)
     return path
 
@@ -231,7 +232,7 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     if cfg.adapter_gguf:
         if not is_lora:
             raise ConfigError(f"--adapter-gguf needs a LoRA adapter in {cfg.src}")
-        done["adapter_gguf"] = str(write_lora_gguf(model, cfg.adapter_gguf))
+        done["adapter_gguf"] = str(write_lora_gguf(model, cfg.adapter_gguf, cfg.dtype))
     merged = merge_lora(model)
     out = Path(cfg.out)
     merged.save_pretrained(out)

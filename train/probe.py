@@ -77,7 +77,8 @@ def qa_pairs(cfg: ProbeConfig) -> list[QAPair]:
         for i, r in enumerate(read_records(cfg.qa)):
             if "question" not in r or "answer" not in r:
                 raise DataError(f"{cfg.qa} record {i}: needs 'question' and 'answer'")
-            pairs.append(QAPair(str(r.get("id", f"qa-{i}")), r["question"], str(r["answer"]), list(r.get("aliases", []))))
+            pairs.append(QAPair(str(r.get("id", f"qa-{i}")), r["question"], str(r["answer"]),
+                                list(r.get("aliases", []))))
     if cfg.multihop:
         pairs += musique_hops(Path(cfg.multihop) / "musique_train.json", cfg.multihop_holdout)
     rng = random.Random(f"probe:{cfg.seed}")

@@ -202,7 +202,8 @@ def _question(example: dict[str, Any]) -> str:
     return str(users[-1]["content"]) if users else ""
 
 
-def add_tag_tokens(tokenizer: Any, model: Any, syntax: str | ToolSyntax, tools: Sequence[str] = DEFAULT_TOOLS) -> list[int]:
+def add_tag_tokens(tokenizer: Any, model: Any, syntax: str | ToolSyntax,
+                   tools: Sequence[str] = DEFAULT_TOOLS) -> list[int]:
     """Add the syntax's tags as special tokens, resize the embeddings and initialise the new rows
     to the mean embedding. Returns the new ids (to make trainable: ``trainable_token_indices``)."""
     import torch
@@ -216,7 +217,8 @@ def add_tag_tokens(tokenizer: Any, model: Any, syntax: str | ToolSyntax, tools: 
         return []
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
-        for emb in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None}.values():
+        layers = (model.get_input_embeddings(), model.get_output_embeddings())
+        for emb in {id(e): e for e in layers if e is not None}.values():  # once when tied
             w = emb.weight
             w[new_ids] = w[:before].mean(0, keepdim=True).to(w.dtype)
     return new_ids

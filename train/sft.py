@@ -13,6 +13,7 @@ weights as an uninterrupted one (tested on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -273,7 +274,7 @@ class SFTTrainer:
         total = 0.0
         for j, idx in enumerate(micro):
             batch = _collate([self.train_feats[i] for i in idx], pad, torch)
-            ctx = self.accel.no_sync(self.model) if j < len(micro) - 1 else _null()
+            ctx = self.accel.no_sync(self.model) if j < len(micro) - 1 else contextlib.nullcontext()
             with ctx, self.accel.autocast():
                 loss, _ = self._loss_sum(batch)
                 self.accel.backward(loss / max(1, n_tok))
@@ -350,7 +351,10 @@ class SFTTrainer:
                     stopped = True
                     break
         final_eval = self.evaluate()
-        metrics.add({"step": self.step, "eval_loss": final_eval, "seconds": time.perf_counter() - t0})
+        if self.history and self.history[-1].get("eval_loss") is None and self.history[-1]["step"] == self.step:
+            self.history[-1]["eval_loss"] = final_eval
+        else:
+            metrics.add({"step": self.step, "eval_loss": final_eval, "seconds": time.perf_counter() - t0})
         self.save_checkpoint()
         saved = self.save_final()
         metrics.close()
@@ -387,14 +391,6 @@ def _seed_everything(seed: int, torch: Any) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # -- checkpoint files -------------------------------------------------------------------------------
