@@ -40,7 +40,8 @@ class LivePrinter:
         elif isinstance(ev, DoneEvent):
             t = ev.trajectory
             c.print()
-            answer = f"answer: [bold]{escape(t.answer)}[/]  " if t.answer else ""
+            tagged = t.answer and t.stop_reason == "answer"  # untagged text was already shown as it streamed
+            answer = f"answer: [bold]{escape(' '.join(t.answer.split())[:200])}[/]  " if tagged else ""
             c.print(f"[dim]── {answer}tool calls: {len(t.tool_calls)}  tokens: {t.n_generated}  "
                     f"seconds: {t.seconds:.2f}  stop: {t.stop_reason}[/]")
 
