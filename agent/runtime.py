@@ -30,7 +30,7 @@ from agent.syntax import (
     get_syntax,
 )
 from agent.trajectory import Segment, ToolCall, Trajectory
-from tools.base import Tool, ToolCallable, ToolOutput, get_tool
+from tools.base import Tool, ToolCallable, ToolOutput, get_tool, truncate_tokens
 
 __all__ = ["RuntimeConfig", "Agent", "Conversation", "Event", "TokenEvent", "ToolCallStarted",
            "ToolResultEvent", "DoneEvent", "Detokenizer"]
@@ -455,20 +455,10 @@ class _Episode:
             return ToolOutput(f"error: {name} failed: {type(e).__name__}: {e}", error=True, meta={"crashed": True})
 
     def _truncate(self, text: str) -> str:
-        ids = self.backend.encode(text)
-        n = self.cfg.max_result_tokens
-        if len(ids) <= n:
-            return text
-        head, tail = n * 2 // 3, n - n * 2 // 3
-        return (self.backend.decode(ids[:head]) + f"\n[... {len(ids) - n} tokens of output truncated ...]\n"
-                + self.backend.decode(ids[len(ids) - tail:]))
+        return truncate_tokens(text, self.backend.encode, self.backend.decode, self.cfg.max_result_tokens)
 
     def _splice_tokens(self, prefix: str, result: str) -> tuple[str, list[int]]:
-        s = self.syntax
-        body = s.escape(result, self.agent.tools)
-        pieces = [(prefix, True), ("\n", False), (s.result_open, True),
-                  ("" if s.result_open.endswith("\n") else "\n", False), (body, False), ("\n", False),
-                  (s.result_close, True), ("" if s.result_close.endswith("\n") else "\n", False)]
+        pieces = self.syntax.splice_pieces(prefix, result, self.agent.tools)
         ids: list[int] = []
         for text, special in pieces:
             if text:

@@ -102,6 +102,14 @@ class ToolSyntax:
     def render_answer(self, answer: str) -> str:
         return f"{self.answer_open}{answer}{self.answer_close}"
 
+    def splice_pieces(self, prefix: str, result: str, tools: Iterable[str] = ()) -> list[tuple[str, bool]]:
+        """The text spliced after a call as (text, is_tag) pieces: tags are encoded with special
+        tokens allowed, the escaped tool output never. The runtime and SFT rendering both use this."""
+        body = self.escape(result, tools)
+        return [(prefix, True), ("\n", False), (self.result_open, True),
+                ("" if self.result_open.endswith("\n") else "\n", False), (body, False), ("\n", False),
+                (self.result_close, True), ("" if self.result_close.endswith("\n") else "\n", False)]
+
     def escape(self, text: str, tools: Iterable[str] = ()) -> str:
         """Neutralise every tag of this syntax (and any ``{tag}``-shaped tag) inside tool output."""
         tags = sorted((t for t in set(self.all_tags(tools)) if len(t) > 1 and t.strip()), key=len, reverse=True)

@@ -28,6 +28,7 @@ __all__ = [
     "get_tool",
     "available_tools",
     "truncate_middle",
+    "truncate_tokens",
 ]
 
 
@@ -164,3 +165,14 @@ def truncate_middle(text: str, max_chars: int) -> str:
     tail = max_chars - head
     cut = len(text) - head - tail
     return f"{text[:head]}\n[... output truncated: {cut} characters cut ...]\n{text[len(text) - tail:]}"
+
+
+def truncate_tokens(text: str, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
+                    max_tokens: int) -> str:
+    """Head (2/3) and tail (1/3) of a long tool result in tokens, with a marker saying how much was cut."""
+    ids = encode(text)
+    if len(ids) <= max_tokens:
+        return text
+    head, tail = max_tokens * 2 // 3, max_tokens - max_tokens * 2 // 3
+    return (decode(ids[:head]) + f"\n[... {len(ids) - max_tokens} tokens of output truncated ...]\n"
+            + decode(ids[len(ids) - tail:]))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError, DataError
+from agent.evals.data import write_jsonl
 from tools.base import Tool
 
 __all__ = ["DataConfig", "Plan", "execute", "synthesize", "build_plans", "system_prompt", "write_jsonl",
@@ -423,13 +424,6 @@ def family_limits(cfg: DataConfig) -> dict[str, int]:
     return lim
 
 
-def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return p
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

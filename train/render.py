@@ -22,6 +22,7 @@ from typing import Any
 
 from agent.syntax import ToolSyntax, get_syntax
 from agent.trajectory import Segment, Trajectory
+from tools.base import truncate_tokens
 
 __all__ = ["ChatRenderer", "Features", "splice_pieces", "truncate_tokens", "add_tag_tokens",
            "features_from_trajectory", "IGNORE_INDEX", "DEFAULT_TOOLS", "ARG_NAMES", "final_parts"]
@@ -32,23 +33,8 @@ ARG_NAMES = {"python": "code", "search": "query"}  # JSON argument names for JSO
 
 
 def splice_pieces(syntax: ToolSyntax, prefix: str, result: str, tools: Iterable[str]) -> list[tuple[str, bool]]:
-    """The text spliced after a call, as (text, parse_special) pieces, each encoded on its own.
-    Mirrors ``runtime._Episode._splice_tokens``; ``test_render_matches_runtime`` keeps them equal."""
-    s = syntax
-    body = s.escape(result, tools)
-    return [(prefix, True), ("\n", False), (s.result_open, True),
-            ("" if s.result_open.endswith("\n") else "\n", False), (body, False), ("\n", False),
-            (s.result_close, True), ("" if s.result_close.endswith("\n") else "\n", False)]
-
-
-def truncate_tokens(text: str, encode: Any, decode: Any, max_tokens: int) -> str:
-    """Head + tail of a long tool result, like ``runtime._Episode._truncate``."""
-    ids = encode(text)
-    if len(ids) <= max_tokens:
-        return text
-    head, tail = max_tokens * 2 // 3, max_tokens - max_tokens * 2 // 3
-    return (decode(ids[:head]) + f"\n[... {len(ids) - max_tokens} tokens of output truncated ...]\n"
-            + decode(ids[len(ids) - tail:]))
+    """The text spliced after a call (the runtime's own ``ToolSyntax.splice_pieces``)."""
+    return syntax.splice_pieces(prefix, result, tools)
 
 
 def final_parts(example: dict[str, Any]) -> list[dict[str, Any]]:

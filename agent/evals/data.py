@@ -33,6 +33,7 @@ __all__ = [
     "load_examples",
     "read_records",
     "write_corpus",
+    "write_jsonl",
 ]
 
 
@@ -262,10 +263,15 @@ def collect_passages(examples: Iterable[Example]) -> list[dict[str, str]]:
     return out
 
 
-def write_corpus(passages: list[dict[str, str]], path: str | Path) -> Path:
+def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """One JSON object per line (parent folders created); shared by evals and training data."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("w", encoding="utf-8") as f:
-        for doc in passages:
-            f.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return p
+
+
+def write_corpus(passages: list[dict[str, str]], path: str | Path) -> Path:
+    return write_jsonl(passages, path)
