@@ -52,6 +52,7 @@ __all__ = [
     "TokenEvent",
     "ToolCall",
     "ToolCallStarted",
+    "ToolError",
     "ToolResultEvent",
     "ToolSyntax",
     "Trajectory",

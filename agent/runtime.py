@@ -40,7 +40,8 @@ log = logging.getLogger("splice.runtime")
 
 @dataclass
 class RuntimeConfig:
-    model: str = field(default="default", metadata={"help": "'default' (embedded SmolLM2), a .gguf file or a HF model dir"})
+    model: str = field(default="default",
+                       metadata={"help": "'default' (embedded SmolLM2), a .gguf file or a HF model dir"})
     backend: str = field(default="auto", metadata={"help": "auto | llama_cpp | transformers | batched | openai"})
     tools: list[str] = field(default_factory=lambda: ["python", "search"],
                              metadata={"help": "tools to enable: names or module:attr import paths"})

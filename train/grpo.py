@@ -58,7 +58,8 @@ class GRPOConfig:
     n_tasks: int = field(default=512, metadata={"help": "tasks generated per family list (ignored for files)"})
     steps: int = field(default=20, metadata={"help": "optimisation steps (each one batch of rollouts)"})
     prompts_per_step: int = field(default=4, metadata={"help": "distinct prompts per step"})
-    group_size: int = field(default=4, metadata={"help": "G: samples per prompt (advantages are relative to the group)"})
+    group_size: int = field(default=4,
+                            metadata={"help": "G: samples per prompt (advantages are relative to the group)"})
     epochs: int = field(default=1, metadata={"help": "optimisation passes per batch; >1 makes the clipped ratio bite"})
     micro_batch: int = field(default=4, metadata={"help": "episodes per forward/backward (gradient accumulation)"})
     lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})

