@@ -57,9 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
 
 
 def from_args(cls: type[T], ns: argparse.Namespace, **overrides: Any) -> T:
+    """The dataclass from parsed flags; a JSON file in ``ns.config_file`` (if any) fills the rest."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values = {k: v for k, v in vars(ns).items() if k in names}
     values.update(overrides)
+    if getattr(ns, "config_file", ""):
+        return load_config(cls, ns.config_file, **values)
     return cls(**values)
 
 

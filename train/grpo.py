@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import add_arguments, dump_config, load_config
+from agent.config import add_arguments, dump_config, from_args
 from agent.errors import ConfigError, require
 from agent.runtime import Agent, RuntimeConfig
 from train.rewards import RewardTerm, is_void, parse_rewards, score
@@ -522,11 +522,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _cli(ns: argparse.Namespace) -> int:
-    from dataclasses import fields
-
-    names = {f.name for f in fields(GRPOConfig)}
-    values = {k: v for k, v in vars(ns).items() if k in names}
-    cfg = load_config(GRPOConfig, ns.config_file, **values) if ns.config_file else GRPOConfig(**values)
+    cfg = from_args(GRPOConfig, ns)
     rows = train_grpo(cfg)
     if rows:
         last = rows[-1]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import add_arguments, dump_config, load_config
+from agent.config import add_arguments, dump_config, from_args
 from agent.errors import ConfigError, DataError, ModelNotFound, require
 
 __all__ = [
@@ -273,11 +273,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _cli(ns: argparse.Namespace) -> int:
-    from dataclasses import fields
-
-    names = {f.name for f in fields(RewardConfig)}
-    values = {k: v for k, v in vars(ns).items() if k in names}
-    cfg = load_config(RewardConfig, ns.config_file, **values) if ns.config_file else RewardConfig(**values)
+    cfg = from_args(RewardConfig, ns)
     result = train_reward_model(cfg)
     print(f"reward model saved to {cfg.output_dir}: held-out pairwise accuracy {result['eval_accuracy']:.3f} "
           f"on {result['eval_pairs']} pairs after {result['steps']} steps")
