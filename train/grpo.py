@@ -31,7 +31,8 @@ from agent.config import add_arguments, dump_config, from_args
 from agent.errors import ConfigError, require
 from agent.runtime import Agent, RuntimeConfig
 from train.rewards import RewardTerm, is_void, parse_rewards, score
-from train.rollout import Episode, MetricsLog, TraceWriter, pack, progress_bar, rollout_groups, rollout_mode
+from train.rollout import Episode, MetricsLog, TraceWriter, pack, rollout_groups, rollout_mode
+from train.runlog import StepProgress
 
 __all__ = [
     "GRPOConfig",
@@ -364,14 +365,16 @@ class GRPOTrainer:
         metrics = self._prepare_outputs()
         rows: list[dict[str, float]] = []
         last = self.cfg.total_steps
-        with asyncio.Runner() as runner, metrics, progress_bar(self.cfg.progress, self.start_step, last) as bar:
+        bar_ = StepProgress("grpo", last, self.start_step - 1, self.cfg.progress)
+        with asyncio.Runner() as runner, metrics, bar_ as bar:
             agent = self._agent()
             try:
                 for step in range(self.start_step, last + 1):
                     row = self.step(runner, agent, step)
                     rows.append(row)
                     metrics.append(row)
-                    bar(step, row)
+                    bar(step, f"reward {row['reward_mean']:.3f} acc {row['accuracy']:.2f} "
+                        f"calls {row['tool_calls']:.1f}")
                     if self.on_step is not None:
                         self.on_step(step, row)
                     if step % self.cfg.save_every == 0 or step == last:

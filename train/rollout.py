@@ -5,7 +5,7 @@ played ``group_size`` times with distinct seeds, all concurrently under one ``Ta
 semaphore. ``pack`` turns the trajectories into right-padded tensors whose ``loss_mask`` is the
 Trajectory's own (model tokens 1; prompt and spliced tool results 0), shifted to the positions that
 predict each token. The records of a run live here too: ``TraceWriter`` keeps every episode as
-one JSON line, ``MetricsLog`` one CSV row per step (plus TensorBoard and a PNG), ``progress_bar``.
+one JSON line, ``MetricsLog`` one CSV row per step (plus TensorBoard and a PNG).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from typing import Any
 
 from agent.runtime import Agent
 from agent.trajectory import Trajectory
+from train.runlog import open_tensorboard
 
-__all__ = ["Episode", "MetricsLog", "Packed", "TraceWriter", "pack", "progress_bar", "rollout_groups", "rollout_mode"]
+__all__ = ["Episode", "MetricsLog", "Packed", "TraceWriter", "pack", "rollout_groups", "rollout_mode"]
 
 
 @dataclass
@@ -156,7 +157,7 @@ class MetricsLog:
         self.fields = [*self.BASE, *extra_fields]
         self.rows = [r for r in self.read(self.csv) if float(r["step"]) <= keep_until]
         self._rewrite()
-        self.tb = _tensorboard(self.out / "tb")
+        self.tb = open_tensorboard(self.out / "tb")
 
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:
@@ -220,37 +221,3 @@ class MetricsLog:
     def __exit__(self, *exc: object) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def _tensorboard(path: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(path))
-
-
-class progress_bar:
-    """A rich progress bar over steps (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, first: int, last: int):
-        self.enabled, self.first, self.last = enabled, first, last
-        self.bar: Any = None
-
-    def __enter__(self) -> progress_bar:
-        if self.enabled:
-            from rich.progress import Progress
-
-            self.bar = Progress(*Progress.get_default_columns(), "{task.fields[info]}")
-            self.bar.start()
-            self.task = self.bar.add_task("grpo", total=self.last, completed=self.first - 1, info="")
-        return self
-
-    def __call__(self, step: int, row: dict[str, float]) -> None:
-        if self.bar is not None:
-            info = f"reward {row['reward_mean']:.3f} acc {row['accuracy']:.2f} calls {row['tool_calls']:.1f}"
-            self.bar.update(self.task, completed=step, info=info)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -27,6 +27,7 @@ from typing import Any
 from agent.config import dump_config
 from agent.errors import ConfigError, DataError
 from train.render import IGNORE_INDEX, ChatRenderer, Features, add_tag_tokens
+from train.runlog import StepProgress, open_tensorboard
 
 __all__ = ["SFTConfig", "SFTTrainer", "train_sft", "split_examples", "length_grouped_batches"]
 
@@ -336,7 +337,7 @@ class SFTTrainer:
         self.maybe_resume()
         metrics = MetricsLog(self.out, self.history, enabled=self.accel.is_main_process)
         t0, start_step, stopped = time.perf_counter(), self.step, False
-        with progress_bar(self.total_steps, self.step, enabled=cfg.progress and self.accel.is_main_process) as bar:
+        with StepProgress("sft", self.total_steps, self.step, cfg.progress and self.accel.is_main_process) as bar:
             while self.step < self.total_steps:
                 loss = self.train_step()
                 row = {"step": self.step, "loss": loss, "lr": self.sched.get_last_lr()[0],
@@ -344,7 +345,7 @@ class SFTTrainer:
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     row["eval_loss"] = self.evaluate()
                 metrics.add(row)
-                bar(self.step, loss)
+                bar(self.step, f"loss {loss:.3f}")
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
                 if cfg.time_limit_min and time.perf_counter() - t0 > 60 * cfg.time_limit_min:
@@ -449,12 +450,7 @@ class MetricsLog:
         self.out, self.history, self.enabled = out, history, enabled
         self.tb = None
         if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:
-                self.tb = None
+            self.tb = open_tensorboard(out / "tensorboard")
 
     def add(self, row: dict[str, Any]) -> None:
         self.history.append(row)
@@ -503,31 +499,6 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-class progress_bar:
-    """``with progress_bar(total, start) as bar: bar(step, loss)`` (rich; silent when disabled)."""
-
-    def __init__(self, total: int, start: int, enabled: bool = True):
-        self.total, self.start, self.enabled, self.prog = total, start, enabled, None
-
-    def __enter__(self) -> "progress_bar":
-        if self.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.prog = Progress(TextColumn("sft"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())
-            self.prog.start()
-            self.task = self.prog.add_task("sft", total=self.total, completed=self.start, loss="-")
-        return self
-
-    def __call__(self, step: int, loss: float) -> None:
-        if self.prog is not None:
-            self.prog.update(self.task, completed=step, loss=f"{loss:.3f}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.prog is not None:
-            self.prog.stop()
 
 
 def train_sft(cfg: SFTConfig, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -44,7 +43,6 @@ class LlamaCppBackend(Backend):
         self.model_id = path.name + (f"+{Path(adapter).name}" if adapter else "")
         self.context_size = self.llm.n_ctx()
         self._lock = asyncio.Lock()
-        self._thread_lock = threading.Lock()
         self._n_vocab = self.llm.n_vocab()
         self._formatter = self._make_formatter(llama_cpp)
         self._eos = {self.llm.token_eos()}
@@ -101,15 +99,15 @@ class LlamaCppBackend(Backend):
         return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,))
 
     def _step(self, seq: Sequence, todo: list[int] | None, params: SamplingParams, rng: np.random.Generator) -> int:
-        with self._thread_lock:
-            if todo is None:
-                n = self._prefill(seq.ids)
-                seq.n_prefilled += n
-                seq.n_cached += len(seq.ids) - n
-            else:
-                self.llm.eval(todo)
-                self.n_evaluated += len(todo)
-            return sample_token(self._logits(), params, rng)
+        # runs in a worker thread while stream() holds the model lock: one segment at a time
+        if todo is None:
+            n = self._prefill(seq.ids)
+            seq.n_prefilled += n
+            seq.n_cached += len(seq.ids) - n
+        else:
+            self.llm.eval(todo)
+            self.n_evaluated += len(todo)
+        return sample_token(self._logits(), params, rng)
 
     async def stream(self, seq: Sequence, append: list[int], params: SamplingParams) -> AsyncIterator[int]:
         seq.ids.extend(append)
