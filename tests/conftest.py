@@ -3,13 +3,27 @@
 ``tiny_model_dir``: a tiny randomly initialised ``LlamaForCausalLM`` (2 layers, hidden 64, tied
 embeddings) with a small byte-level BPE tokenizer trained here, offline, and a ChatML chat template
 (the SmolLM2 one). Built once per test session; tests that train should copy it, not write into it.
+
+Hermetic by construction: every run gets its own ``SPLICE_CACHE`` (dequantised GGUF models and other
+project caches) under pytest's temp dir, and the Hugging Face hub is offline, so nothing a previous
+run or another session left on the machine can change an outcome.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+
+@pytest.hookimpl(trylast=True)  # after the tmp_path plugin has set up this run's basetemp
+def pytest_configure(config: pytest.Config) -> None:
+    base = config._tmp_path_factory.getbasetemp()  # noqa: SLF001 - pytest's own per-run temp root
+    os.environ["SPLICE_CACHE"] = str(base / "splice-cache")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"

@@ -11,7 +11,9 @@ The runtime speaks token ids; servers speak ``/v1/completions``. Choices made he
   allows it; vLLM, SGLang and llama.cpp accept it), so spliced tool output keeps exactly the ids the
   runtime chose (tool text is never re-parsed into special tokens) and a prefix-caching server
   prefills only the new suffix. A server that rejects id prompts (llama-cpp-python's, whose
-  ``prompt`` must be a string) gets the detokenized text, special tokens written out.
+  ``prompt`` must be a string) gets the detokenized text: special ids written out as their spelling,
+  and any special-token spelling inside ordinary text (tool output printing ``<|im_end|>``) broken
+  with a zero-width space, since such servers parse special tokens in string prompts.
 * **Stops: the syntax's close tags.** Servers drop the matched stop string from the output, so the
   backend puts the close tag back (vLLM says which stop matched in ``stop_reason``; otherwise the
   close tag of the last unclosed open tag is used, and a stop with nothing open is EOS).
@@ -44,7 +46,7 @@ from agent.syntax import ToolSyntax, get_syntax
 if TYPE_CHECKING:
     from agent.runtime import RuntimeConfig
 
-__all__ = ["OpenAIBackend", "load_tokenizer", "stop_pairs"]
+__all__ = ["OpenAIBackend", "load_tokenizer", "stop_pairs", "text_prompt"]
 
 log = logging.getLogger("splice.backends.openai")
 
@@ -52,9 +54,13 @@ _PROBE = "Hello world: 12 + 30 = 42, naïve café."
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
+ZWSP = "\u200b"
+
+
 class LocalTokenizer(Protocol):
     eos_ids: set[int]
 
+    def special_tokens(self) -> dict[int, str]: ...
     def encode(self, text: str, *, special: bool = False) -> list[int]: ...
     def decode(self, ids: list[int], *, special: bool = False) -> str: ...
     def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
@@ -68,6 +74,7 @@ class GGUFVocab:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        self._special: dict[int, str] | None = None
         meta = self.llm.metadata
         self.eos_ids = {self.llm.token_eos()}
         eot = self.llm._model.token_eot()
@@ -88,6 +95,14 @@ class GGUFVocab:
     def decode(self, ids: list[int], *, special: bool = False) -> str:
         ids = ids if special else [i for i in ids if i not in self.eos_ids]
         return self.llm.detokenize(ids, special=special).decode("utf-8", errors="replace")
+
+    def special_tokens(self) -> dict[int, str]:
+        """Control tokens: ids whose text is written only when detokenizing with ``special=True``."""
+        if self._special is None:
+            det = self.llm.detokenize
+            self._special = {i: det([i], special=True).decode("utf-8", "replace") for i in range(self.llm.n_vocab())
+                             if not det([i], special=False) and det([i], special=True)}
+        return self._special
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         if self._fmt is None:
@@ -113,6 +128,9 @@ class HFTokenizer:
         ids = ids if special else [i for i in ids if i not in self.eos_ids]
         return self.tok.decode(ids, skip_special_tokens=False)
 
+    def special_tokens(self) -> dict[int, str]:
+        return {i: t.content for i, t in self.tok.added_tokens_decoder.items() if t.special}
+
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -126,6 +144,28 @@ def load_tokenizer(spec: str | Path) -> LocalTokenizer:
     if str(spec).endswith(".gguf"):
         return GGUFVocab(Path(spec).expanduser())
     return HFTokenizer(spec)
+
+
+def text_prompt(tok: LocalTokenizer, ids: list[int]) -> str:
+    """``ids`` as text for a server that parses special tokens in string prompts: each special id is
+    written out, and a special-token spelling inside ordinary text gets a zero-width space after its
+    first character, so the server re-reads exactly the control tokens the runtime chose."""
+    special = tok.special_tokens()
+    spellings = sorted({t for t in special.values() if len(t) > 1}, key=len, reverse=True)
+    parts: list[str] = []
+    run: list[int] = []
+    for i in [*ids, None]:
+        if i is None or i in special:
+            text = tok.decode(run, special=True) if run else ""
+            for sp in spellings:
+                text = text.replace(sp, sp[0] + ZWSP + sp[1:])
+            parts.append(text)
+            run = []
+            if i is not None:
+                parts.append(special[i])
+        else:
+            run.append(i)
+    return "".join(parts)
 
 
 def stop_pairs(syntax: ToolSyntax, tools: Iterable[str]) -> list[tuple[str, str]]:
@@ -270,7 +310,7 @@ class OpenAIBackend(Backend):
     # -- generation --------------------------------------------------------------------------------
     def request_body(self, seq: Sequence, params: SamplingParams, max_tokens: int) -> dict[str, Any]:
         """The ``/v1/completions`` body; subclasses may add server extensions (grammar, ...)."""
-        prompt: Any = list(seq.ids) if self.prompt_ids else self.tok.decode(seq.ids, special=True)
+        prompt: Any = list(seq.ids) if self.prompt_ids else text_prompt(self.tok, seq.ids)
         body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
                                 "temperature": params.temperature, "top_p": params.top_p}
         pairs = params.stop_pairs or self.pairs
