@@ -7,6 +7,16 @@ group; then ``epochs`` optimisation passes of the PPO-style clipped objective, t
 Trajectory's own loss mask (tool results and prompt tokens never get loss), with an optional KL
 penalty to the reference model (the base weights: with LoRA, the adapter switched off).
 
+Log-probs. Every forward of the optimisation (old, reference and the live policy's with gradient)
+runs in eval mode, like the rollouts: dropout (the model's own, ``lora_dropout``) is off throughout
+GRPO, so the importance ratio measures only how the weights moved, and is exactly 1 in the first
+epoch. They are the log-probs of the sampled tokens at the sampling temperature under the
+*untruncated* distribution: ``top_p`` (and top-k) shape which tokens rollouts sample, but old, new
+and reference log-probs all ignore the truncation alike, so the ratio compares like with like (the
+common choice, as in TRL; the nucleus renormalisation would make a token that leaves the new nucleus
+a -inf log-prob). Episodes that raised during rollout (``Episode.failed``) get no loss and are left
+out of their group's mean and std.
+
 Outputs under ``output_dir``: ``config.json``, ``metrics.csv`` (one row per step), ``rewards.png``,
 ``rollouts.jsonl`` (every episode), ``checkpoints/step-N/state.pt`` (trainable weights, optimizer,
 step; ``--resume`` continues at N+1), ``final/`` (``save_pretrained``), ``tb/`` if tensorboard is
@@ -30,7 +40,7 @@ from typing import Any
 from agent.config import add_arguments, dump_config, from_args
 from agent.errors import ConfigError, require
 from agent.runtime import Agent, RuntimeConfig
-from train.rewards import RewardTerm, is_void, parse_rewards, score
+from train.rewards import RewardTerm, accuracy_reward, is_void, parse_rewards, score
 from train.rollout import Episode, MetricsLog, TraceWriter, pack, rollout_groups, rollout_mode
 from train.runlog import StepProgress
 
@@ -137,16 +147,20 @@ class GRPOConfig:
 
 
 # -- the math -------------------------------------------------------------------------------------
-def group_advantages(rewards: Any, group_size: int, scale: bool = True, eps: float = 1e-4) -> Any:
+def group_advantages(rewards: Any, group_size: int, scale: bool = True, eps: float = 1e-4,
+                     valid: Any = None) -> Any:
     """``(r - mean_group) / (std_group + eps)`` with the unbiased std (``scale=False``: no division);
-    a group without spread gets 0.
-    ``rewards`` is flat, grouped: entries ``[i*G, (i+1)*G)`` share a prompt."""
+    a group without spread gets 0. ``rewards`` is flat, grouped: entries ``[i*G, (i+1)*G)`` share a
+    prompt. Entries where ``valid`` is false (failed episodes) are left out of their group's mean and
+    std and get 0."""
     import torch
 
     r = torch.as_tensor(rewards, dtype=torch.float32).view(-1, group_size)
-    adv = r - r.mean(dim=1, keepdim=True)
+    v = torch.ones_like(r) if valid is None else torch.as_tensor(valid, dtype=torch.float32).view_as(r)
+    n = v.sum(dim=1, keepdim=True)
+    adv = (r - (r * v).sum(dim=1, keepdim=True) / n.clamp(min=1)) * v
     if scale:
-        std = r.std(dim=1, keepdim=True)
+        std = ((adv ** 2).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
         adv = torch.where(std > 0, adv / (std + eps), torch.zeros_like(adv))
     return adv.flatten()
 
@@ -413,28 +427,31 @@ class GRPOTrainer:
         return rng.sample(self.tasks, k) if k <= len(self.tasks) else rng.choices(self.tasks, k=k)
 
     def _score(self, episodes: list[Episode]) -> dict[str, list[float]]:
-        from agent.evals.metrics import accuracy_reward
-
         trajs = [e.trajectory for e in episodes]
         completions, answers = [t.text for t in trajs], [e.answer for e in episodes]
         kw = {"trajectories": trajs, "prompts": [e.question for e in episodes], "syntax": self.cfg.syntax}
         total, parts = score(self.terms, completions, answers, **kw)
         parts = {"accuracy_metric": accuracy_reward(completions, answers, **kw), **parts}
-        adv = group_advantages(total, self.cfg.group_size, self.cfg.scale_rewards).tolist()
+        ok = [not e.failed for e in episodes]
+        adv = group_advantages(total, self.cfg.group_size, self.cfg.scale_rewards, valid=ok).tolist()
         for i, e in enumerate(episodes):
             e.reward, e.advantage = total[i], adv[i]
             e.rewards = {k: v[i] for k, v in parts.items()}
-            e.void = self.cfg.mask_void and is_void(e.trajectory)
+            e.void = e.failed or (self.cfg.mask_void and is_void(e.trajectory))
         return parts
 
     def _logp(self, batch: Any, model: Any = None) -> Any:
+        """Sampled tokens' log-probs at the sampling temperature, untruncated (module docstring)."""
         out = (model or self.model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         return logprobs_from_logits(out.logits, batch.input_ids, self.temperature)
 
-    def _reference_logp(self, batch: Any) -> Any:
-        import torch
+    def behaviour_logp(self, batch: Any) -> Any:
+        """The old (behaviour) policy's log-probs: the live weights in eval mode, no grad, as sampled."""
+        with rollout_mode(self.model):
+            return self._logp(batch)
 
-        with torch.no_grad():
+    def _reference_logp(self, batch: Any) -> Any:
+        with rollout_mode(self.model):
             if self.ref is not None:
                 return self._logp(batch, self.ref)
             with self.model.disable_adapter():
@@ -444,15 +461,16 @@ class GRPOTrainer:
         import torch
 
         cfg = self.cfg
+        sums = {"tokens": 0.0, "clipped": 0.0, "kl": 0.0, "loss": 0.0, "grad_norm": 0.0, "epochs": cfg.epochs}
         batch = pack([e.trajectory for e in episodes], self.pad_id, [e.void for e in episodes]).to(self.device)
+        if not float(batch.loss_mask.sum()):
+            return sums  # every episode void or failed: nothing to learn from this batch
         adv = torch.tensor([e.advantage for e in episodes], dtype=torch.float32, device=self.device)
         spans = [(a, min(a + cfg.micro_batch, len(batch))) for a in range(0, len(batch), cfg.micro_batch)]
         denom = float(batch.loss_mask.sum()) if cfg.loss_norm == "token" else float((batch.loss_mask.sum(-1) > 0).sum())
-        self.model.train()
-        with torch.no_grad():
-            old = [self._logp(batch.slice(a, b)) for a, b in spans] if cfg.epochs > 1 else None
+        old = [self.behaviour_logp(batch.slice(a, b)) for a, b in spans] if cfg.epochs > 1 else None
         ref = [self._reference_logp(batch.slice(a, b)) for a, b in spans] if cfg.kl_coef else None
-        sums = {"tokens": 0.0, "clipped": 0.0, "kl": 0.0, "loss": 0.0, "grad_norm": 0.0}
+        self.model.eval()  # no dropout in the gradient pass either (module docstring)
         for _ in range(cfg.epochs):
             for j, (a, b) in enumerate(spans):
                 mb = batch.slice(a, b)
@@ -467,7 +485,6 @@ class GRPOTrainer:
                     sums[k] += st[k]
                 sums["loss"] += float(loss.detach())
             sums["grad_norm"] += self._apply_gradients()
-        sums["epochs"] = cfg.epochs
         return sums
 
     def _apply_gradients(self) -> float:
@@ -483,15 +500,19 @@ def _metrics_row(step: int, episodes: list[Episode], parts: dict[str, list[float
                  group_size: int, timing: dict[str, float]) -> dict[str, float]:
     import statistics
 
-    rewards = [e.reward for e in episodes]
-    groups = [rewards[i:i + group_size] for i in range(0, len(rewards), group_size)]
+    ok = [i for i, e in enumerate(episodes) if not e.failed] or list(range(len(episodes)))
+    rewards = [episodes[i].reward for i in ok]
+    groups = [[e.reward for e in episodes[i:i + group_size] if not e.failed]
+              for i in range(0, len(episodes), group_size)]
+    groups = [g for g in groups if g] or [[0.0]]
     trajs = [e.trajectory for e in episodes]
     tokens = max(st["tokens"], 1.0)
     row = {
         "step": step,
         "reward_mean": statistics.fmean(rewards),
         "reward_std": statistics.pstdev(rewards),
-        "accuracy": statistics.fmean(parts["accuracy_metric"]),
+        "accuracy": statistics.fmean(parts["accuracy_metric"][i] for i in ok),
+        "failed": sum(e.failed for e in episodes),
         "tool_calls": statistics.fmean(len(t.tool_calls) for t in trajs),
         "tool_errors": statistics.fmean(sum(c.error for c in t.tool_calls) for t in trajs),
         "response_len": statistics.fmean(t.n_generated for t in trajs),

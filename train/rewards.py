@@ -2,9 +2,13 @@
 
 A completion is the episode text after the prompt (the model's turns with spliced tool results); the
 trainer also passes ``trajectories`` (the runtime's ``Trajectory`` objects), ``prompts`` and
-``syntax``. Answer scoring (numeric-aware accuracy, exact match, F1) is the evals' own
-(``agent.evals.metrics``), so a number reported by ``agent eval`` and a reward agree. The functions
-here add what only training needs: the shape of an episode (format) and what its tools cost.
+``syntax``. Answer rewards (numeric-aware accuracy, exact match, F1) score ``final_answer``: the
+model's own final answer, the one ``agent eval`` scores (``Trajectory.answer``: the answer tags in
+the model's text, else the text of its last turn when that turn is the model's). Tool output never
+counts: an episode whose python call prints the right number but which never answers scores 0.
+Without a trajectory only answer tags count. The scoring itself is the evals' (``agent.evals.metrics``),
+so a number reported by ``agent eval`` and a reward agree. The functions here add what only training
+needs: the shape of an episode (format) and what its tools cost.
 
 ``parse_rewards("accuracy:1,format:0.2")`` turns a spec into weighted terms; ``score`` evaluates them.
 """
@@ -16,14 +20,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import ConfigError
-from agent.evals.metrics import accuracy_reward, exact_match_reward, f1_reward
-from agent.syntax import get_syntax
+from agent.evals.metrics import exact_match, is_correct, token_f1
+from agent.syntax import extract_answer, get_syntax
 from agent.trajectory import Trajectory
 
 __all__ = [
     "REWARDS",
     "RewardFn",
     "RewardTerm",
+    "accuracy_reward",
+    "exact_match_reward",
+    "f1_reward",
+    "final_answer",
     "format_reward",
     "is_void",
     "parse_rewards",
@@ -49,6 +57,39 @@ def _model_text(completion: Any, traj: Trajectory | None) -> str:
     if traj is not None:
         return "".join(s.text for s in traj.segments if s.source == "model")
     return completion.text if isinstance(completion, Trajectory) else str(completion)
+
+
+def final_answer(completion: Any, traj: Trajectory | None, syntax: str = "splice") -> str | None:
+    """The model's own final answer (see the module docstring); None when it never answered."""
+    if traj is not None and traj.answer is not None:
+        return traj.answer  # set by the runtime from the model's text only
+    return extract_answer(_model_text(completion, traj), get_syntax(syntax))
+
+
+def _answer_reward(judge: Callable[[str | None, Any], float], completions: Sequence[Any],
+                   answers: Sequence[Any], syntax: str, kw: dict[str, Any]) -> list[float]:
+    if len(completions) != len(answers):
+        raise ValueError(f"{len(completions)} completions but {len(answers)} answers")
+    trajs = _trajectories(completions, kw)
+    return [float(judge(final_answer(c, t, syntax), a)) for c, t, a in zip(completions, trajs, answers)]
+
+
+def accuracy_reward(completions: Sequence[Any], answers: Sequence[Any], syntax: str = "splice",
+                    **kw: Any) -> list[float]:
+    """1.0 where the model's final answer is correct (numeric- and alias-aware, as evals), else 0.0."""
+    return _answer_reward(is_correct, completions, answers, syntax, kw)
+
+
+def exact_match_reward(completions: Sequence[Any], answers: Sequence[Any], syntax: str = "splice",
+                       **kw: Any) -> list[float]:
+    """SQuAD exact match of the model's final answer, best over aliases."""
+    return _answer_reward(exact_match, completions, answers, syntax, kw)
+
+
+def f1_reward(completions: Sequence[Any], answers: Sequence[Any], syntax: str = "splice",
+              **kw: Any) -> list[float]:
+    """Token F1 of the model's final answer against the best alias."""
+    return _answer_reward(token_f1, completions, answers, syntax, kw)
 
 
 def format_reward(completions: Sequence[Any], answers: Sequence[Any], syntax: str = "splice",

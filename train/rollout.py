@@ -1,8 +1,10 @@
 """Rollouts for RL: the runtime plays episodes, training reads their tokens and masks.
 
 Episodes come from ``Agent.run`` (the same loop, backends and tools as inference): each prompt is
-played ``group_size`` times with distinct seeds, all concurrently under one ``TaskGroup`` and a
-semaphore. ``pack`` turns the trajectories into right-padded tensors whose ``loss_mask`` is the
+played ``group_size`` times with distinct seeds, concurrently through ``agent.concurrency.map_bounded``.
+An episode that raises (a backend or tool bug) does not lose the batch: it comes back as a *failed*
+``Episode`` (``error`` set, an empty trajectory, no loss, left out of its group's baseline) with a
+logged warning, and the others finish. ``pack`` turns the trajectories into right-padded tensors whose ``loss_mask`` is the
 Trajectory's own (model tokens 1; prompt and spliced tool results 0), shifted to the positions that
 predict each token. The records of a run live here too: ``TraceWriter`` keeps every episode as
 one JSON line, ``MetricsLog`` one CSV row per step (plus TensorBoard and a PNG).
@@ -10,19 +12,22 @@ one JSON line, ``MetricsLog`` one CSV row per step (plus TensorBoard and a PNG).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.concurrency import map_bounded
 from agent.runtime import Agent
 from agent.trajectory import Trajectory
 from train.runlog import open_tensorboard
 
 __all__ = ["Episode", "MetricsLog", "Packed", "TraceWriter", "pack", "rollout_groups", "rollout_mode"]
+
+log = logging.getLogger("splice.rollout")
 
 
 @dataclass
@@ -38,27 +43,35 @@ class Episode:
     rewards: dict[str, float] = field(default_factory=dict)
     advantage: float = 0.0
     void: bool = False  # left out of the loss
+    error: str = ""  # set when the episode raised instead of finishing: no loss, no baseline
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error)
 
 
 async def rollout_groups(agent: Agent, tasks: Sequence[tuple[str, Any]], group_size: int, *, seed: int,
                          concurrency: int = 16) -> list[Episode]:
-    """Play every task ``group_size`` times; episodes come back grouped (task-major order).
-    Sample ``g`` of task ``i`` uses seed ``seed + i * group_size + g``."""
-    sem = asyncio.Semaphore(max(1, concurrency))
-    out: list[Episode | None] = [None] * (len(tasks) * group_size)
+    """Play every task ``group_size`` times; episodes come back grouped (task-major order), one per
+    (task, sample), failed ones included. Sample ``g`` of task ``i`` uses seed ``seed + i * group_size + g``."""
+    keys = [(i, g) for i in range(len(tasks)) for g in range(group_size)]
 
-    async def one(i: int, g: int) -> None:
-        question, answer = tasks[i]
-        k = i * group_size + g
-        async with sem:
-            traj = await agent.run(question, seed=seed + k)
-        out[k] = Episode(i, g, question, answer, traj)
+    async def one(key: tuple[int, int]) -> Trajectory:
+        i, g = key
+        return await agent.run(tasks[i][0], seed=seed + i * group_size + g)
 
-    async with asyncio.TaskGroup() as tg:
-        for i in range(len(tasks)):
-            for g in range(group_size):
-                tg.create_task(one(i, g))
-    return [e for e in out if e is not None]
+    results = await map_bounded(one, keys, concurrency)
+    return [_episode(i, g, tasks[i], r) for (i, g), r in zip(keys, results)]
+
+
+def _episode(i: int, g: int, task: tuple[str, Any], result: Trajectory | Exception) -> Episode:
+    question, answer = task
+    if not isinstance(result, Exception):
+        return Episode(i, g, question, answer, result)
+    error = f"{type(result).__name__}: {result}"
+    log.warning("episode %d/%d (%.60r) failed, left out of the loss: %s", i, g, question, error)
+    traj = Trajectory(question, answer=None, stop_reason="error", meta={"error": error})
+    return Episode(i, g, question, answer, traj, void=True, error=error)
 
 
 @contextlib.contextmanager
@@ -127,7 +140,7 @@ class TraceWriter:
             for e in episodes:
                 row = {"step": step, "prompt_index": e.prompt_index, "sample": e.sample, "answer": e.answer,
                        "reward": e.reward, "rewards": e.rewards, "advantage": e.advantage, "void": e.void,
-                       "trajectory": e.trajectory.to_dict()}
+                       "error": e.error, "trajectory": e.trajectory.to_dict()}
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
     def truncate_after(self, step: int) -> None:
@@ -149,7 +162,7 @@ class MetricsLog:
     steps after ``keep_until`` (written after the checkpoint) are dropped first."""
 
     BASE = ("step", "reward_mean", "reward_std", "accuracy", "tool_calls", "tool_errors", "response_len",
-            "void_frac", "zero_std_groups", "loss", "kl", "clip_frac", "grad_norm", "rollout_s", "step_s")
+            "void_frac", "failed", "zero_std_groups", "loss", "kl", "clip_frac", "grad_norm", "rollout_s", "step_s")
 
     def __init__(self, out_dir: Path, extra_fields: Sequence[str] = (), keep_until: int = 0):
         self.out = Path(out_dir)
