@@ -13,13 +13,40 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["add_arguments", "from_args", "load_config", "dump_config"]
+__all__ = ["HelpFormatter", "add_arguments", "from_args", "load_config", "dump_config", "show_default"]
 
 T = TypeVar("T")
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions kept as written (module docstrings), defaults shown after each option's help
+    (unless the help states its own default, or the option is required)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def show_default(value: Any) -> str:
+    """A default as the help text shows it: ``(default: 0.5)``, ``(default: a,b)``, ``(default: unset)``."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
+    if isinstance(value, bool):
+        value = str(value).lower()
+    return f"(default: {value})" if value not in ("", None) else "(default: unset)"
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _base_type(tp: Any) -> Any:
@@ -37,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         if f.name in skip or f.name.startswith("_") or not f.init:
             continue
         tp = _base_type(hints[f.name])
-        help_ = f.metadata.get("help", "")
+        # argparse %-formats help text: a literal % (e.g. "to 10%") must be doubled.
+        help_ = f"{f.metadata.get('help', '')} {show_default(_field_default(f))}".strip().replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
         if tp is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)

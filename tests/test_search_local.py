@@ -7,11 +7,12 @@ import itertools
 import json
 import random
 import sqlite3
+import time
 
 import pytest
 
 from agent.errors import DataError, SearchError
-from tools.search import LocalBackend, LocalIndex, SearchTool, build_index
+from tools.search import LocalBackend, LocalIndex, SearchConfig, SearchTool, build_index
 from tools.search.corpus import chunk_text, iter_documents
 from tools.search.local import match_expression, tokenize
 
@@ -126,9 +127,19 @@ HOSTILE = ['"', '""', "(", "a AND", "OR OR", "NEAR(a b", "title:", "col:x", "-x"
 
 
 @pytest.mark.parametrize("query", HOSTILE, ids=range(len(HOSTILE)))
-def test_hostile_queries_never_raise(corpus_index, query):
+def test_hostile_queries_find_the_right_passage_or_nothing(corpus_index, query):
+    """No hostile text is read as FTS5 syntax: alone, only its real words count (the one holding
+    codename0001 finds Place 1, the others hold no indexed word and find nothing); around another
+    fact's codename, that fact's passage still ranks first."""
     index = LocalIndex(corpus_index[0])
-    assert isinstance(index.search(query, 3), list)
+    alone = index.search(query, 3)
+    if "codename0001" in query:
+        assert alone and alone[0].title == "Place 1" and "codename0001" in alone[0].text
+        return
+    assert alone == []
+    for i in (42, 137):
+        top = index.search(f"{query} codename{i:04d} {query[:200]}", 3)
+        assert top[0].title == f"Place {i}" and f"year{1000 + i}" in top[0].text
 
 
 async def test_hostile_queries_through_the_tool(corpus_index):
@@ -167,3 +178,83 @@ async def test_backend_runs_in_thread_and_closes(corpus_index):
     assert (await backend.search("codename0003", 1))[0].title == "Place 3"
     await backend.aclose()
     await backend.aclose()  # idempotent
+
+
+async def test_locked_index_is_an_error_result_not_an_exception(corpus_index):
+    out, _ = corpus_index
+    holder = sqlite3.connect(out, isolation_level=None)  # a second connection, as a build would be
+    backend = LocalBackend(out, busy_timeout_s=0.2)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        async with SearchTool.from_backend(backend, SearchConfig(backend="local", index=str(out))) as tool:
+            t0 = time.perf_counter()
+            locked = await tool.call("codename0042")
+            waited = time.perf_counter() - t0
+            holder.execute("ROLLBACK")
+            after = await tool.call("codename0042")
+    finally:
+        holder.close()
+    assert locked.error and "is locked by another process" in locked.text, locked.text
+    assert waited < 2.0  # the busy timeout asked for, not SQLite's default 5 s
+    assert not after.error and after.text.startswith("[1] Place 42")  # the same tool recovers
+
+
+def test_index_locked_while_opening_says_so(corpus_index):
+    out, _ = corpus_index
+    holder = sqlite3.connect(out, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(SearchError, match="is locked by another process"):
+            LocalIndex(out, busy_timeout_s=0.1)
+    finally:
+        holder.close()
+
+
+async def test_index_damaged_after_opening_is_an_error_result(corpus_index):
+    out, _ = corpus_index
+    async with SearchTool(index=str(out)) as tool:
+        assert not (await tool.call("codename0003")).error
+        size = out.stat().st_size
+        with open(out, "r+b") as f:  # garbage over everything after the first two pages
+            f.seek(8192)
+            f.write(random.Random(0).randbytes(size - 8192))
+        damaged = await tool.call("codename0077")
+    assert damaged.error and "is damaged" in damaged.text and "agent index build" in damaged.text
+
+
+def test_index_of_garbage_bytes_is_a_search_error_at_construction(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(random.Random(1).randbytes(64 * 1024))
+    with pytest.raises(SearchError, match="not a splice search index"):
+        SearchTool(index=str(junk))
+
+
+def test_folder_of_jsonl_corpora_is_indexed(tmp_path):
+    (tmp_path / "corpus" / "part2").mkdir(parents=True)
+    (tmp_path / "corpus" / "part1.jsonl").write_text(json.dumps({"title": "Okapi", "text": "Okapis live in forests."}))
+    (tmp_path / "corpus" / "part2" / "b.jsonl").write_text(json.dumps({"title": "Quoll", "text": "Quolls hunt at night."}))
+    stats = build_index([tmp_path / "corpus"], tmp_path / "i.db", progress=False)
+    assert (stats.docs_added, stats.passages_total) == (2, 2)
+    index = LocalIndex(tmp_path / "i.db")
+    assert index.search("okapis", 1)[0].title == "Okapi" and index.search("quolls", 1)[0].title == "Quoll"
+
+
+def test_nothing_to_index_fails_loudly_and_leaves_no_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.bin").write_bytes(b"\x00")
+    with pytest.raises(DataError, match="holds no corpus file"):
+        build_index([tmp_path / "empty"], tmp_path / "i.db", progress=False)
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    with pytest.raises(DataError, match="no documents found"):
+        build_index([tmp_path / "blank.jsonl"], tmp_path / "i.db", progress=False)
+    assert not (tmp_path / "i.db").exists()
+
+
+def test_non_utf8_corpus_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"title": "a", "text": "fine"}\n{"title": "b", "text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not UTF-8"):
+        build_index([bad], tmp_path / "i.db", progress=False)
+    (tmp_path / "bad.json").write_bytes(b'[{"title": "b", "text": "caf\xe9"}]')
+    with pytest.raises(DataError, match=r"bad.json: not UTF-8"):
+        build_index([tmp_path / "bad.json"], tmp_path / "i.db", progress=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,11 +21,13 @@ from tools.search import (
     Passage,
     RateLimited,
     RetryPolicy,
+    SearchConfig,
     SearchTool,
     SearchUnavailable,
     TokenBucket,
     WebBackend,
 )
+from tools.search.retry import MAX_BODY_BYTES
 from tools.search.web import DdgsEngine
 
 FAST = RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.02)
@@ -195,6 +198,121 @@ async def test_tool_over_failing_web_returns_error_text(stub):
         out = await tool.call("anything")
     assert out.error and out.text.startswith("Search failed: web search is unavailable")
     assert out.meta == {"backend": "web", "cache_hit": False, "n_results": 0}
+
+
+# -- limits: endless bodies, deep JSON ---------------------------------------------------------------
+
+SAFETY_BYTES = 256 * 1024 * 1024  # "endless": the server stops only here, 256x the cap under test
+
+
+def _endless_handler(announce: int | None) -> type[http.server.BaseHTTPRequestHandler]:
+    """Streams ``x`` bytes in 64 KiB chunks until the client hangs up (or SAFETY_BYTES are sent);
+    with ``announce`` it declares that Content-Length instead of chunked encoding."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if announce is None:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(announce))
+            self.end_headers()
+            chunk = b"x" * 65536
+            frame = b"%x\r\n%s\r\n" % (len(chunk), chunk) if announce is None else chunk
+            try:
+                for _ in range(SAFETY_BYTES // len(chunk)):
+                    self.wfile.write(frame)
+                if announce is None:
+                    self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading: what a capped reader does
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def endless():
+    servers = []
+
+    def start(announce: int | None = None) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _endless_handler(announce))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/retrieve"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Highest resident memory of this process above the level at entry, sampled every 5 ms."""
+
+    def __enter__(self) -> PeakRss:
+        self.base = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base
+
+
+CAP = 1024 * 1024
+
+
+async def test_http_endless_body_fails_fast_with_bounded_memory(endless):
+    url = endless()
+    backend = HttpBackend(url, timeout_s=20, retry=FAST, max_body_bytes=CAP)
+    async with SearchTool.from_backend(backend, SearchConfig(backend="http", url=url)) as tool:
+        with PeakRss() as rss:
+            t0 = time.perf_counter()
+            out = await tool.call("anything")
+            elapsed = time.perf_counter() - t0
+    assert out.error and "sent more than 1,048,576 bytes" in out.text, out.text
+    assert elapsed < 3.0, f"took {elapsed:.1f}s: the body was read far past the cap"
+    assert rss.growth < 32 * 1024 * 1024, f"RSS grew {rss.growth / 2**20:.0f} MiB while reading"
+
+
+async def test_http_announced_huge_body_is_refused_unread(endless):
+    url = endless(announce=100 * 1024 * 1024)
+    backend = HttpBackend(url, timeout_s=20, retry=FAST)  # the default cap
+    assert backend.max_body_bytes == MAX_BODY_BYTES < 100 * 1024 * 1024
+    async with SearchTool.from_backend(backend, SearchConfig(backend="http", url=url)) as tool:
+        out = await tool.call("anything")
+    assert out.error and "announced 104,857,600 bytes" in out.text, out.text
+
+
+async def test_http_deeply_nested_json_is_an_error_result(stub):
+    stub.replies = [Reply(body=b"[" * 200_000 + b"]" * 200_000)]
+    backend = HttpBackend(stub.url + "/retrieve", retry=FAST)
+    async with SearchTool.from_backend(backend, SearchConfig(backend="http", url=stub.url)) as tool:
+        out = await tool.call("anything")
+    assert out.error and "nested too deeply" in out.text, out.text
 
 
 # -- web backend: failover, retries and ddgs errors with injected engines ---------------------------

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from agent.config import add_arguments, from_args
+from agent.config import HelpFormatter, add_arguments, from_args
 
 __all__ = ["add_parser", "open_tools"]
 
@@ -27,7 +27,8 @@ def add_parser(subparsers: Any) -> None:
     from train.probe import ProbeConfig
     from train.sft import SFTConfig
 
-    train = subparsers.add_parser("train", help="make tool-use data, fine-tune, export")
+    train = subparsers.add_parser("train", help="make tool-use data, fine-tune, export",
+                                  formatter_class=HelpFormatter)
     sub = train.add_subparsers(dest="train_command", required=True, metavar="STEP")
     for name, cls, func, help_ in (
         ("data", DataConfig, _cmd_data, "synthesise tool-use chats by running the real tools"),
@@ -36,7 +37,7 @@ def add_parser(subparsers: Any) -> None:
         ("export", ExportConfig, _cmd_export, "merge LoRA, save a HF model, write GGUF (model or adapter)"),
     ):
         p = sub.add_parser(name, help=help_, description=importlib.import_module(cls.__module__).__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=HelpFormatter)
         add_arguments(p, cls)
         p.set_defaults(func=func)
     for mod in ("train.grpo", "train.reward"):

@@ -20,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from agent.config import add_arguments, from_args
+from agent.config import HelpFormatter, add_arguments, from_args
 from agent.errors import ConfigError
 from agent.evals.config import EvalConfig, mode_name, parse_mode
 from agent.runtime import RuntimeConfig
@@ -38,7 +38,7 @@ EXAMPLES = """examples:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="evaluate a model with and without tools on a dataset",
                               description=__doc__, epilog=EXAMPLES,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=HelpFormatter)
     p.add_argument("data", nargs="?", default="", help=EvalConfig.__dataclass_fields__["data"].metadata["help"])
     p.add_argument("--tools", action="append", dest="tool_modes", metavar="A,B", default=[],
                    help="add one mode with these tools (none | python | search | python,search); repeatable")

@@ -1,9 +1,10 @@
 """Reading the user's documents and cutting them into passages.
 
-Accepted inputs (``iter_documents``):
+Accepted inputs (``iter_documents``; a folder without any such file, and a JSON or JSONL file that is
+not UTF-8, are ``DataError``s; undecodable bytes in a text file are replaced):
 
-- a folder: every ``.txt`` / ``.md`` file under it (sorted); the title is the first Markdown heading
-  or the file name
+- a folder: every ``.txt`` / ``.md`` / ``.jsonl`` / ``.json`` file under it (sorted), each read as
+  below; the title of a text file is its first Markdown heading or the file name
 - a ``.txt`` / ``.md`` file: one document
 - ``.jsonl``: one object per line with ``title`` and ``text`` (or ``paragraph_text``, ``contents``,
   ``sentences``; a list of sentences is joined); Search-R1's ``{"contents": "\\"Title\\"\\ntext"}`` too
@@ -23,7 +24,7 @@ from typing import Any
 
 from agent.errors import DataError
 
-__all__ = ["TEXT_SUFFIXES", "Document", "chunk_text", "iter_documents"]
+__all__ = ["CORPUS_SUFFIXES", "TEXT_SUFFIXES", "Document", "chunk_text", "iter_documents"]
 
 TEXT_SUFFIXES = (".txt", ".md")
 _TEXT_KEYS = ("text", "paragraph_text", "contents", "sentences", "body", "content")
@@ -43,24 +44,37 @@ class Document:
         return hashlib.sha256(f"{self.title}\0{self.text}".encode()).hexdigest()
 
 
+CORPUS_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".json")
+
+
 def iter_documents(paths: Iterable[str | Path]) -> Iterator[Document]:
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
+            if not files:
+                raise DataError(f"{path} holds no corpus file ({', '.join(CORPUS_SUFFIXES)})")
             for f in files:
-                yield _text_file(f)
+                yield from _file(f)
         elif not path.exists():
             raise DataError(f"corpus path {path} does not exist")
-        elif path.suffix.lower() in TEXT_SUFFIXES:
-            yield _text_file(path)
-        elif path.suffix.lower() == ".jsonl":
-            yield from _jsonl(path)
-        elif path.suffix.lower() == ".json":
-            yield from _json(path)
         else:
-            raise DataError(f"{path}: unsupported corpus file; use a folder of .txt/.md files, "
-                            ".jsonl or .json")
+            yield from _file(path)
+
+
+def _file(path: Path) -> Iterator[Document]:
+    suffix = path.suffix.lower()
+    if suffix not in CORPUS_SUFFIXES:
+        raise DataError(f"{path}: unsupported corpus file; use a folder of .txt/.md files, .jsonl or .json")
+    if suffix in TEXT_SUFFIXES:
+        yield _text_file(path)  # undecodable bytes become U+FFFD: plain text stays searchable
+    elif suffix == ".jsonl":
+        yield from _jsonl(path)
+    else:
+        try:
+            yield from _json(path)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: {_not_utf8(e)}") from None
 
 
 def _text_file(path: Path) -> Document:
@@ -70,22 +84,32 @@ def _text_file(path: Path) -> Document:
 
 
 def _jsonl(path: Path) -> Iterator[Document]:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from e
-            yield _from_obj(obj, f"{path.name}:{n}", where=f"{path}:{n}")
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{n}: {_not_utf8(e)}") from None
+            if line.strip():
+                yield _from_obj(_loads(line, f"{path}:{n}"), f"{path.name}:{n}", where=f"{path}:{n}")
+
+
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to read") from None
+
+
+def _not_utf8(e: UnicodeDecodeError) -> str:
+    return (f"not UTF-8 text (byte {e.object[e.start:e.end]!a} at offset {e.start}); convert it, "
+            "e.g. iconv -f latin1 -t utf-8")
 
 
 def _json(path: Path) -> Iterator[Document]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    data = _loads(path.read_text(encoding="utf-8"), str(path))
     if isinstance(data, dict):
         for title, body in data.items():
             yield Document(str(title), _join(body, f"{path}: {title!r}"), f"{path.name}:{title}")

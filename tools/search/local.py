@@ -19,6 +19,7 @@ everything (the exact baseline the benchmark compares against).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import sqlite3
@@ -29,11 +30,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import SearchError
-from tools.search.base import Passage
+from agent.errors import DataError, SearchError
+from tools.search.base import Passage, SearchUnavailable
 from tools.search.corpus import Document, chunk_text, iter_documents
 
 __all__ = ["IndexStats", "LocalBackend", "LocalIndex", "build_index", "match_expression", "tokenize"]
+
+log = logging.getLogger("splice.search")
 
 SCHEMA_VERSION = "1"
 TITLE_WEIGHT, TEXT_WEIGHT = 2.0, 1.0
@@ -86,17 +89,21 @@ class IndexStats:
 
 
 def _open_for_write(out: Path) -> sqlite3.Connection:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(out, isolation_level=None)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(out, isolation_level=None)
+    except (OSError, sqlite3.Error) as e:
+        raise SearchError(f"cannot create the search index {out}: {e}; give a writable path") from e
     try:
         db.executescript("PRAGMA journal_mode=DELETE; PRAGMA synchronous=OFF; PRAGMA cache_size=-262144;")
         db.executescript(_SCHEMA)
-    except sqlite3.OperationalError as e:
+    except sqlite3.DatabaseError as e:
         db.close()
         if "fts5" in str(e):
             raise SearchError("this Python's SQLite was built without FTS5; use a Python whose sqlite3 "
                               "has FTS5 (python.org and most distribution builds do)") from e
-        raise SearchError(f"{out} is not a writable search index: {e}") from e
+        raise SearchError(f"{out} is not a writable search index ({e}); give a new file name, or an "
+                          "index built by `agent index build`") from e
     return db
 
 
@@ -131,10 +138,25 @@ def _refresh_stats(db: sqlite3.Connection) -> int:
 def build_index(paths: Iterable[str | Path], out: str | Path, *, chunk_chars: int = 1000,
                 overlap: int = 150, progress: bool = True, batch: int = 2000) -> IndexStats:
     """Index the documents under ``paths`` into the SQLite file ``out`` (created, or added to:
-    documents already there are skipped by content hash). Returns counts and time taken."""
+    documents already there are skipped by content hash). Returns counts and time taken.
+    Raises ``DataError`` when ``paths`` hold no document at all; a new index file that failed to
+    build is removed."""
+    out = Path(out).expanduser()
+    paths = list(paths)
+    log.info("indexing %s into %s", ", ".join(map(str, paths)), out)
+    created = not out.exists()
+    try:
+        return _build(paths, out, chunk_chars, overlap, progress, batch)
+    except BaseException:
+        if created:
+            out.unlink(missing_ok=True)
+        raise
+
+
+def _build(paths: list[str | Path], out: Path, chunk_chars: int, overlap: int, progress: bool,
+           batch: int) -> IndexStats:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    out = Path(out).expanduser()
     start = time.perf_counter()
     stats = IndexStats()
     db = _open_for_write(out)
@@ -154,6 +176,9 @@ def build_index(paths: Iterable[str | Path], out: str | Path, *, chunk_chars: in
                     db.execute("BEGIN")
                     bar.update(task, docs=i, passages=stats.passages_added)
             db.execute("COMMIT")
+            if stats.docs_added + stats.docs_skipped == 0:
+                raise DataError(f"no documents found in {', '.join(map(str, paths))}; give .txt/.md files, "
+                                ".jsonl or .json corpora, or folders holding them")
             bar.update(task, docs=stats.docs_added + stats.docs_skipped, passages=stats.passages_added)
             stats.passages_total = _refresh_stats(db)
     except BaseException:
@@ -169,19 +194,28 @@ def build_index(paths: Iterable[str | Path], out: str | Path, *, chunk_chars: in
 # -- searching --------------------------------------------------------------------------------------
 
 
+def _is_locked(e: sqlite3.DatabaseError) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and "locked" in str(e)
+
+
+def _locked_message(path: Path) -> str:
+    return f"the search index {path.name} is locked by another process (an index build writing to it?)"
+
+
 class LocalIndex:
     """A read-only, thread-safe handle on an index file. ``search`` is synchronous (about a
     millisecond); ``LocalBackend`` runs it in a worker thread."""
 
     def __init__(self, path: str | Path, *, prune: bool = True, common_df_ratio: float = 0.02,
-                 common_df_min: int = 1000, rerank: int = 30):
+                 common_df_min: int = 1000, rerank: int = 30, busy_timeout_s: float = 5.0):
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_file():
             raise SearchError(f"search index {self.path} does not exist; build it with "
                               f"`agent index build DOCS... -o {self.path}`")
         self.prune, self.common_df_ratio, self.common_df_min, self.rerank = (
             prune, common_df_ratio, common_df_min, rerank)
-        self._db = sqlite3.connect(self.path.as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+        self._db = sqlite3.connect(self.path.as_uri() + "?mode=ro", uri=True, check_same_thread=False,
+                                   timeout=busy_timeout_s)
         self._lock = threading.Lock()
         try:
             self._db.execute("PRAGMA mmap_size=1073741824")
@@ -189,6 +223,8 @@ class LocalIndex:
             self._db.execute("SELECT rowid FROM passages LIMIT 0")
         except sqlite3.DatabaseError as e:
             self._db.close()
+            if _is_locked(e):
+                raise SearchError(f"{_locked_message(self.path)}; try again when it is done") from e
             raise SearchError(f"{self.path} is not a splice search index ({e}); rebuild it with "
                               "`agent index build`") from e
         if meta.get("schema") != SCHEMA_VERSION:
@@ -200,6 +236,17 @@ class LocalIndex:
         self.generation = int(meta["generation"])
 
     def search(self, query: str, k: int) -> list[Passage]:
+        """Up to ``k`` passages, best first. A locked or damaged index file raises
+        ``SearchUnavailable`` (the tool shows it to the model), never a raw ``sqlite3`` error."""
+        try:
+            return self._search(query, k)
+        except sqlite3.DatabaseError as e:
+            if _is_locked(e):
+                raise SearchUnavailable(f"{_locked_message(self.path)}; search again later") from e
+            raise SearchUnavailable(f"the search index {self.path.name} is damaged ({e}); it needs a "
+                                    "rebuild with `agent index build`") from e
+
+    def _search(self, query: str, k: int) -> list[Passage]:
         terms = list(dict.fromkeys(tokenize(query)))
         if not terms or k <= 0:
             return []

@@ -5,7 +5,8 @@ response ``{"result": [[{"document": {"contents": "\\"Title\\"\\ntext", "id": ..
 
 (``return_scores: false`` servers answer bare documents in place of ``{"document", "score"}``; both
 are read). One ``httpx.AsyncClient`` is reused for every call (connection pooling); rate limits,
-gateway errors and timeouts are retried with backoff.
+gateway errors and timeouts are retried with backoff. Bodies are streamed and capped at
+``max_body_bytes`` (an endless answer fails fast, as ``BadResponse``, with bounded memory).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import httpx
 
 from agent.errors import ConfigError
 from tools.search.base import BadResponse, Passage
-from tools.search.retry import RetryPolicy, check_http, http_call, with_retries
+from tools.search.retry import MAX_BODY_BYTES, RetryPolicy, fetch_json, with_retries
 
 __all__ = ["HttpBackend", "parse_retriever_response"]
 
@@ -47,12 +48,13 @@ class HttpBackend:
     name = "http"
 
     def __init__(self, url: str, *, timeout_s: float = 10.0, retry: RetryPolicy | None = None,
-                 max_connections: int = 16):
+                 max_connections: int = 16, max_body_bytes: int = MAX_BODY_BYTES):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"retriever url must start with http:// or https://, got {url!r} "
                               "(e.g. http://127.0.0.1:8000/retrieve)")
         self.url = url
         self.timeout_s = timeout_s
+        self.max_body_bytes = max_body_bytes
         self.retry = retry or RetryPolicy()
         self.cache_key = f"http:{url}"
         self._client = httpx.AsyncClient(timeout=timeout_s,
@@ -61,12 +63,8 @@ class HttpBackend:
     async def _attempt(self, query: str, k: int) -> list[Passage]:
         body = {"queries": [query], "topk": k, "return_scores": True}
         what = f"the retriever at {self.url}"
-        resp = await http_call(lambda: self._client.post(self.url, json=body), what, self.timeout_s)
-        check_http(resp.status_code, what)
-        try:
-            data = resp.json()
-        except ValueError as e:
-            raise BadResponse(f"{what} returned something that is not JSON") from e
+        data = await fetch_json(self._client, "POST", self.url, what, self.timeout_s, self.max_body_bytes,
+                                json=body)
         return parse_retriever_response(data, k)
 
     async def search(self, query: str, k: int) -> list[Passage]:

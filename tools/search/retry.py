@@ -1,21 +1,27 @@
-"""Politeness and persistence for network backends: an async token bucket and retries with
-exponential backoff (only for errors worth retrying: rate limits and timeouts)."""
+"""Politeness and persistence for network backends: an async token bucket, retries with
+exponential backoff (only for errors worth retrying: rate limits and timeouts), and ``fetch_json``:
+one HTTP request whose body is streamed and capped (``MAX_BODY_BYTES``), so an endless or huge
+answer costs at most the cap in memory, and whose JSON is parsed without letting a deeply nested
+document raise ``RecursionError``."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from agent.errors import ConfigError
 from tools.search.base import BadResponse, EngineTimeout, RateLimited
 
-__all__ = ["RetryPolicy", "TokenBucket", "check_http", "http_call", "with_retries"]
+__all__ = ["MAX_BODY_BYTES", "RetryPolicy", "TokenBucket", "check_http", "fetch_json", "http_call",
+           "parse_json", "with_retries"]
 
 T = TypeVar("T")
+MAX_BODY_BYTES = 8 * 1024 * 1024  # 50 passages of search results fit many times over
 
 
 class TokenBucket:
@@ -103,3 +109,39 @@ async def http_call(fn: Callable[[], Awaitable[T]], what: str, timeout_s: float)
         raise EngineTimeout(f"{what} did not answer within {timeout_s:g}s") from e
     except httpx.HTTPError as e:
         raise BadResponse(f"{what} could not be reached ({type(e).__name__}: {e})") from e
+
+
+async def _read_capped(response: Any, what: str, max_bytes: int) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise BadResponse(f"{what} announced {int(declared):,} bytes, over the {max_bytes:,}-byte limit")
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise BadResponse(f"{what} sent more than {max_bytes:,} bytes; the answer was cut off unread")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes, what: str) -> Any:
+    """JSON of a response body; ``BadResponse`` for anything unreadable, nesting too deep included."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        kind = "JSON nested too deeply" if isinstance(e, RecursionError) else "not JSON"
+        raise BadResponse(f"{what} returned an unreadable answer ({kind})") from None
+
+
+async def fetch_json(client: Any, method: str, url: str, what: str, timeout_s: float,
+                     max_bytes: int = MAX_BODY_BYTES, **kw: Any) -> Any:
+    """One request on an ``httpx.AsyncClient``: the status checked (``check_http``), the body streamed
+    up to ``max_bytes`` and parsed as JSON, all under ``timeout_s``. Failures are the
+    ``SearchUnavailable`` kinds ``http_call`` raises."""
+
+    async def go() -> Any:
+        async with client.stream(method, url, **kw) as response:
+            check_http(response.status_code, what)
+            return await _read_capped(response, what, max_bytes)
+
+    return parse_json(await http_call(go, what, timeout_s), what)

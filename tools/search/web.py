@@ -28,7 +28,7 @@ import httpx
 
 from agent.errors import ConfigError, MissingDependency
 from tools.search.base import BadResponse, EngineTimeout, Passage, RateLimited, SearchUnavailable
-from tools.search.retry import RetryPolicy, TokenBucket, check_http, http_call, with_retries
+from tools.search.retry import RetryPolicy, TokenBucket, fetch_json, with_retries
 
 __all__ = ["DEFAULT_ENGINES", "DdgsEngine", "EngineFn", "SearxngEngine", "WebBackend", "import_ddgs"]
 
@@ -103,11 +103,10 @@ class SearxngEngine:
         self.url, self.client, self.timeout_s = url, client, timeout_s
 
     async def __call__(self, engine: str, query: str, k: int) -> list[Passage]:
-        resp = await http_call(lambda: self.client.get(self.url, params={"q": query, "format": "json"}),
-                               f"searxng at {self.url}", self.timeout_s)
-        check_http(resp.status_code, f"searxng at {self.url}")
+        data = await fetch_json(self.client, "GET", self.url, f"searxng at {self.url}", self.timeout_s,
+                                params={"q": query, "format": "json"})
         try:
-            results = resp.json()["results"]
+            results = data["results"]
             return [Passage(str(r.get("title", "")), str(r.get("content", "")), str(r.get("url", "")))
                     for r in results[:k]]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
