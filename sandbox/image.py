@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from agent.errors import SandboxError
+
 __all__ = ["build_rootfs", "ensure_image", "import_image"]
 
 PREFIX_IN_IMAGE = "/opt/python"
@@ -97,12 +99,27 @@ def build_rootfs(out: str | Path, prefix: str | Path | None = None) -> Path:
 
 
 def import_image(client: Any, tag: str, prefix: str | Path | None = None) -> str:
-    """Build the rootfs and import it as ``tag`` through the Docker API; returns the tag."""
+    """Build the rootfs, import it and tag it ``tag`` explicitly; returns the tag.
+
+    Not ``import_image_from_file(repository=..., tag=...)``: podman's Docker-compatible API ignores the
+    tag there and names the image ``:latest``, so the image is imported untagged and tagged after."""
     repository, _, version = tag.partition(":")
     with tempfile.TemporaryDirectory() as tmp:
         tarball = build_rootfs(Path(tmp) / "rootfs.tar", prefix)
-        client.api.import_image_from_file(str(tarball), repository=repository, tag=version or "latest")
+        image_id = _imported_id(client.api.import_image_from_file(str(tarball)))
+    if not client.api.tag(image_id, repository, version or "latest"):
+        raise SandboxError(f"the engine refused to tag image {image_id} as {tag}")
+    client.images.get(tag)  # the name the backend will look up must resolve now
     return tag
+
+
+def _imported_id(response: str | bytes) -> str:
+    """The image id from an import reply: JSON lines whose last ``id`` / ``status`` is ``sha256:...``."""
+    text = response.decode() if isinstance(response, bytes) else str(response)
+    found = re.findall(r'"(?:id|status)"\s*:\s*"(sha256:[0-9a-f]{64})"', text)
+    if not found:
+        raise SandboxError(f"the engine's import reply names no image id: {text[:300]!r}")
+    return found[-1]
 
 
 def ensure_image(client: Any, tag: str, prefix: str | Path | None = None) -> str:

@@ -223,11 +223,10 @@ async def test_docker_backend_state_timeout_and_limits(docker_host):
 
 
 @pytest.fixture(scope="module")
-def docker_host(tmp_path_factory):
-    from conftest_sandbox import podman_service
+def docker_host(request, tmp_path_factory):
+    from conftest_sandbox import engine_host
 
-    with podman_service(tmp_path_factory.mktemp("podman")) as host:
-        yield host
+    return engine_host(request.config, tmp_path_factory)
 
 
 async def test_worker_that_cannot_lock_down_is_a_sandbox_error():
