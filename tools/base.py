@@ -144,14 +144,17 @@ def get_tool(spec: str | Tool, **options: Any) -> Tool:
         mod_name, _, attr = spec.partition(":")
         try:
             obj = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ToolError(f"cannot import tool {spec!r}: {e}") from e
+        except Exception as e:  # ImportError, AttributeError, or whatever the module raises on import
+            raise ToolError(f"cannot import tool {spec!r}: {type(e).__name__}: {e}") from e
         if isinstance(obj, Tool):
             return obj
         if isinstance(obj, type) and issubclass(obj, Tool):
             return obj(**options)
         if callable(obj):
-            return FunctionTool(obj)
+            try:
+                return FunctionTool(obj)
+            except (TypeError, ValueError) as e:  # not one argument, or no signature (some builtins)
+                raise ToolError(f"{spec!r} is not usable as a tool: {e}") from e
         raise ToolError(f"{spec!r} is not a Tool, Tool class or function")
     raise ToolError(f"unknown tool {spec!r}; available: {', '.join(available_tools())} "
                      "(or give an import path 'module:name')")
