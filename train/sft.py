@@ -5,7 +5,12 @@
 
 The loop is plain PyTorch driven by ``accelerate`` (so ``accelerate launch -m agent.cli train sft``
 runs it under DDP unchanged). Loss is the mean over trained tokens of a whole optimizer step (all
-micro-batches of the accumulation window), so accumulation equals a larger batch. The batch order
+micro-batches of the accumulation window, on every process), so accumulation and more processes
+equal a larger batch: the step's token count is summed across processes, and each process scales its
+summed loss by ``ddp_token_scale`` (DDP averages gradients, so the world size is multiplied back in).
+The learning-rate schedule is stepped once per optimizer step on every process
+(``step_scheduler_with_optimizer=False``: accelerate would otherwise step it once per process and
+finish it ``num_processes`` times too early). The batch order
 is a pure function of (seed, epoch), and a checkpoint holds the trainable weights, optimizer,
 scheduler, RNG states and step, so a killed run resumes where it stopped and ends with the same
 weights as an uninterrupted one (tested on CPU).
@@ -24,12 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.backends.transformers import cache_kwarg
 from agent.config import dump_config
 from agent.errors import ConfigError, DataError
 from train.render import IGNORE_INDEX, ChatRenderer, Features, add_tag_tokens
 from train.runlog import StepProgress, open_tensorboard
 
-__all__ = ["SFTConfig", "SFTTrainer", "train_sft", "split_examples", "length_grouped_batches"]
+__all__ = ["SFTConfig", "SFTTrainer", "train_sft", "split_examples", "length_grouped_batches", "ddp_token_scale"]
 
 log = logging.getLogger("splice.train.sft")
 
@@ -174,6 +180,13 @@ def wrap_lora(model: Any, cfg: SFTConfig, new_ids: list[int]) -> Any:
     return get_peft_model(model, lcfg)
 
 
+def ddp_token_scale(global_tokens: int, world: int) -> float:
+    """The factor for one process's summed token loss so that DDP's gradient *average* over ``world``
+    processes is the gradient of the token mean over all ``global_tokens`` trained tokens of the step
+    (not a mean of per-process means, which overweights a process with few tokens)."""
+    return world / max(1, global_tokens)
+
+
 def _lr_lambda(warmup: int, total: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -195,7 +208,8 @@ class SFTTrainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-        self.accel = Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16")
+        # one scheduler step per optimizer step, whatever the number of processes (module docstring)
+        self.accel = Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16", step_scheduler_with_optimizer=False)
         _seed_everything(cfg.seed, torch)
         self.out = Path(cfg.out)
         self.model, self.tok, self.new_ids = load_model(cfg)
@@ -252,12 +266,14 @@ class SFTTrainer:
         # (under DDP a second forward per backward is not allowed: there every row runs in full)
         p = _shared_prefix(ids, labels) if self.cfg.share_prefix and self.accel.num_processes == 1 else 0
         if p:
-            pre = self.model(input_ids=ids[:1, :p], use_cache=True)
-            cache = pre.past_key_values
+            from transformers import DynamicCache
+
+            cache, key = DynamicCache(), cache_kwarg(self.model)
+            self.model(input_ids=ids[:1, :p], use_cache=True, **{key: cache})  # fills ``cache`` in place
             cache.batch_repeat_interleave(ids.size(0))
             pos = torch.arange(p, ids.size(1), device=ids.device).unsqueeze(0).expand(ids.size(0), -1)
-            logits = self.model(input_ids=ids[:, p:], attention_mask=attn, past_key_values=cache,
-                                position_ids=pos, use_cache=False).logits
+            logits = self.model(input_ids=ids[:, p:], attention_mask=attn, position_ids=pos, use_cache=False,
+                                **{key: cache}).logits
             labels = labels[:, p:]
         else:
             logits = self.model(input_ids=ids, attention_mask=attn).logits
@@ -271,15 +287,17 @@ class SFTTrainer:
         torch, cfg = self.torch, self.cfg
         micro = self.step_batches(self.step)
         pad = self.tok.pad_token_id
-        n_tok = sum(self.train_feats[i].n_target for b in micro for i in b)
+        n_tok = self._global_sum(sum(self.train_feats[i].n_target for b in micro for i in b))
+        scale = ddp_token_scale(int(n_tok), self.accel.num_processes)
         total = 0.0
         for j, idx in enumerate(micro):
             batch = _collate([self.train_feats[i] for i in idx], pad, torch)
             ctx = self.accel.no_sync(self.model) if j < len(micro) - 1 else contextlib.nullcontext()
             with ctx, self.accel.autocast():
                 loss, _ = self._loss_sum(batch)
-                self.accel.backward(loss / max(1, n_tok))
+                self.accel.backward(loss * scale)
             total += float(loss.detach())
+        total = self._global_sum(total)
         if cfg.max_grad_norm > 0:
             self.accel.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         self.opt.step()
@@ -287,6 +305,13 @@ class SFTTrainer:
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
         return total / max(1, n_tok)
+
+    def _global_sum(self, x: float) -> float:
+        """``x`` summed over all processes (itself on one)."""
+        if self.accel.num_processes == 1:
+            return x
+        t = self.torch.tensor(float(x), dtype=self.torch.float64, device=self.accel.device)
+        return float(self.accel.reduce(t, reduction="sum"))
 
     def evaluate(self) -> float | None:
         if not self.eval_feats:

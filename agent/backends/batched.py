@@ -32,7 +32,7 @@ import torch
 from agent.backends._static_cache import StaticLlamaRunner, unsupported_reason
 from agent.backends.base import SamplingParams, Sequence, common_prefix
 from agent.backends.sampling import sample_token
-from agent.backends.transformers import TransformersBackend
+from agent.backends.transformers import TransformersBackend, cache_kwarg
 from agent.errors import ModelError
 
 __all__ = ["BatchedTransformersBackend"]
@@ -76,6 +76,7 @@ class _HFRunner:
         self.device = next(model.parameters()).device
         self.caches: list[Any] = [None] * n_slots
         self.cache_bytes_per_slot = 0  # grows with use; not preallocated
+        self.cache_kw = cache_kwarg(model)
 
     def prefill(self, slot: int, ids: list[int], start: int) -> torch.Tensor:
         from transformers import DynamicCache
@@ -85,9 +86,9 @@ class _HFRunner:
             cache = DynamicCache()
         elif cache.get_seq_length() > start:
             cache.crop(start - cache.get_seq_length())  # negative: tokens to drop (transformers 4 and 5)
-        out = self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=cache,
-                         use_cache=True)
-        self.caches[slot] = out.past_key_values
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True,
+                         **{self.cache_kw: cache})  # filled in place
+        self.caches[slot] = cache
         return out.logits[0, -1].float()
 
     def decode(self, tok: np.ndarray, pos: np.ndarray, active: np.ndarray) -> torch.Tensor:

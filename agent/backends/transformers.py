@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from agent.backends.base import Backend, SamplingParams, Sequence, common_prefix
 from agent.backends.sampling import make_rng, sample_token
 from agent.errors import ModelError, ModelNotFound, require
 
-__all__ = ["TransformersBackend", "load_hf", "gguf_to_hf_dir"]
+__all__ = ["TransformersBackend", "load_hf", "gguf_to_hf_dir", "cache_kwarg"]
 
 
 def _cache_root() -> Path:
@@ -73,6 +74,17 @@ def load_hf(path: str | Path, device: str = "auto", dtype: str = "auto") -> tupl
     return model.to(device).eval(), tok
 
 
+def cache_kwarg(model: Any) -> str:
+    """The forward keyword that takes a KV ``Cache`` object: ``cache`` in current transformers,
+    ``past_key_values`` (deprecated there, with a FutureWarning) in older ones. Callers pass their
+    own ``DynamicCache``, which the model fills in place, so no cache is read back from outputs."""
+    while hasattr(model, "module"):  # DDP / accelerate wrappers
+        model = model.module
+    if hasattr(model, "get_base_model"):  # peft passes keywords through to the base model
+        model = model.get_base_model()
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @dataclass
 class _State:
     cache: Any = None
@@ -99,6 +111,7 @@ class TransformersBackend(Backend):
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         self._eos = eos
         self._lock = threading.Lock()  # one forward at a time on this model
+        self._cache_kw = cache_kwarg(model)
         self.n_evaluated = 0
 
     # -- text <-> tokens ----------------------------------------------------------------------
@@ -131,8 +144,7 @@ class TransformersBackend(Backend):
         new = ids[keep:]
         with self._lock, torch.inference_mode():
             inp = torch.tensor([new], device=self.device)
-            out = self.model(input_ids=inp, past_key_values=st.cache, use_cache=True)
-        st.cache = out.past_key_values
+            out = self.model(input_ids=inp, use_cache=True, **{self._cache_kw: st.cache})  # filled in place
         st.cached_ids = list(ids)
         self.n_evaluated += len(new)
         return out.logits[0, -1].float().cpu().numpy()
