@@ -1,6 +1,9 @@
 """Dataset loaders on small fixture files of each shape, and the task generators."""
 
+import collections
 import json
+import re
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -85,19 +88,54 @@ def test_generators_are_deterministic_and_prefix_stable(family):
     assert len({e.id for e in a}) == 20 and all(e.family == family for e in a)
 
 
+# Each family's gold answer recomputed from the question text alone, by other means than tasks.py
+# uses (no str.count, no slicing, no float): a wrong generator or a question that does not say what
+# the answer assumes both fail.
+_ARITH = [  # (question pattern, how its numbers combine)
+    (r" (\d+) [\w ]+ per \w+\. How many .* in (\d+) \w+\?$", lambda a, b: a * b),
+    (r"holds (\d+) .* brings (\d+) more", lambda a, b: a + b),
+    (r"had (\d+) residents\. Then (\d+) of them moved away", lambda a, b: a - b),
+    (r"packs (\d+) crates with (\d+) .* ships (\d+) ", lambda a, b, c: a * b - c),
+]
+
+
+def _arith_answer(question: str) -> int:
+    for pattern, combine in _ARITH:
+        m = re.search(pattern, question)
+        if m:
+            return combine(*map(int, m.groups()))
+    raise AssertionError(f"no known arithmetic shape: {question}")
+
+
+def _quoted(question: str) -> list[str]:
+    return re.findall(r'"([^"]*)"', question)
+
+
 def test_generated_answers_are_right():
-    for e in generate("count", 30, 0):
-        assert e.answer == str(e.meta["text"].count(e.meta["letter"]))
-    for e in generate("reverse", 10, 0):
-        assert e.answer == e.meta["text"][::-1] and e.meta["text"] in e.question
-    for e in generate("length", 10, 0):
-        assert e.answer == str(len(e.meta["text"]))
-    for e in generate("compare", 30, 0):
-        a, b = e.question.split(": ")[1].split("? ")[0].split(" or ")
-        pick = max if "larger" in e.question else min
-        assert e.answer == pick(a, b, key=float)
-    for e in generate("arith", 30, 0):
-        assert int(e.answer) > 0 and len(e.answer) >= 5
+    kinds = set()
+    for e in generate("arith", 60, 0):
+        assert int(e.answer) == _arith_answer(e.question), e.question
+        kinds.add(e.meta["kind"])
+    assert kinds == {"mul", "add", "sub", "mul_sub"}
+    for e in generate("count", 60, 0):
+        letter, text = _quoted(e.question)
+        assert int(e.answer) == collections.Counter(text.lower())[letter.lower()], e.question
+    for e in generate("reverse", 20, 0):
+        (text,) = _quoted(e.question)
+        assert e.answer == "".join(reversed(text)) and sorted(e.answer) == sorted(text)
+    for e in generate("length", 20, 0):
+        (text,) = _quoted(e.question)
+        assert int(e.answer) == sum(1 for _ in text)
+    for e in generate("compare", 60, 0):
+        a, b = re.search(r": ([\d.]+) or ([\d.]+)\?", e.question).groups()
+        larger = a if Decimal(a) > Decimal(b) else b
+        smaller = b if larger == a else a
+        assert e.answer == (larger if "larger" in e.question else smaller), e.question
+
+
+def test_count_answers_include_zero_counts_and_sentences():
+    exs = generate("count", 200, 0)
+    assert any(e.answer == "0" for e in exs) and any("sentence" in e.question for e in exs)
 
 
 def test_generate_mix_interleaves_and_validates():
@@ -106,3 +144,27 @@ def test_generate_mix_interleaves_and_validates():
     assert mix[0].id == generate("arith", 1, 0)[0].id
     with pytest.raises(ConfigError, match="unknown task family"):
         generate("poetry", 1)
+
+
+@pytest.mark.parametrize("body, where", [
+    ('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": null}\n', "null.jsonl:2"),
+    ('{"question": "q", "answers": ["a", null]}\n', "null.jsonl:1"),
+    ('[{"question": "q", "answer": "a"}, {"question": "q2", "answer": null}]', "null.jsonl: record 1"),
+])
+def test_null_gold_answer_is_an_error_naming_where(tmp_path, body, where):
+    (tmp_path / "null.jsonl").write_text(body)
+    with pytest.raises(DataError, match=f"{re.escape(where)}: 'answers?' is null"):
+        load_examples(tmp_path / "null.jsonl")
+
+
+def test_null_answer_in_hotpotqa_shape(tmp_path):
+    rec = {"_id": "h", "question": "q", "answer": None, "context": [["T", ["s."]]]}
+    (tmp_path / "hp.json").write_text(json.dumps([rec]))
+    with pytest.raises(DataError, match="record 0: 'answer' is null"):
+        load_examples(tmp_path / "hp.json")
+
+
+def test_non_utf8_dataset_names_the_line(tmp_path):
+    (tmp_path / "qa.jsonl").write_bytes(b'{"question": "q", "answer": "a"}\n{"question": "\xff", "answer": "b"}\n')
+    with pytest.raises(DataError, match="qa.jsonl:2: not UTF-8"):
+        load_examples(tmp_path / "qa.jsonl")

@@ -72,6 +72,27 @@ def test_terminal_tables_render(run_dir):
     assert "calc" in text and "1.000" in text and "pass@1" in text
 
 
+def test_headline_figures_are_whole_at_80_columns():
+    """An 8-sample run with two modes on an 80-column terminal: every figure of both tables is in
+    its row in full (no "0.2…"), and no line is wider than the terminal."""
+    from rich.console import Console
+
+    m = {"n_questions": 200, "accuracy": 0.23456, "em": 0.2, "f1": 0.3125, "pass@1": 0.25, "pass@2": 0.375,
+         "pass@4": 0.4125, "pass@8": 0.5, "refusal_rate": 0.0125, "tool_calls_per_episode": 1.25,
+         "malformed_rate": 0.03125, "tokens_per_question": 1234.56, "seconds_per_question": 12.34}
+    summary = {"data": "data/gsm8k_test.jsonl", "model": "SmolLM2-135M-Instruct.Q4_1.gguf", "samples": 8,
+               "modes": {"none": m, "python+search": m}}
+    console = Console(width=80, record=True)
+    console.print(summary_table(summary))
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 80 and not any("…" in line for line in lines)
+    headline = ["200", "0.235", "0.200", "0.312", "0.250", "0.375", "0.412", "0.500"]
+    behaviour = ["0.013", "1.250", "0.031", "1234.6", "12.3"]
+    for mode in summary["modes"]:
+        rows = [line.split()[1:] for line in lines if line.split()[:1] == [mode]]
+        assert rows == [headline, behaviour], (mode, rows)
+
+
 def chromium(tmp_path: Path, *args: str) -> str:
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
            "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", *args]

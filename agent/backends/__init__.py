@@ -1,7 +1,23 @@
-"""Model backends behind one async interface, and the loader that picks one."""
+"""Model backends behind one async interface, and the loader that picks one.
+
+``--backend auto`` decides in this order (explicit settings before the environment, a model that
+exists on this machine before a server):
+
+1. ``--model`` is an ``http://`` or ``https://`` URL: ``openai`` (that server).
+2. ``--base-url`` is given: ``openai`` (``--model`` names the served model; ``default`` = the
+   server's own).
+3. ``--model`` is ``default`` or an existing path: ``llama_cpp`` for a ``.gguf`` file, else
+   ``transformers`` (a Hugging Face model folder).
+   ``OPENAI_BASE_URL`` in the environment does not change this, so a variable set for other tools
+   never sends ``agent run`` to a server by surprise.
+4. ``--model`` is any other name and ``OPENAI_BASE_URL`` is set: ``openai`` (the name is the served
+   model). Otherwise the model is not found.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +29,7 @@ if TYPE_CHECKING:
     from agent.runtime import RuntimeConfig
 
 __all__ = ["Backend", "SamplingParams", "Sequence", "ScriptedBackend", "common_prefix", "load_backend",
-           "default_model_path", "resolve_model"]
+           "default_model_path", "resolve_model", "choose_backend"]
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -39,19 +55,30 @@ def resolve_model(model: str) -> Path:
     p = Path(model).expanduser()
     if not p.exists():
         raise ModelNotFound(f"model not found: {model} (give a .gguf file, a Hugging Face model directory, "
-                            "or 'default')")
+                            "'default', or a server: an http(s) URL, or a served model name with --base-url "
+                            "or OPENAI_BASE_URL)")
     return p
 
 
+def choose_backend(cfg: "RuntimeConfig", env: Mapping[str, str] | None = None) -> str:
+    """The backend ``cfg.backend`` names, with ``auto`` resolved as the module docstring says."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    env = os.environ if env is None else env
+    if cfg.model.startswith(("http://", "https://")) or cfg.base_url:
+        return "openai"
+    if cfg.model != "default" and not Path(cfg.model).expanduser().exists() and env.get("OPENAI_BASE_URL"):
+        return "openai"
+    return "llama_cpp" if resolve_model(cfg.model).suffix == ".gguf" else "transformers"
+
+
 def load_backend(cfg: "RuntimeConfig") -> Backend:
-    kind = cfg.backend
+    kind = choose_backend(cfg)
     if kind == "openai":
         from agent.backends.openai import OpenAIBackend
 
         return OpenAIBackend.from_config(cfg)
     path = resolve_model(cfg.model)
-    if kind == "auto":
-        kind = "llama_cpp" if path.suffix == ".gguf" else "transformers"
     if kind == "llama_cpp":
         if path.is_dir():
             ggufs = sorted(path.glob("*.gguf"))

@@ -21,11 +21,11 @@ from rich.progress import (
 )
 
 from agent.config import HelpFormatter, add_arguments, from_args
-from agent.errors import ConfigError
+from agent.errors import ConfigError, DataError
 from agent.evals.config import EvalConfig, mode_name, parse_mode
 from agent.runtime import RuntimeConfig
 
-__all__ = ["add_parser", "config_from_args", "handler"]
+__all__ = ["add_parser", "config_from_args", "handler", "load_summary"]
 
 EXAMPLES = """examples:
   agent eval gen:arith,count --limit 200 --tools none --tools python
@@ -57,16 +57,18 @@ def config_from_args(ns: argparse.Namespace) -> EvalConfig:
 
 
 class _LiveProgress:
-    """Progress bar with running accuracy per mode (a ``Progress`` callback of ``evaluate``)."""
+    """Progress bar with running accuracy per mode (a ``Progress`` callback of ``evaluate``). The bar
+    appears with the first callback, once the data loaded, so an early error prints alone."""
 
     def __init__(self, progress: Progress):
         self.progress = progress
-        self.task: Any = None
+        self.task: Any = None  # set (and the bar shown) by the first callback
         self.right: dict[str, int] = defaultdict(int)
         self.seen: dict[str, int] = defaultdict(int)
 
     def __call__(self, done: int, total: int, rec: dict[str, Any] | None) -> None:
         if rec is None:
+            self.progress.start()
             self.task = self.progress.add_task("eval", total=total, completed=done)
             return
         self.seen[rec["mode"]] += 1
@@ -75,10 +77,25 @@ class _LiveProgress:
         self.progress.update(self.task, completed=done, description=f"eval  acc: {acc}")
 
 
+def load_summary(path: str) -> dict[str, Any]:
+    """A run's ``summary.json``; ``DataError`` naming the file when it is missing or not a summary."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{p}: no such file; give the summary.json an eval run wrote") from None
+    except (OSError, ValueError, RecursionError) as e:  # a folder, unreadable, not UTF-8, not JSON
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"{p}: not a readable summary.json ({reason})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("modes"), dict):
+        raise DataError(f"{p}: not an eval summary (no 'modes' object); give the summary.json of a run")
+    return data
+
+
 def _compare(paths: list[str], out: Console) -> int:
     from agent.evals.report import compare_table
 
-    a, b = (json.loads(Path(p).read_text()) for p in paths)
+    a, b = (load_summary(p) for p in paths)
     out.print(compare_table(a, b, paths[0], paths[1]))
     return 0
 
@@ -90,8 +107,12 @@ def _run(ns: argparse.Namespace, out: Console, err: Console) -> int:
     cfg = config_from_args(ns)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False) as progress:
-        summary = run_eval(cfg, progress=_LiveProgress(progress))
+    live = _LiveProgress(Progress(*columns, console=err, transient=False))
+    try:
+        summary = run_eval(cfg, progress=live)
+    finally:
+        if live.task is not None:
+            live.progress.stop()
     out.print(summary_table(summary))
     if len(summary["families"]) > 1:
         out.print(family_table(summary))

@@ -26,6 +26,16 @@ def mode_name(tools: list[str]) -> str:
     return "+".join(tools) if tools else NO_TOOLS
 
 
+def _check_out_dir(out: Path) -> None:
+    """The output folder, or the first part of its path that exists, must be a folder."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"cannot hold {out}: it is a file"
+                raise ConfigError(f"output directory {p} {what}; give --out a folder path")
+            return
+
+
 @dataclass
 class EvalConfig:
     data: str = field(default="", metadata={
@@ -70,6 +80,7 @@ class EvalConfig:
                 raise ConfigError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.limit < 0:
             raise ConfigError(f"limit must be >= 0 (got {self.limit}); 0 means all questions")
+        _check_out_dir(self.out_dir)
         if self.samples > 1 and self.runtime.temperature == 0:
             raise ConfigError(f"--samples {self.samples} with --temperature 0 gives identical greedy samples; "
                               "set e.g. --temperature 0.7 for a majority vote")

@@ -31,6 +31,7 @@ __all__ = [
     "collect_passages",
     "detect_format",
     "load_examples",
+    "located_records",
     "read_records",
     "write_corpus",
     "write_jsonl",
@@ -81,35 +82,52 @@ _FAMILY_KEYS = ("family", "type", "category")
 # -- reading files -------------------------------------------------------------------------------------
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Records of a JSONL file, a JSON list, or a JSON object with a ``data`` list."""
+    return [r for _, r in located_records(path)]
+
+
+def located_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(where, record)`` pairs: ``where`` is ``file:LINE`` for JSONL, ``file: record N`` for JSON,
+    so every error about a record can say where it is."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"dataset not found: {p} (give a .jsonl/.json file or gen:FAMILY,...)")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[:e.start].count(b"\n") + 1
+        raise DataError(f"{p}:{line}: not UTF-8 text (byte {e.object[e.start:e.end]!a}); convert the file, "
+                        "e.g. iconv -f latin1 -t utf-8") from None
     stripped = text.lstrip()
     if stripped.startswith("[") or (stripped.startswith("{") and p.suffix == ".json"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}: not valid JSON ({e})") from e
+        data = _loads(text, str(p))
         data = data.get("data", data) if isinstance(data, dict) else data
         if not isinstance(data, list):
             raise DataError(f"{p}: expected a list of records (or an object with a 'data' list)")
-        return [_check_record(r, p, i) for i, r in enumerate(data)]
-    return [_check_record(_json_line(line, p, i), p, i)
+        return [_check_record(r, f"{p}: record {i}") for i, r in enumerate(data)]
+    return [_check_record(_loads(line, f"{p}:{i + 1}"), f"{p}:{i + 1}")
             for i, line in enumerate(text.splitlines()) if line.strip()]
 
 
-def _json_line(line: str, p: Path, i: int) -> Any:
+def _loads(text: str, where: str) -> Any:
     try:
-        return json.loads(line)
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{p}:{i + 1}: not valid JSON ({e})") from e
+        raise DataError(f"{where}: not valid JSON ({e})") from e
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to read") from None
 
 
-def _check_record(r: Any, p: Path, i: int) -> dict[str, Any]:
+def _check_record(r: Any, where: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(r, dict):
-        raise DataError(f"{p}: record {i} is {type(r).__name__}, expected an object")
-    return r
+        raise DataError(f"{where} is {type(r).__name__}, expected an object")
+    return where, r
+
+
+def _gold(value: Any, key: str = "answer") -> str:
+    """A gold answer as text; a missing (null) one is an error, never the string "None"."""
+    if value is None:
+        raise DataError(f"{key!r} is null; give every question a gold answer, or drop the record")
+    return str(value)
 
 
 def _literal(value: Any) -> Any:
@@ -143,7 +161,7 @@ def detect_format(rec: dict[str, Any]) -> str:
 
 
 def _gsm8k(rec: dict[str, Any], i: int, names: FieldNames) -> Example:
-    solution = str(rec["answer"])
+    solution = _gold(rec["answer"])
     final = solution.rsplit("####", 1)[-1].strip().replace(",", "")
     return Example(id=str(rec.get("id", i)), question=rec["question"], answer=final, family="gsm8k",
                    meta={"solution": solution})
@@ -154,7 +172,7 @@ def _hotpotqa(rec: dict[str, Any], i: int, names: FieldNames) -> Example:
     passages = [{"title": str(title), "text": "".join(sents) if isinstance(sents, list) else str(sents)}
                 for title, sents in context]
     kind = rec.get("type")
-    return Example(id=str(rec.get("_id", rec.get("id", i))), question=rec["question"], answer=str(rec["answer"]),
+    return Example(id=str(rec.get("_id", rec.get("id", i))), question=rec["question"], answer=_gold(rec["answer"]),
                    family=f"hotpotqa-{kind}" if kind else "hotpotqa", passages=passages,
                    meta={k: rec[k] for k in ("level", "type") if k in rec})
 
@@ -167,7 +185,7 @@ def _musique(rec: dict[str, Any], i: int, names: FieldNames) -> Example:
     answerable = _literal(rec.get("answerable", True))
     qid = str(rec.get("id", i))
     hops = qid.split("__", 1)[0] if "__" in qid else ""
-    return Example(id=qid, question=rec["question"], answer=str(rec["answer"]),
+    return Example(id=qid, question=rec["question"], answer=_gold(rec["answer"]),
                    aliases=[str(a) for a in aliases] if isinstance(aliases, list) else [],
                    answerable=answerable is not False, family=f"musique-{hops}" if hops else "musique",
                    passages=passages)
@@ -189,12 +207,12 @@ def _generic(rec: dict[str, Any], i: int, names: FieldNames) -> Example:
     qk = _first(rec, _QUESTION_KEYS, names.question)
     ak = _first(rec, _ANSWER_KEYS, names.answer)
     if qk is None or ak is None:
-        raise DataError(f"record {i} has no question/answer field among {sorted(rec)}; name them with "
+        raise DataError(f"no question/answer field among {sorted(rec)}; name them with "
                         "--question-field and --answer-field")
     gold = _literal(rec[ak])
-    golds = [str(g) for g in gold] if isinstance(gold, list) else [str(gold)]
+    golds = [_gold(g, ak) for g in gold] if isinstance(gold, list) else [_gold(gold, ak)]
     if not golds:
-        raise DataError(f"record {i}: empty answer list in field {ak!r}")
+        raise DataError(f"empty answer list in field {ak!r}")
     alias_key = _first(rec, _ALIAS_KEYS, names.aliases)
     extra = _literal(rec[alias_key]) if alias_key else []
     golds += [str(a) for a in extra] if isinstance(extra, list) else []
@@ -218,21 +236,23 @@ FORMATS: dict[str, Callable[[dict[str, Any], int, FieldNames], Example]] = {
 def load_examples(path: str | Path, fmt: str = "auto", names: FieldNames | None = None) -> list[Example]:
     """Every example of a dataset file, in file order. ``fmt`` is a key of ``FORMATS`` or ``auto``."""
     names = names or FieldNames()
-    records = read_records(path)
+    records = located_records(path)
     if not records:
         raise DataError(f"{path}: no records")
     if fmt == "auto":
-        fmt = "generic" if names.question or names.answer else detect_format(records[0])
+        fmt = "generic" if names.question or names.answer else detect_format(records[0][1])
     if fmt not in FORMATS:
         raise DataError(f"unknown dataset format {fmt!r}; choose auto, {', '.join(FORMATS)}")
     parse = FORMATS[fmt]
     stem = Path(path).stem
     out = []
-    for i, rec in enumerate(records):
+    for i, (where, rec) in enumerate(records):
         try:
             ex = parse(rec, i, names)
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from e
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{path}: record {i} does not fit the {fmt} shape: {e!r}") from e
+            raise DataError(f"{where} does not fit the {fmt} shape: {e!r}") from e
         if ex.id == str(i):
             ex.id = f"{stem}-{i}"
         ex.family = ex.family or stem

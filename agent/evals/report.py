@@ -16,7 +16,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from rich import box
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from agent.errors import MissingDependency, require
 from agent.evals.summary import compare, vote_question
@@ -49,21 +52,38 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
+_ACCURACY_COLS = (("n", "n_questions"), ("acc", "accuracy"), ("EM", "em"), ("F1", "f1"))
+_BEHAVIOUR_COLS = (("refusal", "refusal_rate"), ("tools/ep", "tool_calls_per_episode"),
+                   ("malformed", "malformed_rate"), ("tok/q", "tokens_per_question"), ("s/q", "seconds_per_question"))
+_PASS_KEYS_INLINE = 4  # more pass@k columns than this get their own table (80-column terminals)
+
+
+def _metric_table(title: str, modes: dict[str, Any], cols: list[tuple[str, str]]) -> Table:
+    """One row per mode; figures never wrap or truncate (the mode name folds instead)."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title_justify="left")
+    table.add_column("mode", overflow="fold")
+    for head, _ in cols:
+        table.add_column(head, justify="right", no_wrap=True, min_width=len(head))
+    for mode, m in modes.items():
+        table.add_row(mode, *[_fmt(m.get(key)) for _, key in cols])
+    return table
+
+
+def summary_table(summary: dict[str, Any]) -> Group:
+    """The headline figures, in tables narrow enough for an 80-column terminal: accuracy (with
+    pass@k, or pass@k on its own when there are many k), then behaviour and cost."""
     modes = summary["modes"]
     pass_keys = sorted({k for m in modes.values() for k in m if k.startswith("pass@")},
                        key=lambda k: int(k.split("@")[1]))
+    passes = [(k, k) for k in pass_keys]
     title = f"{display_name(summary['data'])} · {summary['model']} · {summary['samples']} sample(s)/question"
-    table = Table(title=title)
-    cols = ["mode", "n", "acc", "EM", "F1", *pass_keys, "refusal", "tools/ep", "malformed", "tok/q", "s/q"]
-    for c in cols:
-        table.add_column(c, justify="left" if c == "mode" else "right")
-    for mode, m in modes.items():
-        table.add_row(mode, _fmt(m["n_questions"]), _fmt(m["accuracy"]), _fmt(m["em"]), _fmt(m["f1"]),
-                      *[_fmt(m.get(k)) for k in pass_keys], _fmt(m["refusal_rate"]),
-                      _fmt(m["tool_calls_per_episode"]), _fmt(m["malformed_rate"]),
-                      _fmt(m["tokens_per_question"]), _fmt(m["seconds_per_question"]))
-    return table
+    inline = len(passes) <= _PASS_KEYS_INLINE
+    tables: list[Any] = [Text(title, style="bold"),
+                         _metric_table("accuracy", modes, [*_ACCURACY_COLS, *(passes if inline else [])])]
+    if not inline:
+        tables.append(_metric_table("pass@k", modes, passes))
+    tables.append(_metric_table("behaviour and cost", modes, list(_BEHAVIOUR_COLS)))
+    return Group(*tables)
 
 
 def family_table(summary: dict[str, Any]) -> Table:

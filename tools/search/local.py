@@ -19,6 +19,7 @@ everything (the exact baseline the benchmark compares against).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -149,7 +150,8 @@ def build_index(paths: Iterable[str | Path], out: str | Path, *, chunk_chars: in
         return _build(paths, out, chunk_chars, overlap, progress, batch)
     except BaseException:
         if created:
-            out.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # never created (bad path), or not ours to remove
+                out.unlink()
         raise
 
 
