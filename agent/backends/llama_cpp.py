@@ -36,7 +36,7 @@ class LlamaCppBackend(Backend):
             self.llm = llama_cpp.Llama(
                 model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
                 n_batch=512, verbose=verbose, lora_path=str(adapter) if adapter else None,
-                flash_attn=True,  # narrows (does not remove) batch-shape-dependent rounding; see ARCHITECTURE.md
+                flash_attn=True,  # faster decode on CPU; numerics stay batch-shape-dependent (ARCHITECTURE.md)
             )
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"llama.cpp could not load {path}: {e}") from e
