@@ -4,6 +4,10 @@ One ``Llama`` holds one KV cache. A stream call takes the model lock for its who
 the longest common prefix of what the cache holds and the sequence's ids, and evaluates only the
 rest, so a continuation after a splice prefills just the spliced tokens. Episodes that interleave
 (one waits on a tool while another generates) each pay for the suffix that differs.
+
+One thread owns the ``Llama`` for its whole life (load, every prefill and decode step, close). ggml's
+CPU thread team belongs to the thread that first ran it; calls from changing worker threads (what
+``asyncio.to_thread`` does) paid for a second team and ran at about half speed on 2 cores.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,13 +37,15 @@ class LlamaCppBackend(Backend):
         path = Path(path)
         if not path.is_file():
             raise ModelNotFound(f"GGUF file not found: {path}")
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="splice-llama")  # the model's one thread
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+            self.llm = self._thread.submit(
+                llama_cpp.Llama, model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
                 n_batch=512, verbose=verbose, lora_path=str(adapter) if adapter else None,
                 flash_attn=True,  # faster decode on CPU; numerics stay batch-shape-dependent (ARCHITECTURE.md)
-            )
+            ).result()
         except (ValueError, RuntimeError) as e:
+            self._thread.shutdown()
             raise ModelError(f"llama.cpp could not load {path}: {e}") from e
         self.model_id = path.name + (f"+{Path(adapter).name}" if adapter else "")
         self.context_size = self.llm.n_ctx()
@@ -116,10 +123,11 @@ class LlamaCppBackend(Backend):
         if seq.state is None:
             seq.state = make_rng(seq.seed)
         rng = seq.state
+        loop = asyncio.get_running_loop()
         async with self._lock:
             todo: list[int] | None = None  # None: prefill from the sequence
             for _ in range(min(params.max_tokens, self.context_size - len(seq.ids))):
-                tok = await asyncio.to_thread(self._step, seq, todo, params, rng)
+                tok = await loop.run_in_executor(self._thread, self._step, seq, todo, params, rng)
                 seq.ids.append(tok)
                 seq.n_sampled += 1
                 yield tok
@@ -130,4 +138,5 @@ class LlamaCppBackend(Backend):
     async def aclose(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
-            llm.close()
+            await asyncio.get_running_loop().run_in_executor(self._thread, llm.close)
+            self._thread.shutdown()
