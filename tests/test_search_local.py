@@ -215,9 +215,8 @@ async def test_index_damaged_after_opening_is_an_error_result(corpus_index):
     async with SearchTool(index=str(out)) as tool:
         assert not (await tool.call("codename0003")).error
         size = out.stat().st_size
-        with open(out, "r+b") as f:  # garbage over everything after the first two pages
-            f.seek(8192)
-            f.write(random.Random(0).randbytes(size - 8192))
+        data = out.read_bytes()  # garbage over everything after the first two pages
+        out.write_bytes(data[:8192] + random.Random(0).randbytes(size - 8192))
         damaged = await tool.call("codename0077")
     assert damaged.error and "is damaged" in damaged.text and "agent index build" in damaged.text
 

@@ -20,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("-o", "--out", required=True, help="index file to create or add to")
     build.add_argument("--chunk-chars", type=int, default=1000, help="passage size in characters")
     build.add_argument("--overlap", type=int, default=150, help="characters repeated between passages")
-    build.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (default: a progress bar on stderr)")
+    build.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bar (default: a progress bar on stderr)")
     build.set_defaults(func=_cmd_build)
 
 

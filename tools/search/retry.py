@@ -7,8 +7,8 @@ document raise ``RecursionError``."""
 from __future__ import annotations
 
 import asyncio
-import random
 import json
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
