@@ -11,6 +11,8 @@ tokens, and the sampled (greedy) token is within ``MARGIN_TOL`` logits of the co
 A wrong cache (a dropped or stale token) breaks both by far (KL 0.6-1.9, margins up to 9).
 """
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -96,11 +98,12 @@ def assert_matches_cold(gguf, context: list[int], cont: list[int], logits: list[
 
 
 async def sample_with_logits(backend, seq, append: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:
-    toks, logits = [], []
-    async for t in backend.stream(seq, append, SamplingParams(max_tokens=n)):
-        toks.append(t)
-        logits.append(backend._logits().copy())  # the distribution this token was sampled from
-    return toks, logits
+    backend.logits_trace = []  # the model thread records the row each token is sampled from
+    try:
+        toks = [t async for t in backend.stream(seq, append, SamplingParams(max_tokens=n))]
+        return toks, backend.logits_trace
+    finally:
+        backend.logits_trace = None
 
 
 @pytest.mark.parametrize("question", ["Name three colours of the rainbow.", "Write a haiku about rivers.",
@@ -112,8 +115,9 @@ async def test_llama_cpp_splice_matches_a_cold_run_and_reuses_kv(llama_pair, ggu
     first = [t async for t in warm.stream(seq, prompt, SamplingParams(max_tokens=12))]
     splice, before = warm.encode(SPLICE), seq.n_prefilled
     cont, logits = await sample_with_logits(warm, seq, splice, 24)
-    # only the spliced tokens (+ the last sampled token, not yet evaluated) went through prefill
-    assert seq.n_prefilled - before == len(splice) + 1
+    # only the spliced tokens went through prefill (the last sampled token was evaluated as it was
+    # handed over)
+    assert seq.n_prefilled - before == len(splice)
     assert_matches_cold(gguf, prompt + first + splice, cont, logits)
 
 
@@ -160,3 +164,27 @@ async def test_agent_episode_on_real_model_runs_forced_call(llama_pair):
     assert t.n_generated > 0
     assert [s.source for s in t.segments[:3]] == ["prompt", "forced", "result"]
     assert len(t.token_ids) == len(t.loss_mask())
+
+
+async def test_llama_cpp_stopping_a_stream_draws_nothing_past_the_stop(llama_pair):
+    # the model thread evaluates ahead of the event loop but samples a token only once the loop has
+    # taken the previous one: a stream stopped after 8 tokens and resumed is the same sampled text as
+    # one uninterrupted stream (temperature 1, same seed), so seeds stay reproducible
+    import contextlib
+
+    warm = llama_pair[0]
+    prompt = warm.encode(warm.chat_prompt(QUESTION), special=True)
+    params = SamplingParams(max_tokens=20, temperature=1.0)
+    whole = [t async for t in warm.stream(warm.new_sequence(7), list(prompt), params)]
+    seq, parts = warm.new_sequence(7), []
+    evaluated = warm.n_evaluated
+    async with contextlib.aclosing(warm.stream(seq, list(prompt), params)) as toks:
+        async for t in toks:
+            parts.append(t)
+            if len(parts) == 8:
+                break
+            await asyncio.sleep(0.05)  # a slow consumer: a thread that ran ahead would sample meanwhile
+    assert len(seq.ids) == len(prompt) + 8
+    assert warm.n_evaluated - evaluated <= len(prompt) + 8  # nothing ran past the stop
+    parts += [t async for t in warm.stream(seq, [], SamplingParams(max_tokens=12, temperature=1.0))]
+    assert parts == whole[: len(parts)] and len(whole) == 20

@@ -16,7 +16,8 @@ import asyncio
 import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ class LlamaCppBackend(Backend):
         if eot >= 0:
             self._eos.add(eot)
         self.n_evaluated = 0  # tokens run through llama_decode, for measurement
+        self.logits_trace: list[np.ndarray] | None = None  # set to [] to record each sampling row
 
     def _make_formatter(self, llama_cpp):  # noqa: ANN001
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -105,16 +107,35 @@ class LlamaCppBackend(Backend):
         ptr = self.llm._ctx.get_logits_ith(-1)
         return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,))
 
-    def _step(self, seq: Sequence, todo: list[int] | None, params: SamplingParams, rng: np.random.Generator) -> int:
-        # runs in a worker thread while stream() holds the model lock: one segment at a time
-        if todo is None:
-            n = self._prefill(seq.ids)
-            seq.n_prefilled += n
-            seq.n_cached += len(seq.ids) - n
-        else:
-            self.llm.eval(todo)
-            self.n_evaluated += len(todo)
-        return sample_token(self._logits(), params, rng)
+    def _segment(self, seq: Sequence, ids: list[int], n: int, params: SamplingParams, rng: np.random.Generator,
+                 put: Callable[[object], None], ack: threading.Semaphore, stop: threading.Event) -> None:
+        """Model thread: prefill, then sample up to ``n`` tokens. Each token is handed over with
+        ``put`` and evaluated at once, while the event loop parses it; the next one is sampled only
+        after the loop acknowledges this one (``ack``), so nothing is sampled past a stop and the RNG
+        draws exactly the tokens the episode keeps. The cache ends holding every handed-over token."""
+        try:
+            done = self._prefill(ids)
+            seq.n_prefilled += done
+            seq.n_cached += len(ids) - done
+            for k in range(n):
+                logits = self._logits()
+                if self.logits_trace is not None:  # tests: the distribution each token came from
+                    self.logits_trace.append(logits.copy())
+                tok = sample_token(logits, params, rng)
+                put(tok)
+                if tok in self._eos:
+                    break
+                self.llm.eval([tok])
+                self.n_evaluated += 1
+                if k == n - 1:
+                    break
+                ack.acquire()
+                if stop.is_set():
+                    break
+        except Exception as e:  # noqa: BLE001 - handed to the event loop, raised there as ModelError
+            put(e)
+        finally:
+            put(None)
 
     async def stream(self, seq: Sequence, append: list[int], params: SamplingParams) -> AsyncIterator[int]:
         seq.ids.extend(append)
@@ -122,18 +143,25 @@ class LlamaCppBackend(Backend):
             raise ModelError(f"context of {len(seq.ids)} tokens exceeds n_ctx={self.context_size}")
         if seq.state is None:
             seq.state = make_rng(seq.seed)
-        rng = seq.state
         loop = asyncio.get_running_loop()
         async with self._lock:
-            todo: list[int] | None = None  # None: prefill from the sequence
-            for _ in range(min(params.max_tokens, self.context_size - len(seq.ids))):
-                tok = await loop.run_in_executor(self._thread, self._step, seq, todo, params, rng)
-                seq.ids.append(tok)
-                seq.n_sampled += 1
-                yield tok
-                if tok in self._eos:
-                    return
-                todo = [tok]
+            queue: asyncio.Queue[object] = asyncio.Queue()
+            ack, stop = threading.Semaphore(0), threading.Event()
+            n = min(params.max_tokens, self.context_size - len(seq.ids))
+            job = loop.run_in_executor(self._thread, self._segment, seq, list(seq.ids), n, params, seq.state,
+                                       lambda x: loop.call_soon_threadsafe(queue.put_nowait, x), ack, stop)
+            try:
+                while (tok := await queue.get()) is not None:
+                    if isinstance(tok, Exception):
+                        raise ModelError(f"llama.cpp failed: {tok}") from tok
+                    seq.ids.append(tok)
+                    seq.n_sampled += 1
+                    yield tok
+                    ack.release()
+            finally:
+                stop.set()
+                ack.release()
+                await asyncio.shield(job)  # the model thread is idle before the lock is released
 
     async def aclose(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
