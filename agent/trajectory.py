@@ -9,12 +9,28 @@ SFT and GRPO train on is derived from the sources here and nowhere else.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Segment", "ToolCall", "Trajectory", "MASKED_SOURCES"]
+__all__ = ["Segment", "ToolCall", "Trajectory", "MASKED_SOURCES", "scrub_surrogates", "describe_error"]
 
 MASKED_SOURCES = frozenset({"prompt", "forced", "result"})
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def scrub_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate (unencodable as UTF-8) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` for any exception, even one whose ``__str__`` raises; UTF-8 safe."""
+    try:
+        msg = str(exc)
+    except Exception:  # noqa: BLE001 - a hostile __str__ must not hide the original failure
+        msg = "<unprintable message>"
+    return scrub_surrogates(f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__)
 
 
 @dataclass
@@ -47,12 +63,18 @@ class Trajectory:
     segments: list[Segment] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     answer: str | None = None
-    stop_reason: str = ""  # "answer" | "eos" | "max_new_tokens" | "max_tool_calls" | "context" | "cancelled"
+    stop_reason: str = ""  # answer | eos | max_new_tokens | max_tool_calls | context | cancelled | error
     model: str = ""
     syntax: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     t_start: float = 0.0
     t_end: float = 0.0
+
+    @classmethod
+    def failed(cls, question: str, exc: BaseException, **meta: Any) -> "Trajectory":
+        """The record of an episode that raised instead of finishing: ``stop_reason="error"`` and the
+        error text in ``meta["error"]``, so a batch keeps one result per question."""
+        return cls(question=question, stop_reason="error", meta={**meta, "error": describe_error(exc)})
 
     # -- views ------------------------------------------------------------------------------
     @property
@@ -105,7 +127,8 @@ class Trajectory:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False)
+        """One JSON line, always UTF-8 encodable (lone surrogates become U+FFFD)."""
+        return scrub_surrogates(json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
