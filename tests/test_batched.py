@@ -206,3 +206,17 @@ async def test_closed_backend_raises(llama):
     with pytest.raises(ModelError):
         async for _ in b.stream(seq, [4], SamplingParams(max_tokens=2)):
             pass
+
+
+async def test_backends_pass_kv_caches_through_the_current_api(llama):
+    """No ``past_key_values`` FutureWarning (the legacy keyword) from either backend's forward."""
+    import warnings
+
+    gpt2 = _tiny_gpt2()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        single = await _single(llama)
+        async with BatchedTransformersBackend(model=gpt2, tokenizer=TOK, max_batch=2, max_len=256) as b:
+            assert not b.lean  # the HF-forward fallback, one DynamicCache per slot
+            got = await asyncio.gather(*[_drive(b, s, seed=i) for i, s in enumerate(SCRIPTS[:2])])
+    assert all(len(ids) > len(SCRIPTS[0][0][0]) for ids, _ in single) and all(toks for _, toks in got)
