@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.backends.base import Backend, SamplingParams, Sequence
+from agent.concurrency import map_bounded
 from agent.config import dump_config
 from agent.errors import ConfigError
 from agent.syntax import (
@@ -29,8 +30,8 @@ from agent.syntax import (
     extract_answer,
     get_syntax,
 )
-from agent.trajectory import Segment, ToolCall, Trajectory
-from tools.base import Tool, ToolCallable, ToolOutput, get_tool, truncate_tokens
+from agent.trajectory import Segment, ToolCall, Trajectory, describe_error, scrub_surrogates
+from tools.base import Tool, ToolCallable, ToolOutput, as_output, check_timeout, get_tool, truncate_tokens
 
 __all__ = ["RuntimeConfig", "Agent", "Conversation", "Event", "TokenEvent", "ToolCallStarted",
            "ToolResultEvent", "DoneEvent", "Detokenizer"]
@@ -76,8 +77,9 @@ class RuntimeConfig:
         for name in ("max_new_tokens", "max_result_tokens", "n_ctx"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
-        if self.max_tool_calls < 0 or self.tool_timeout_s <= 0:
-            raise ConfigError("max_tool_calls must be >= 0 and tool_timeout_s > 0")
+        if self.max_tool_calls < 0:
+            raise ConfigError(f"max_tool_calls must be >= 0 (got {self.max_tool_calls})")
+        check_timeout("tool_timeout_s", self.tool_timeout_s, "--tool-timeout-s 10")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
 
@@ -146,10 +148,20 @@ class Detokenizer:
 
 
 class Agent:
-    """A model with tools. ``async with Agent(...) as agent: traj = await agent.run(q)``."""
+    """A model with tools. ``async with Agent(...) as agent: traj = await agent.run(q)``.
 
-    def __init__(self, model: str | Backend = "default", tools: Iterable[str | Tool] | None = None,
-                 syntax: str | ToolSyntax = "splice", *, config: RuntimeConfig | None = None, **overrides: Any):
+    ``model``, ``tools``, ``syntax`` and keyword overrides replace fields of ``config`` only when given.
+    A backend passed in as ``model`` belongs to the caller: ``aclose`` closes only one the Agent loaded.
+
+    Tool failures of every kind (an exception, even ``SystemExit``/``KeyboardInterrupt`` raised by tool
+    code, a wrong return type, a timeout) become error results. A user's Ctrl-C still stops the
+    program: under ``asyncio.run`` (the CLI, ``run_sync``) it arrives as cancellation, which is never
+    caught. A timeout cancels an async tool; a sync tool's thread cannot be killed and runs on in the
+    tool's own bounded pool of daemon threads (``FunctionTool``), which neither blocks other work nor
+    keeps the process alive."""
+
+    def __init__(self, model: str | Backend | None = None, tools: Iterable[str | Tool] | None = None,
+                 syntax: str | ToolSyntax | None = None, *, config: RuntimeConfig | None = None, **overrides: Any):
         base = config or RuntimeConfig()
         tool_specs = list(tools) if tools is not None else list(base.tools)
         names = [t for t in tool_specs if isinstance(t, str)]
@@ -159,12 +171,13 @@ class Agent:
         if isinstance(syntax, str):
             cfg_over["syntax"] = syntax
         self.config = replace(base, tools=names, **cfg_over)
-        self.syntax = get_syntax(syntax)
+        self.syntax = get_syntax(syntax if syntax is not None else self.config.syntax)
         self.tools: dict[str, Tool] = {}  # tools first: a bad tool name fails before a model loads
         for spec in tool_specs:
             t = get_tool(spec, **(self.config.tool_options(spec) if isinstance(spec, str) else {}))
             self.tools[t.name] = t
         self._stop_pairs = tuple(self.syntax.stop_pairs(self.tools))
+        self._owns_backend = not isinstance(model, Backend)
         self.backend = model if isinstance(model, Backend) else _load_backend(self.config)
         self._episode = 0
 
@@ -178,7 +191,8 @@ class Agent:
     async def aclose(self) -> None:
         for t in self.tools.values():
             await t.aclose()
-        await self.backend.aclose()
+        if self._owns_backend:
+            await self.backend.aclose()
 
     # -- prompt ---------------------------------------------------------------------------------
     def system_prompt(self) -> str:
@@ -196,9 +210,12 @@ class Agent:
         return render("system.j2", tools=docs, identity=self.config.system,
                       answer_open=self.syntax.answer_open, answer_close=self.syntax.answer_close).strip()
 
-    def messages(self, question: str, history: Seq[dict[str, str]] = ()) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.system_prompt()}, *history,
-                {"role": "user", "content": question}]
+    def messages(self, question: str, history: Seq[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+        """The chat: the system prompt (splice's own text: its tags may be special tokens), the
+        history (content never special; ``token_ids`` kept), the question; all UTF-8 safe."""
+        turns = [{**m, "content": scrub_surrogates(m["content"])} for m in history]
+        return [{"role": "system", "content": self.system_prompt(), "special": True}, *turns,
+                {"role": "user", "content": scrub_surrogates(question)}]
 
     def _sampling(self, max_tokens: int, seed: int | None) -> SamplingParams:
         c = self.config
@@ -221,19 +238,25 @@ class Agent:
         return asyncio.run(self.run(question, **kw))
 
     async def run_many(self, questions: Seq[str], concurrency: int = 32) -> list[Trajectory]:
-        sem = asyncio.Semaphore(max(1, concurrency))
-        out: list[Trajectory | None] = [None] * len(questions)
+        """One trajectory per question, in order. An episode that raises is recorded in its own slot
+        (``Trajectory.failed``: ``stop_reason="error"``, the error in ``meta["error"]``) and the others
+        finish; cancellation still cancels them all."""
         first_seed = self.config.seed + self._episode
         self._episode += len(questions)
 
-        async def one(i: int, q: str) -> None:
-            async with sem:
-                out[i] = await self.run(q, seed=first_seed + i)
+        async def one(item: tuple[int, str]) -> Trajectory:
+            return await self.run(item[1], seed=first_seed + item[0])
 
-        async with asyncio.TaskGroup() as tg:
-            for i, q in enumerate(questions):
-                tg.create_task(one(i, q))
-        return [t for t in out if t is not None]
+        out = await map_bounded(one, enumerate(questions), concurrency)
+        return [r if isinstance(r, Trajectory) else self.failed(q, r, first_seed + i)
+                for i, (q, r) in enumerate(zip(questions, out))]
+
+    def failed(self, question: str, exc: BaseException, seed: int | None = None) -> Trajectory:
+        """The record of an episode that raised (logged with its traceback)."""
+        log.warning("episode failed: %s", describe_error(exc), exc_info=exc)
+        traj = Trajectory.failed(question, exc, seed=seed)
+        traj.model, traj.syntax = self.backend.model_id, self.syntax.name
+        return traj
 
     def chat(self, history: Seq[dict[str, str]] = ()) -> "Conversation":
         return Conversation(self, list(history))
@@ -277,8 +300,13 @@ class Conversation:
             yield ev
 
     def _remember(self, message: str, traj: Trajectory) -> None:
+        """The turn as history: the assistant message keeps the exact ids it had (sampled text and
+        escaped results), so the next prompt re-reads nothing a tool printed as a special token."""
+        ids = traj.completion_ids
+        while ids and ids[-1] in self.agent.backend.eos_ids:
+            ids = ids[:-1]
         self.history += [{"role": "user", "content": message},
-                         {"role": "assistant", "content": traj.text.strip()}]
+                         {"role": "assistant", "content": self.agent.backend.decode(ids), "token_ids": ids}]
 
 
 class _Episode:
@@ -310,8 +338,7 @@ class _Episode:
     async def loop(self) -> AsyncIterator[Event]:
         traj = self.traj
         traj.t_start = time.perf_counter()
-        prompt = self.backend.chat_prompt(self.messages)
-        append = self.backend.encode(prompt, special=True)
+        prompt, append = self.backend.encode_chat(self.messages)
         self._add("prompt", prompt, list(append), traj.t_start)
         try:
             if self.prefix:
@@ -429,7 +456,7 @@ class _Episode:
             t0 = time.perf_counter()
             out = await self._call_tool(ev.tool, ev.arg)
             call = ToolCall(ev.tool, ev.arg, out.text, out.error, None, time.perf_counter() - t0, out.meta)
-        call.result = self._truncate(call.result)
+        call.arg, call.result = scrub_surrogates(call.arg), self._truncate(scrub_surrogates(call.result))
         self.traj.tool_calls.append(call)
         t0 = time.perf_counter()
         prefix = ev.close if isinstance(ev, MalformedEvent) else ""
@@ -438,22 +465,33 @@ class _Episode:
         return call, ids
 
     async def _call_tool(self, name: str, arg: str) -> ToolOutput:
+        """The tool's result, or an error result: a crash of any kind, or the timeout (which wins
+        over a result the tool returned after ignoring its cancellation)."""
         tool = self.agent.tools[name]
         timeout = tool.timeout_s or self.cfg.tool_timeout_s
+        limit = asyncio.timeout(timeout)
+        value: Any = None
+        crash: BaseException | None = None
         try:
-            async with asyncio.timeout(timeout):
-                call = self.sessions.get(name)
-                if call is None:
-                    assert self.stack is not None
-                    call = await self.stack.enter_async_context(tool.session())
-                    self.sessions[name] = call
-                return await call(arg)
-        except TimeoutError:
+            async with limit:
+                value = await self._session_call(name, tool, arg)
+        except (Exception, KeyboardInterrupt, SystemExit) as e:  # the runtime never dies because a tool did
+            crash = e
+        if limit.expired():
             return ToolOutput(f"error: {name} timed out after {timeout:g} s", error=True, meta={"timed_out": True})
-        except Exception as e:  # the runtime never dies because a tool did
-            log.warning("tool %s crashed: %r", name, e, exc_info=True)
+        if crash is not None:
+            log.warning("tool %s crashed: %s", name, describe_error(crash), exc_info=crash)
             self.sessions.pop(name, None)
-            return ToolOutput(f"error: {name} failed: {type(e).__name__}: {e}", error=True, meta={"crashed": True})
+            return ToolOutput(f"error: {name} failed: {describe_error(crash)}", error=True, meta={"crashed": True})
+        return as_output(value, name)
+
+    async def _session_call(self, name: str, tool: Tool, arg: str) -> Any:
+        call = self.sessions.get(name)
+        if call is None:
+            assert self.stack is not None
+            call = await self.stack.enter_async_context(tool.session())
+            self.sessions[name] = call
+        return await call(arg)
 
     def _truncate(self, text: str) -> str:
         return truncate_tokens(text, self.backend.encode, self.backend.decode, self.cfg.max_result_tokens)

@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from agent.trajectory import scrub_surrogates
+
 __all__ = [
     "ToolSyntax",
     "PRESETS",
@@ -49,6 +51,9 @@ class ToolSyntax:
     tag_names: dict[str, str] = field(default_factory=dict)
     json_calls: bool = False
     special_tokens: bool = False  # tags are meant to be single special tokens (nanochat style)
+    # a call-shaped tag of a tool that is not enabled is a malformed call (True) or plain text (False:
+    # conventions whose models write other tags or fences as text, e.g. Search-R1's <think>)
+    unknown_calls: bool = True
     description: str = ""
 
     # -- tags -------------------------------------------------------------------------------
@@ -147,6 +152,7 @@ PRESETS: dict[str, ToolSyntax] = {
         result_close="</information>",
         answer_open="<answer>",
         answer_close="</answer>",
+        unknown_calls=False,  # <think>...</think> is the model's reasoning, not a call
         description="Search-R1: <search>q</search>, results in <information>, <answer>a</answer>",
     ),
     "nanochat": ToolSyntax(
@@ -168,6 +174,7 @@ PRESETS: dict[str, ToolSyntax] = {
         result_close="```\n",
         answer_open="\\boxed{",
         answer_close="}",
+        unknown_calls=False,  # ```json, ```text ... fences are text
         description="ToRA fences: ```python ... ``` then ```output ... ```, answer in \\boxed{}",
     ),
     "hermes": ToolSyntax(
@@ -214,7 +221,7 @@ class MalformedEvent:
 
     error: str
     raw: str
-    kind: str  # "unclosed" | "empty" | "unknown_tool" | "nested" | "bad_json"
+    kind: str  # "unclosed" | "empty" | "unknown_tool" | "nested" | "wrong_close" | "bad_json"
     close: str = ""  # text to splice to close the broken call before the result, if any
 
 
@@ -238,7 +245,8 @@ class StreamParser:
         self._opens = self._build_opens()
         self._max_open = max(len(o) for o in self._opens) if self._opens else 1
         self._first_chars = {o[0] for o in self._opens if o} | {syntax.call_open[0]}
-        self._generic = None if syntax.json_calls else syntax._generic_open_re()
+        self._generic = None if syntax.json_calls or not syntax.unknown_calls else syntax._generic_open_re()
+        self._closes = [] if syntax.json_calls else [syntax.close_tag(t) for t in self.tools]
         self.reset()
 
     def _build_opens(self) -> dict[str, str]:
@@ -355,6 +363,13 @@ class StreamParser:
         body_start = len(tag)
         ci = self.buf.find(close, body_start)
         nested = self._nested_open(body_start, ci)
+        wrong = self._wrong_close(body_start, ci, close)
+        if wrong is not None and (nested is None or wrong[0] < nested):
+            pos, bad = wrong
+            raw, self.buf = self.buf[:pos + len(bad)], self.buf[pos + len(bad):]
+            self._terminal(events, MalformedEvent(
+                f"error: {tag.strip()} was closed with {bad}; close it with {close.strip()}", raw, "wrong_close"))
+            return False
         if nested is not None:
             raw = self.buf[:nested]
             self._terminal(events, MalformedEvent(
@@ -387,6 +402,14 @@ class StreamParser:
             hits.append(body.find(self.syntax.call_open))
         return start + min(hits) if hits else None
 
+    def _wrong_close(self, start: int, close_at: int, close: str) -> tuple[int, str] | None:
+        """(position, tag) of another tool's close tag inside the current call body, if any."""
+        if self._inside_tool == "\0answer":
+            return None
+        body = self.buf[start:close_at if close_at >= 0 else len(self.buf)]
+        hits = [(body.find(t), t) for t in self._closes if t != close and t in body]
+        return (start + min(hits)[0], min(hits)[1]) if hits else None
+
     def _complete(self, tool: str | None, body: str, raw: str) -> ParseEvent:
         if tool == "\0answer":
             return AnswerEvent(body.strip(), raw)
@@ -407,6 +430,9 @@ class StreamParser:
             args = obj.get("arguments", {})
             if isinstance(args, str):
                 args = json.loads(args)
+        except RecursionError:
+            return MalformedEvent('error: the tool call JSON is nested too deeply; write {"name": ..., '
+                                  '"arguments": {...}} with a plain string argument', raw, "bad_json")
         except (ValueError, KeyError, TypeError) as e:
             return MalformedEvent(f'error: the tool call is not valid JSON {{"name": ..., "arguments": {{...}}}} '
                                   f"({type(e).__name__}: {e})", raw, "bad_json")
@@ -419,7 +445,7 @@ class StreamParser:
             arg = str(args)
         if not str(arg).strip():
             return MalformedEvent(f'error: empty {name} call; pass {{"{key}": ...}} in "arguments"', raw, "empty")
-        return CallEvent(name, str(arg), raw)
+        return CallEvent(name, scrub_surrogates(str(arg)), raw)  # JSON escapes can spell lone surrogates
 
     def _unknown_msg(self, word: str) -> str:
         avail = ", ".join(self.tools) or "none"

@@ -1,8 +1,14 @@
-"""Terminal rendering of a live episode (rich): model text, tool calls and results set apart."""
+"""Terminal rendering of a live episode (rich): model text, tool calls and results set apart.
+
+Everything shown comes from a model or a tool, so it goes through ``inert`` first: terminal control
+codes (clear screen, window title, OSC 52 clipboard writes, concealed text, C1 controls, bidi
+overrides) are written out as visible escapes instead of reaching the terminal.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 
 from rich.console import Console
@@ -12,7 +18,21 @@ from rich.panel import Panel
 from agent.runtime import DoneEvent, Event, TokenEvent, ToolCallStarted, ToolResultEvent
 from agent.trajectory import Trajectory
 
-__all__ = ["LivePrinter", "read_line"]
+__all__ = ["LivePrinter", "read_line", "inert", "shown"]
+
+# C0 controls but \t and \n, DEL, C1 controls, and the bidi embedding/override/isolate characters
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def inert(text: str) -> str:
+    """``text`` safe to print on a terminal: each control character becomes a visible escape
+    (``\\x1b``, ``\\u202e``); newlines and tabs stay (``\\r\\n`` becomes ``\\n``)."""
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text.replace("\r\n", "\n"))
+
+
+def shown(text: str) -> str:
+    """Model or tool text as rich markup: inert, and rich's own markup escaped."""
+    return escape(inert(text))
 
 
 class LivePrinter:
@@ -28,20 +48,21 @@ class LivePrinter:
             return
         c = self.console
         if isinstance(ev, TokenEvent):
-            c.print(escape(ev.text), end="", style="white", soft_wrap=True)
+            c.print(shown(ev.text), end="", style="white", soft_wrap=True)
         elif isinstance(ev, ToolCallStarted):
             c.print()
-            c.print(Panel(escape(ev.arg), title=f"[bold cyan]{ev.tool}[/] call", border_style="cyan", expand=False))
+            c.print(Panel(shown(ev.arg), title=f"[bold cyan]{shown(ev.tool)}[/] call", border_style="cyan",
+                          expand=False))
         elif isinstance(ev, ToolResultEvent):
             call = ev.call
             style = "red" if call.error else "green"
-            title = f"[bold {style}]{call.tool or 'runtime'}[/] result ({call.duration_s * 1000:.0f} ms)"
-            c.print(Panel(escape(call.result), title=title, border_style=style, expand=False))
+            title = f"[bold {style}]{shown(call.tool or 'runtime')}[/] result ({call.duration_s * 1000:.0f} ms)"
+            c.print(Panel(shown(call.result), title=title, border_style=style, expand=False))
         elif isinstance(ev, DoneEvent):
             t = ev.trajectory
             c.print()
             tagged = t.answer and t.stop_reason == "answer"  # untagged text was already shown as it streamed
-            answer = f"answer: [bold]{escape(' '.join(t.answer.split())[:200])}[/]  " if tagged else ""
+            answer = f"answer: [bold]{shown(' '.join(t.answer.split())[:200])}[/]  " if tagged else ""
             c.print(f"[dim]── {answer}tool calls: {len(t.tool_calls)}  tokens: {t.n_generated}  "
                     f"seconds: {t.seconds:.2f}  stop: {t.stop_reason}[/]")
 

@@ -6,14 +6,24 @@ tools (the Python sandbox) keep variables within an episode and nothing leaks ac
 
 Failures the model caused (bad code, no results, a timeout) come back as ``ToolOutput(error=True)``:
 the model reads them and can recover. Bugs in splice itself raise.
+
+What a timeout can stop: an async tool is cancelled (and its late result, if it ignores that, is
+discarded). What it cannot: a thread. A sync ``@tool`` runs in the tool's own bounded pool of daemon
+threads (``ToolThreads``, not asyncio's default executor, which local search and python share), so a
+call that hangs past its timeout holds one of that tool's threads until it returns, never another
+tool's, and never keeps the process alive at exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import importlib
 import inspect
+import math
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +39,9 @@ __all__ = [
     "available_tools",
     "truncate_middle",
     "truncate_tokens",
+    "as_output",
+    "check_timeout",
+    "ToolThreads",
 ]
 
 
@@ -42,6 +55,65 @@ class ToolOutput:
 
 
 ToolCallable = Callable[[str], Awaitable[ToolOutput]]
+
+
+def as_output(value: Any, name: str) -> ToolOutput:
+    """What a tool returned, as a ToolOutput: a str or bytes (decoded, invalid UTF-8 replaced) is
+    its text; anything else is an error result the model reads."""
+    if isinstance(value, ToolOutput):
+        return value if isinstance(value.text, str) else ToolOutput(str(value.text), value.error, value.meta)
+    if isinstance(value, str):
+        return ToolOutput(value)
+    if isinstance(value, (bytes, bytearray)):
+        return ToolOutput(bytes(value).decode("utf-8", errors="replace"))
+    kind = "no result (None)" if value is None else type(value).__name__
+    return ToolOutput(f"error: tool {name} returned {kind}; it must return a ToolOutput or str", error=True)
+
+
+def check_timeout(name: str, value: float | None, example: str) -> None:
+    """A timeout is a finite number of seconds > 0 (nan and inf would never fire)."""
+    from agent.errors import ConfigError
+
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a finite number of seconds > 0 (got {value!r}); e.g. {example}")
+
+
+class ToolThreads(concurrent.futures.Executor):
+    """At most ``limit`` daemon threads for one tool's sync calls. A call queued when its caller
+    gave up (cancelled future) is skipped; a running one cannot be stopped and keeps its thread
+    until it returns. Threads exit when the queue is empty; daemon threads never block exit."""
+
+    def __init__(self, limit: int = 4, name: str = "tool"):
+        self.limit, self.name = max(1, limit), name
+        self._lock = threading.Lock()
+        self._queue: collections.deque[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple]] = \
+            collections.deque()
+        self._busy = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            self._queue.append((fut, fn, args))
+            if self._busy < self.limit:
+                self._busy += 1
+                threading.Thread(target=self._work, name=f"splice-tool-{self.name}", daemon=True).start()
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._busy -= 1
+                    return
+                fut, fn, args = self._queue.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - SystemExit from tool code included: the caller decides
+                fut.set_exception(e)
 
 
 class Tool:
@@ -74,22 +146,25 @@ class FunctionTool(Tool):
     """A tool made from a plain (sync or async) function ``f(arg: str) -> str``."""
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None, description: str | None = None,
-                 timeout_s: float | None = None):
+                 timeout_s: float | None = None, max_threads: int = 4):
         params = list(inspect.signature(fn).parameters.values())
         if len(params) != 1:
             raise TypeError(f"tool function {fn.__name__} must take exactly one argument, got {len(params)}")
+        check_timeout("timeout_s", timeout_s, "@tool(timeout_s=10)")
         self.fn = fn
         self.name = name or fn.__name__
         self.description = description or inspect.getdoc(fn) or self.name
         self.arg_name = params[0].name
         self.timeout_s = timeout_s
+        self.threads = ToolThreads(max_threads, self.name)  # sync calls: never asyncio's default executor
 
     async def call(self, arg: str) -> ToolOutput:
         if inspect.iscoroutinefunction(self.fn):
             out = await self.fn(arg)
         else:
-            out = await asyncio.to_thread(self.fn, arg)
-        return out if isinstance(out, ToolOutput) else ToolOutput(str(out))
+            out = await asyncio.wrap_future(self.threads.submit(self.fn, arg))
+        plain = isinstance(out, (ToolOutput, str, bytes, bytearray)) or out is None
+        return as_output(out if plain else str(out), self.name)  # a plain function may return a number
 
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, timeout_s: float | None = None):

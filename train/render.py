@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.backends.base import encode_chat
 from agent.syntax import ToolSyntax, get_syntax
 from agent.trajectory import Segment, Trajectory
 from tools.base import truncate_tokens
@@ -95,7 +96,22 @@ class ChatRenderer:
         return self.tok.decode(ids, skip_special_tokens=False)
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
-        msgs = [{"role": m["role"], "content": _plain(m["content"], self.syntax)} for m in messages]
+        return self._template([{"role": m["role"], "content": _plain(m["content"], self.syntax)} for m in messages])
+
+    def chat_ids(self, messages: list[dict[str, Any]], tools: Sequence[str]) -> tuple[str, list[int]]:
+        """The prompt as (text, ids), tokenised as the runtime does (``encode_chat``): template markup
+        and the system prompt may be special tokens, other content never (a tool result in history
+        printing ``<|im_start|>`` stays text); an earlier assistant turn given as parts gets exactly
+        the ids the runtime recorded for it."""
+        msgs = []
+        for m in messages:
+            msg = {"role": m["role"], "content": _plain(m["content"], self.syntax), "special": m["role"] == "system"}
+            if not isinstance(m["content"], str):
+                msg["token_ids"] = self._parts(Trajectory(""), m["content"], tools).token_ids
+            msgs.append(msg)
+        return encode_chat(self._template, self.encode, msgs)
+
+    def _template(self, msgs: list[dict[str, str]]) -> str:
         if getattr(self.tok, "chat_template", None):
             return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
@@ -117,20 +133,24 @@ class ChatRenderer:
     def trajectory(self, example: dict[str, Any]) -> Trajectory:
         """The example as the runtime would record it (plus the end-of-turn token when ``eos``)."""
         tools = example.get("tools", self.tools)
-        prompt = self.chat_prompt(example["messages"][:-1])
+        prompt, ids = self.chat_ids(example["messages"][:-1], tools)
         traj = Trajectory(question=_question(example), answer=example.get("answer"), syntax=self.syntax.name,
                           meta={"id": example.get("id", ""), "family": example.get("family", "")})
-        traj.segments.append(Segment("prompt", prompt, self.encode(prompt, special=True)))
+        traj.segments.append(Segment("prompt", prompt, ids))
+        return self._parts(traj, final_parts(example), tools, end=self._eot)
+
+    def _parts(self, traj: Trajectory, parts: Sequence[dict[str, Any]], tools: Sequence[str],
+               end: list[int] | None = None) -> Trajectory:
+        """Append an assistant turn's parts as model and result segments."""
         model_text = ""
-        for part in final_parts(example):
-            kind = part["type"]
-            if kind == "result":
+        for part in parts:
+            if part["type"] == "result":
                 self._add_model(traj, model_text)
                 model_text = ""
                 self._add_result(traj, part["text"], tools)
             else:
                 model_text += self.part_text(part)
-        self._add_model(traj, model_text, end=self._eot)
+        self._add_model(traj, model_text, end=end)
         return traj
 
     def part_text(self, part: dict[str, Any]) -> str:

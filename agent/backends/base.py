@@ -10,11 +10,17 @@ the iterator (``contextlib.aclosing``); the next ``stream`` call resumes on the 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Backend", "Sequence", "SamplingParams", "common_prefix"]
+__all__ = ["Backend", "Sequence", "SamplingParams", "common_prefix", "encode_chat"]
+
+log = logging.getLogger("splice.backends")
+_MARK = "\ue000{}\ue001"  # private-use characters: a placeholder for message i in a rendered template
+_MARK_RE = re.compile("\ue000(\\d+)\ue001")
 
 
 @dataclass
@@ -73,6 +79,11 @@ class Backend(abc.ABC):
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """The model's chat template applied to ``messages``, ending with the assistant turn start."""
 
+    def encode_chat(self, messages: list[dict[str, Any]]) -> tuple[str, list[int]]:
+        """The chat prompt as (text, ids): template markup as special tokens, message content never
+        (``encode_chat``)."""
+        return encode_chat(self.chat_prompt, self.encode, messages)
+
     @property
     @abc.abstractmethod
     def eos_ids(self) -> set[int]: ...
@@ -106,3 +117,36 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def encode_chat(render: Callable[[list[dict[str, str]]], str], encode: Callable[..., list[int]],
+                messages: list[dict[str, Any]]) -> tuple[str, list[int]]:
+    """Apply a chat template and tokenise it so that only the template's own markup can become
+    special tokens: message content (tool output in history, user text) is encoded with
+    ``special=False``, so a result printing ``<|im_start|>system`` stays text. A message may carry
+    ``token_ids`` (the exact ids of an earlier turn), used as they are; ``special: True`` marks
+    content splice rendered itself (the system prompt), whose tags may be special tokens.
+
+    The template is rendered once with a placeholder per message to find where content goes. A
+    template that rewrites content (so the pieces do not add up to the real rendering) falls back
+    to tokenising the whole prompt with special tokens, with a warning."""
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text = render(plain)
+    skeleton = render([{"role": m["role"], "content": _MARK.format(i)} for i, m in enumerate(messages)])
+    parts = _MARK_RE.split(skeleton)  # markup, index, markup, index, ..., markup
+    order = [int(i) for i in parts[1::2]]
+    if order != sorted(set(order)) or "".join(
+            p if k % 2 == 0 else messages[int(p)]["content"] for k, p in enumerate(parts)) != text:
+        log.warning("the chat template rewrites message content; tokenising the prompt with special tokens")
+        return text, encode(text, special=True)
+    ids: list[int] = []
+    for k, p in enumerate(parts):
+        if k % 2 == 0:
+            ids += encode(p, special=True) if p else []
+            continue
+        m = messages[int(p)]
+        if m.get("token_ids") is not None:
+            ids += list(m["token_ids"])
+        elif m["content"]:
+            ids += encode(m["content"], special=bool(m.get("special")))
+    return text, ids

@@ -1,10 +1,16 @@
 """A scripted fake model for unit tests of the loop: it "samples" pre-written text one character at a
-time. Token id = Unicode code point; id 0 is EOS. Not a model: never the only test of a feature."""
+time. Token id = Unicode code point; id 0 is EOS. Not a model: never the only test of a feature.
+
+With ``tokenizer=`` (anything with ``encode``/``decode``/``chat_prompt``/``eos_ids``, e.g. the GGUF
+vocabulary ``agent.backends.openai.GGUFVocab``) ids, special tokens and the chat template are the real
+model's, and each turn's text is "sampled" as that tokenizer's ids: for tests where token identity
+matters."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from agent.backends.base import Backend, SamplingParams, Sequence
 
@@ -20,27 +26,41 @@ class ScriptedBackend(Backend):
     name = "scripted"
 
     def __init__(self, script: list[str] | Callable[[str], str], token_delay_s: float = 0.0,
-                 context_size: int = 100_000):
+                 context_size: int = 100_000, tokenizer: Any = None):
         self.script = script
+        self.tokenizer = tokenizer
         self.token_delay_s = token_delay_s
         self.context_size = context_size
         self.model_id = "scripted"
         self.prompts: list[str] = []  # every rendered chat prompt, for assertions
 
     def encode(self, text: str, *, special: bool = False) -> list[int]:
+        if self.tokenizer is not None:
+            return self.tokenizer.encode(text, special=special)
         return [ord(c) for c in text]
 
     def decode(self, ids: list[int]) -> str:
+        if self.tokenizer is not None:
+            return self.tokenizer.decode(ids)
         return "".join(chr(i) for i in ids if i != EOS)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        text = "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages) + "<|assistant|>"
+        if self.tokenizer is not None:
+            return self.tokenizer.chat_prompt(messages)
+        return "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages) + "<|assistant|>"
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> tuple[str, list[int]]:
+        text, ids = super().encode_chat(messages)
         self.prompts.append(text)
-        return text
+        return text, ids
 
     @property
     def eos_ids(self) -> set[int]:
-        return {EOS}
+        return set(self.tokenizer.eos_ids) if self.tokenizer is not None else {EOS}
+
+    @property
+    def _eos(self) -> int:
+        return min(self.eos_ids)
 
     def _next_text(self, seq: Sequence) -> tuple[str, bool]:
         turn = seq.state or 0
@@ -56,7 +76,7 @@ class ScriptedBackend(Backend):
         seq.ids.extend(append)
         seq.n_prefilled += len(append)
         text, last = self._next_text(seq)
-        ids = [ord(c) for c in text] + ([EOS] if last else [])
+        ids = self.encode(text) + ([self._eos] if last else [])
         for tok in ids[: params.max_tokens]:
             if self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)

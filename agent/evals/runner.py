@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.backends.base import Backend
+from agent.concurrency import map_bounded
 from agent.config import dump_config
 from agent.errors import ConfigError, DataError
 from agent.evals import metrics
@@ -187,19 +188,26 @@ def score_episode(job: Job, traj: Trajectory) -> dict[str, Any]:
 # -- running -------------------------------------------------------------------------------------------
 async def _run_jobs(cfg: EvalConfig, agents: dict[str, Agent], jobs: list[Job], path: Path,
                     on_record: Callable[[dict[str, Any]], None]) -> None:
-    sem = asyncio.Semaphore(cfg.concurrency)
+    """Run every job, appending its record as it finishes. An episode that raises is recorded as an
+    error (``stop_reason="error"``, ``error``: the message; scored as wrong) and the others finish.
+    A failure outside the episodes (writing the file) is raised once every job is done."""
 
     async def one(job: Job) -> None:
-        async with sem:
-            traj = await agents[job.mode].run(job.example.question, seed=job.seed)
+        agent = agents[job.mode]
+        try:
+            traj = await agent.run(job.example.question, seed=job.seed)
+        except Exception as exc:  # noqa: BLE001 - one bad episode must not lose the run
+            traj = agent.failed(job.example.question, exc, job.seed)
         rec = score_episode(job, traj)
+        if "error" in traj.meta:
+            rec["error"] = traj.meta["error"]
         with path.open("a", encoding="utf-8") as f:  # one write + flush per finished episode
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         on_record(rec)
 
-    async with asyncio.TaskGroup() as tg:
-        for job in jobs:
-            tg.create_task(one(job))
+    errors = [r for r in await map_bounded(one, jobs, cfg.concurrency) if isinstance(r, Exception)]
+    if errors:
+        raise errors[0]
 
 
 async def _open_agents(cfg: EvalConfig, runtime: RuntimeConfig, backend: Backend | None,
