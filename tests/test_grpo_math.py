@@ -7,6 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from agent import Agent
+from agent.backends.scripted import ScriptedBackend
 from agent.errors import ConfigError
 from agent.trajectory import Segment, ToolCall, Trajectory
 from train.grpo import GRPOConfig, group_advantages, grpo_loss, logprobs_from_logits
@@ -18,7 +20,7 @@ from train.rewards import (
     tool_bonus_reward,
     tool_cost_reward,
 )
-from train.rollout import pack
+from train.rollout import pack, rollout_groups
 
 
 # -- advantages ------------------------------------------------------------------------------------
@@ -179,3 +181,81 @@ def test_config_validation_says_how_to_fix():
         GRPOConfig(rewards="accuracy,typo")
     assert GRPOConfig(steps=500, reward_model="rm").total_steps == 50
     assert GRPOConfig(tools="python,search").tools == ["python", "search"]
+
+
+# -- rollouts: one crash does not lose the batch -------------------------------------------------------
+class CrashOnBoom(ScriptedBackend):
+    """The scripted model, with a backend bug on one prompt: streaming for it raises."""
+
+    async def stream(self, seq, append, params):
+        if "boom" in self.decode(seq.ids + list(append)):
+            raise RuntimeError("backend bug on this prompt")
+        async for tok in super().stream(seq, append, params):
+            yield tok
+
+
+async def test_rollout_records_a_crashed_episode_and_finishes_the_rest(caplog):
+    backend = CrashOnBoom(lambda context: "<answer_start>4<answer_end>")
+    tasks = [("What is 2+2?", "4"), ("boom", "4"), ("And 1+3?", "4")]
+    async with Agent(backend, tools=[], max_new_tokens=32) as agent:
+        with caplog.at_level("WARNING", logger="splice.rollout"):
+            episodes = await rollout_groups(agent, tasks, group_size=2, seed=0, concurrency=4)
+    assert [(e.prompt_index, e.sample) for e in episodes] == [(i, g) for i in range(3) for g in range(2)]
+    assert [e.failed for e in episodes] == [False, False, True, True, False, False]
+    for e in episodes:
+        if e.failed:
+            assert "backend bug on this prompt" in e.error and e.void and e.trajectory.stop_reason == "error"
+            assert pack([e.trajectory], pad_id=0).loss_mask.numel() == 0  # nothing to train on
+        else:
+            assert e.trajectory.answer == "4" and not e.void
+    assert sum("backend bug on this prompt" in m for m in caplog.messages) == 2
+
+
+def test_failed_episodes_are_left_out_of_their_groups_baseline():
+    # group 0: one failed (its reward, 0, must not pull the mean down); group 1 intact
+    adv = group_advantages([1, 1, 0, 0, 1, 0], 3, eps=0.0, valid=[True, True, False, True, True, True])
+    assert adv[:3].tolist() == [0.0, 0.0, 0.0]  # the two that ran agree: no signal, failed gets 0
+    same = group_advantages([0, 1, 0], 3, eps=0.0)
+    assert adv[3:].tolist() == pytest.approx(same.tolist())
+    adv = group_advantages([1, 0, 5, 0], 4, eps=0.0, valid=[True, True, False, True])
+    # the three that ran: mean 1/3, unbiased std sqrt(((2/3)^2 + 2 * (1/3)^2) / 2) = 0.57735
+    assert adv.tolist() == pytest.approx([1.1547005, -0.5773503, 0.0, -0.5773503], abs=1e-6)
+
+
+# -- answer rewards score the model's own final answer, as evals do ----------------------------------
+async def _episode_text(turns: list[str]) -> Trajectory:
+    from tools.base import FunctionTool, ToolOutput
+
+    python = FunctionTool(lambda code: ToolOutput("42\n"), name="python")  # prints the right number
+    async with Agent(ScriptedBackend(turns), tools=[python], max_new_tokens=200) as agent:
+        return await agent.run("What is 6*7?")
+
+
+async def test_tool_output_with_the_right_number_but_no_answer_scores_zero():
+    from train.rewards import accuracy_reward, exact_match_reward, f1_reward, final_answer
+
+    silent = await _episode_text(["<code_start>print(6*7)<code_end>", ""])  # never answers
+    answered = await _episode_text(["<code_start>print(6*7)<code_end>", "<answer_start>42<answer_end>"])
+    wrong = await _episode_text(["<code_start>print(6*7)<code_end>", "<answer_start>41<answer_end>"])
+    trajs = [silent, answered, wrong]
+    assert "42" in silent.text and silent.tool_calls[0].result.strip() == "42"
+    assert [final_answer(t.text, t) for t in trajs] == [None, "42", "41"]
+    texts, golds = [t.text for t in trajs], ["42"] * 3
+    for fn in (accuracy_reward, exact_match_reward, f1_reward):
+        assert fn(texts, golds, trajectories=trajs) == [0.0, 1.0, 0.0], fn.__name__
+    total, _ = score(parse_rewards("accuracy:1,format:0.2"), texts, golds, trajectories=trajs)
+    assert total == pytest.approx([0.0, 1.2, 0.2])  # never answering is worth less than a wrong answer
+    # the evals' own judgement of the same episodes (what `agent eval` reports)
+    from agent.evals.metrics import is_correct
+
+    assert [float(is_correct(t.answer, "42")) for t in trajs] == [0.0, 1.0, 0.0]
+
+
+def test_text_completions_count_only_answer_tags():
+    from train.rewards import accuracy_reward
+
+    texts = ["<code_start>print(6*7)<code_end><result_start>\n42\n<result_end>\n",  # tool output only
+             "thinking... <answer_start>42<answer_end>", "42"]
+    assert accuracy_reward(texts, ["42"] * 3) == [0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="2 completions but 1 answers"):
+        accuracy_reward(texts[:2], ["42"])

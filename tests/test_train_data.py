@@ -197,3 +197,19 @@ def test_musique_hops_become_single_fact_questions(tmp_path):
     cfg = ProbeConfig(multihop=str(tmp_path), search=False, n=10, multihop_holdout=0.0)
     pairs = sorted(qa_pairs(cfg), key=lambda p: p.id)
     assert [(p.question, p.answer) for p in pairs] == [("Who founded X?", "A"), ("Where was A born?", "B")]
+
+
+async def test_a_plan_whose_tool_crashes_is_dropped_and_the_rest_are_kept(tools, caplog):
+    def python(code: str) -> ToolOutput:
+        if "666" in code:
+            raise RuntimeError("tool bug on this one")  # a bug, not an error result: it raises
+        return _py(code)
+
+    crashing = {**tools, "python": FunctionTool(python, name="python")}
+    plans = [Plan(f"p{n}", "arith", f"What is {n} + 1?", [call("python", f"print({n} + 1)"), answer("{r}")],
+                  str(n + 1)) for n in (5, 666, 7)]
+    with caplog.at_level("WARNING", logger="splice.train.data"):
+        rows = await synthesize(plans, crashing, "splice", concurrency=3)
+    assert [r["id"] for r in rows] == ["p5", "p7"]
+    assert [r["messages"][-1]["content"][-1]["text"] for r in rows] == ["6", "8"]
+    assert any("p666" in m and "tool bug on this one" in m for m in caplog.messages)

@@ -9,14 +9,15 @@ Families: ``arith``/``count``/``compare``/``length``/``reverse`` (the eval task 
 seeds), ``gsm8k`` (its ``<<expr=value>>`` annotations become a Python program), ``multihop``
 (HotpotQA/MuSiQue questions become search calls over a local index of their passages), ``plain``
 (questions answered without a tool) and ``identity``. Output: JSONL, one chat per line, deterministic
-by seed (``Plan.id`` order, never completion order).
+by seed (``Plan.id`` order, never completion order). A plan whose execution raises (a tool bug) is
+dropped with a warning naming it; the other plans finish (``agent.concurrency.map_bounded``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
+import logging
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.concurrency import map_bounded
 from agent.errors import ConfigError, DataError
 from agent.evals.data import write_jsonl
 from tools.base import Tool
@@ -31,6 +33,8 @@ from tools.base import Tool
 __all__ = ["DataConfig", "Plan", "execute", "synthesize", "build_plans", "system_prompt", "write_jsonl",
            "read_jsonl", "arith_plans", "gsm8k_plan", "musique_plan", "hotpot_plan", "plain_plans",
            "text", "call", "answer", "TASK_FAMILIES"]
+
+log = logging.getLogger("splice.train.data")
 
 TASK_FAMILIES = ("arith", "count", "compare", "length", "reverse")
 
@@ -400,19 +404,15 @@ async def synthesize(plans: Sequence[Plan], tools: Mapping[str, Tool], syntax: s
     for p in plans:
         if p.tools not in prompts:
             prompts[p.tools] = system_prompt([tools[t] for t in p.tools if t in tools], syntax)
-    sem = asyncio.Semaphore(concurrency)
-    out: list[dict[str, Any] | None] = [None] * len(plans)
-
-    async def one(i: int, plan: Plan) -> None:
-        async with sem:
-            out[i] = await execute(plan, tools, prompts[plan.tools])
-
-    async with asyncio.TaskGroup() as tg:
-        for i, plan in enumerate(plans):
-            tg.create_task(one(i, plan))
+    out = await map_bounded(lambda plan: execute(plan, tools, prompts[plan.tools]), plans, concurrency)
+    failed = [(p, r) for p, r in zip(plans, out) if isinstance(r, Exception)]
+    for plan, exc in failed:
+        log.warning("plan %s failed and was dropped: %s: %s", plan.id, type(exc).__name__, exc)
+    if failed:
+        log.warning("%d of %d plans failed (tool errors that raised); the rest were kept", len(failed), len(plans))
     kept, count = [], dict.fromkeys((p.family for p in plans), 0)
     for ex in out:
-        if ex is not None and (limits is None or count[ex["family"]] < limits.get(ex["family"], 1 << 30)):
+        if isinstance(ex, dict) and (limits is None or count[ex["family"]] < limits.get(ex["family"], 1 << 30)):
             count[ex["family"]] += 1
             kept.append(ex)
     return kept

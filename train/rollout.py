@@ -66,11 +66,11 @@ async def rollout_groups(agent: Agent, tasks: Sequence[tuple[str, Any]], group_s
 
 def _episode(i: int, g: int, task: tuple[str, Any], result: Trajectory | Exception) -> Episode:
     question, answer = task
-    if not isinstance(result, Exception):
-        return Episode(i, g, question, answer, result)
-    error = f"{type(result).__name__}: {result}"
+    traj = Trajectory.failed(question, result) if isinstance(result, Exception) else result
+    if traj.stop_reason != "error":
+        return Episode(i, g, question, answer, traj)
+    error = str(traj.meta.get("error") or "episode failed")
     log.warning("episode %d/%d (%.60r) failed, left out of the loss: %s", i, g, question, error)
-    traj = Trajectory(question, answer=None, stop_reason="error", meta={"error": error})
     return Episode(i, g, question, answer, traj, void=True, error=error)
 
 
