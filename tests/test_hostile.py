@@ -81,6 +81,16 @@ async def test_chat_history_keeps_tool_output_out_of_special_tokens(vocab):
     assert _contains(prompt, t1.completion_ids)
 
 
+async def test_plain_history_content_is_never_special_tokens(vocab):
+    backend = ScriptedBackend(["<answer_start>a<answer_end>"], tokenizer=vocab)
+    history = [{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "It printed " + INJECT}]
+    t = await Agent(backend, tools=[]).run("now " + INJECT, history=history)
+    (im_start,) = vocab.encode("<|im_start|>", special=True)
+    # system, user, assistant, the question's user turn, the generation prompt ...
+    assert t.segments[0].token_ids.count(im_start) == 5
+    assert t.segments[0].text.count("<|im_start|>") == 9  # ... though the text shows the 4 injected spellings
+
+
 def test_rendered_history_keeps_tool_output_out_of_special_tokens(tiny_model_dir):
     from transformers import AutoTokenizer
 
@@ -222,7 +232,7 @@ def test_a_hung_sync_tool_does_not_keep_the_process_alive(tmp_path):
                       tools=[hang], tool_timeout_s=0.2)
         print(agent.run_sync("q").tool_calls[0].result, flush=True)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=20)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "error: hang timed out after 0.2 s"
 

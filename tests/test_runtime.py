@@ -123,8 +123,11 @@ async def test_malformed_calls_get_error_results():
 async def test_unclosed_call_at_eos_is_closed_and_reported():
     t = await agent_with(["<echo_start>abc"], [echo]).run("q")
     (c,) = t.tool_calls
-    assert c.malformed == "unclosed"
-    assert "<echo_end>" in t.segments[-1].text or t.stop_reason == "eos"
+    assert c.malformed == "unclosed" and "end it with <echo_end>" in c.result
+    assert [s.source for s in t.segments] == ["prompt", "model", "result", "model"]
+    result = t.segments[2]
+    assert result.text.startswith("<echo_end>\n<result_start>")  # the runtime closes the call, then reports
+    assert t.stop_reason == "eos"
 
 
 async def test_max_tool_calls():
