@@ -395,6 +395,7 @@ class GRPOTrainer:
                         save_checkpoint(self.out, step, self.model, self.optimizer, self.cfg)
             finally:
                 runner.run(agent.aclose())
+                runner.run(agent.backend.aclose())  # the Agent closes only a backend it loaded itself
         self.save_final()
         return rows
 
