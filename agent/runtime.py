@@ -175,6 +175,7 @@ class Agent:
         self.tools: dict[str, Tool] = {}  # tools first: a bad tool name fails before a model loads
         for spec in tool_specs:
             t = get_tool(spec, **(self.config.tool_options(spec) if isinstance(spec, str) else {}))
+            check_timeout(f"tool {t.name!r} timeout_s", t.timeout_s, "timeout_s = 10.0 on the Tool")
             self.tools[t.name] = t
         self._stop_pairs = tuple(self.syntax.stop_pairs(self.tools))
         self._owns_backend = not isinstance(model, Backend)

@@ -186,6 +186,8 @@ def test_tool_timeout_must_be_finite_and_positive(bad):
         RuntimeConfig(tool_timeout_s=bad)
     with pytest.raises(ConfigError, match="timeout_s"):
         FunctionTool(lambda text: text, name="t", timeout_s=bad)
+    with pytest.raises(ConfigError, match="tool 't' timeout_s must be a finite number"):
+        Agent(ScriptedBackend([]), tools=[type("T", (Fixed,), {"timeout_s": bad})("t")])
 
 
 async def test_a_result_after_the_timeout_loses_to_the_timeout():
