@@ -93,7 +93,7 @@ def read_csv(path):
 
 
 def test_grpo_steps_with_real_tool_calls(tiny_model_dir, tmp_path):
-    cfg = config(tmp_path)
+    cfg = config(tmp_path, clip_eps=0.02)
     t = trainer(cfg, tiny_model_dir)
     base_before = {n: p.detach().clone() for n, p in t.model.named_parameters() if not p.requires_grad}
     lora_before = {n: p.detach().clone() for n, p in t.model.named_parameters() if p.requires_grad}
@@ -106,7 +106,8 @@ def test_grpo_steps_with_real_tool_calls(tiny_model_dir, tmp_path):
         assert r["reward_mean"] == pytest.approx(0.7) and r["zero_std_groups"] == 0.0
         assert r["void_frac"] == 0.0 and r["response_len"] > FREE_TOKENS
     assert rows[0]["kl"] > 0  # the second epoch already moved away from the reference (adapter off)
-    assert 0.0 <= rows[0]["clip_frac"] <= 1.0
+    # epoch 1 samples its own weights (ratio exactly 1: never clipped); epoch 2's ratio leaves [0.98, 1.02]
+    assert all(0.0 < r["clip_frac"] <= 0.5 for r in rows)
 
     out = tmp_path / "run"
     episodes = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
