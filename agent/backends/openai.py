@@ -150,7 +150,7 @@ def text_prompt(tok: LocalTokenizer, ids: list[int]) -> str:
     """``ids`` as text for a server that parses special tokens in string prompts: each special id is
     written out, and a special-token spelling inside ordinary text gets a zero-width space after its
     first character, so the server re-reads exactly the control tokens the runtime chose."""
-    special = tok.special_tokens()
+    special = tok.special_tokens() if hasattr(tok, "special_tokens") else {}  # a minimal custom tokenizer
     spellings = sorted({t for t in special.values() if len(t) > 1}, key=len, reverse=True)
     parts: list[str] = []
     run: list[int] = []
