@@ -104,7 +104,7 @@ async def test_majority_vote_pass_at_k_and_accuracy_by_samples(tmp_path):
     assert len(seeds) == 6
 
 
-async def test_a_cancelled_run_resumes_without_duplicates(tmp_path, calc_tool):
+async def test_a_cancelled_run_resumes_without_duplicates(tmp_path, calc_tool, caplog):
     data = write_times_data(tmp_path / "times.jsonl", 8)
     cfg = EvalConfig(data=str(data), out=str(tmp_path / "run"), modes=["none", "calc"], concurrency=2)
     episodes = tmp_path / "run" / "episodes.jsonl"
@@ -119,7 +119,9 @@ async def test_a_cancelled_run_resumes_without_duplicates(tmp_path, calc_tool):
     with episodes.open("a") as f:
         f.write('{"id": "q7", "mode": "calc", "sam')  # a run killed mid-write
     second = ScriptedBackend(times_script)
-    summary = await evaluate(cfg, backend=second)
+    with caplog.at_level("INFO", logger="splice.evals"):
+        summary = await evaluate(cfg, backend=second)
+    assert f"resumed from {episodes}: {len(first)} of 16" in caplog.text  # shown by `agent -v eval`
     recs = lines(episodes)
     keys = [(r["id"], r["mode"], r["sample"]) for r in recs]
     assert len(keys) == len(set(keys)) == 16

@@ -238,6 +238,8 @@ async def evaluate(cfg: EvalConfig, backend: Backend | None = None, progress: Pr
     wanted = {(ex.id, m, s) for ex in examples for m in cfg.modes for s in range(cfg.samples)}
     done = {(r["id"], r["mode"], r["sample"]) for r in load_episodes(path)} & wanted
     jobs = plan_jobs(cfg, examples, done)
+    if done:
+        log.info("resumed from %s: %d of %d episodes already done", path, len(done), len(wanted))
     count = {"done": len(done)}
     if progress:
         progress(len(done), len(wanted), None)
