@@ -154,13 +154,17 @@ def _cmd_chat(ns: argparse.Namespace) -> int:
 
 async def _chat(ns: argparse.Namespace) -> int:
     from agent.runtime import Agent
-    from agent.ui import LivePrinter, read_line
+    from agent.ui import LivePrinter, NotUTF8, read_line
 
     cfg = _config(ns)
     async with Agent(cfg.model, tools=cfg.tools, syntax=cfg.syntax, config=cfg) as agent:
         conv = agent.chat()
         while True:
-            line = await read_line("you> ")
+            try:
+                line = await read_line("you> ")
+            except NotUTF8 as e:
+                print(f"agent: {e}", file=sys.stderr)
+                continue
             if line is None:
                 return 0
             if not line.strip():

@@ -67,8 +67,13 @@ class LivePrinter:
                     f"seconds: {t.seconds:.2f}  stop: {t.stop_reason}[/]")
 
 
+class NotUTF8(ValueError):
+    """A line of input that is not valid UTF-8 (the REPL says so and reads the next line)."""
+
+
 async def read_line(prompt: str) -> str | None:
-    """input() without blocking the event loop; None at end of input."""
+    """input() without blocking the event loop; None at end of input; ``NotUTF8`` for a line that
+    cannot be decoded (the line is consumed, nothing else is lost)."""
     def _read() -> str | None:
         try:
             return input(prompt)
@@ -76,6 +81,11 @@ async def read_line(prompt: str) -> str | None:
             return None
 
     if not sys.stdin.isatty():
-        line = await asyncio.to_thread(sys.stdin.readline)
-        return line.rstrip("\n") if line else None
+        raw = await asyncio.to_thread(sys.stdin.buffer.readline)
+        if not raw:
+            return None
+        try:
+            return raw.decode("utf-8").rstrip("\n")
+        except UnicodeDecodeError as e:
+            raise NotUTF8(f"that line is not valid UTF-8 (byte {e.start}); nothing was sent") from None
     return await asyncio.to_thread(_read)

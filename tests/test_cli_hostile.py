@@ -138,3 +138,16 @@ def test_eval_null_answer_is_an_error_naming_the_line(capsys, tmp_path):
     data.write_text('{"question": "q1", "answer": "a"}\n\n{"question": "q2", "answer": null}\n')
     err = one_line_error(capsys, ["eval", str(data), "--out", str(tmp_path / "run"), *NO_MODEL])
     assert f"{data}:3: 'answer' is null" in err
+
+
+def test_chat_skips_a_non_utf8_line_and_goes_on(tmp_path):
+    # stdin is not a tty: the REPL reads bytes; a bad line is reported and the next one still runs
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "chat", "--tools", "none", "--max-new-tokens", "4",
+                           "--json"], input=b"bad \xff line\nHi\n", capture_output=True, cwd=tmp_path, env=env,
+                          timeout=300)
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 0 and "Traceback" not in err, err
+    assert "that line is not valid UTF-8 (byte 4)" in err
+    turns = [json.loads(line) for line in done.stdout.decode().splitlines() if line.startswith("{")]
+    assert [t["question"] for t in turns] == ["Hi"]
