@@ -47,6 +47,11 @@ def _run(trainer: SFTTrainer) -> dict:
 def _worker(model_dir: str, out: str) -> None:  # runs in each DDP process
     from pathlib import Path
 
+    from accelerate.state import AcceleratorState, GradientState
+
+    # a forked child inherits accelerate's process-wide singletons from earlier tests in the parent
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     trainer = SFTTrainer(config(model_dir, Path(out) / "ddp", grad_accum=1), uneven_rows())
     rank = trainer.accel.process_index
     got = _run(trainer)
