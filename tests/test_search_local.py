@@ -257,3 +257,57 @@ def test_non_utf8_corpus_names_the_file_and_line(tmp_path):
     (tmp_path / "bad.json").write_bytes(b'[{"title": "b", "text": "caf\xe9"}]')
     with pytest.raises(DataError, match=r"bad.json: not UTF-8"):
         build_index([tmp_path / "bad.json"], tmp_path / "i.db", progress=False)
+
+
+ANIMALS = ["otter", "heron", "badger", "falcon", "beaver", "lynx", "marten", "osprey", "weasel", "stoat",
+           "puffin", "curlew", "plover", "bittern", "kestrel", "merlin", "shrew", "vole", "newt", "toad"]
+COLOURS = ["red", "blue", "green", "amber", "grey", "white", "black", "brown", "golden", "silver"]
+
+
+def colour_corpus() -> list[dict]:
+    """20 passages per animal; of an animal's passages only one (at position 10 to 19, past the
+    first ``rerank`` by rowid) names both of its two colours, so 'animal colour colour' has one
+    answer that the colours, common words here, decide, and exact BM25 ranks it first."""
+    rng = random.Random(3)
+    docs = []
+    for a, animal in enumerate(ANIMALS):
+        pair = {COLOURS[a % 10], COLOURS[(a * 3 + 1) % 10]}
+        for j in range(20):
+            colours = list(pair) if j == 10 + a % 10 else [*rng.sample(sorted(pair), 1),
+                                                           *rng.sample(sorted(set(COLOURS) - pair), 2)]
+            text = (f"The {animal} was seen near the {rng.choice(WORDS)} in the morning. "
+                    f"It is {' and '.join(colours)}, and it is {rng.choice(['small', 'shy', 'quick'])}. "
+                    + " ".join(rng.choice(WORDS) for _ in range(rng.randrange(5, 15))))
+            docs.append({"title": f"Field note {a * 20 + j}", "text": text})
+    return docs
+
+
+@pytest.mark.parametrize("options", [{"common_df_ratio": 0.1, "common_df_min": 0, "rerank": 5}, {}],
+                         ids=["colours-common", "default"])
+def test_fast_path_ranks_like_exact_bm25(tmp_path, options):
+    """Candidate selection must find exact BM25's top passage even when the rare word alone (the
+    animal) ties 20 passages and the common words (colours) decide: top-1 agrees with FTS5's
+    ``ORDER BY rank`` for every animal, and that top-1 is the planted passage."""
+    src = tmp_path / "notes.jsonl"
+    src.write_text("\n".join(json.dumps(d) for d in colour_corpus()))
+    build_index([src], tmp_path / "i.db", progress=False)
+    fast, exact = LocalIndex(tmp_path / "i.db", **options), LocalIndex(tmp_path / "i.db", prune=False)
+    for a, animal in enumerate(ANIMALS):
+        q = f"the {animal} is {COLOURS[a % 10]} and {COLOURS[(a * 3 + 1) % 10]}"
+        want = exact.search(q, 1)[0]
+        assert want.title == f"Field note {a * 20 + 10 + a % 10}"  # unambiguous answer
+        assert fast.search(q, 3)[0] == want, q
+
+
+def test_common_term_bitsets_stay_within_their_memory_budget(tmp_path):
+    """With no room for bitsets, each common term's is read again when needed and only the last
+    one is kept; ranking is unchanged."""
+    src = tmp_path / "notes.jsonl"
+    src.write_text("\n".join(json.dumps(d) for d in colour_corpus()))
+    build_index([src], tmp_path / "i.db", progress=False)
+    roomy = LocalIndex(tmp_path / "i.db", common_df_ratio=0.1, common_df_min=0, rerank=5)
+    tight = LocalIndex(tmp_path / "i.db", common_df_ratio=0.1, common_df_min=0, rerank=5, common_cache_mb=0)
+    for a, animal in enumerate(ANIMALS[:5]):
+        q = f"the {animal} is {COLOURS[a % 10]} and {COLOURS[(a * 3 + 1) % 10]}"
+        assert tight.search(q, 3) == roomy.search(q, 3)
+    assert len(tight._bits) == 1 and len(roomy._bits) > 5
