@@ -288,9 +288,9 @@ class LocalIndex:
         if not rare:
             rowids = self._rowids(match_expression(terms, "AND"), self.rerank * 10)
             if len(rowids) < k:
-                rowids += self._rowids(match_expression(terms[:1]), self.rerank * 10)
-            return self._fetch(list(dict.fromkeys(rowids)))
-        postings = [np.array(self._rowids(match_expression([t]), df[t]), dtype=np.int64) for t in rare]
+                rowids = np.concatenate([rowids, self._rowids(match_expression(terms[:1]), self.rerank * 10)])
+            return self._fetch(np.unique(rowids).tolist())
+        postings = [self._rowids(match_expression([t]), df[t]) for t in rare]
         ids, where = np.unique(np.concatenate(postings), return_inverse=True)
         weight = np.bincount(where, np.repeat([self._idf(df[t]) for t in rare], [len(p) for p in postings]))
         for t in terms[len(rare):]:
@@ -303,8 +303,8 @@ class LocalIndex:
         read once from its postings and kept up to ``common_cache_mb``)."""
         bits = self._bits.pop(term, None)
         if bits is None:
-            rows = np.array(self._rowids(match_expression([term]), self.n_passages), dtype=np.int64)
-            bits = np.zeros(max(self._max_rowid, *rows[-1:]) // 8 + 1, dtype=np.uint8)
+            rows = self._rowids(match_expression([term]), self.n_passages)
+            bits = np.zeros(max(self._max_rowid, rows.max(initial=0)) // 8 + 1, dtype=np.uint8)
             np.bitwise_or.at(bits, rows >> 3, (1 << (rows & 7)).astype(np.uint8))
             while self._bits and (len(self._bits) + 1) * bits.nbytes > self._bits_budget:
                 del self._bits[next(iter(self._bits))]  # least recently used first
@@ -312,9 +312,13 @@ class LocalIndex:
         byte = np.minimum(ids >> 3, len(bits) - 1)  # rows added since this handle opened: clipped
         return (bits[byte] >> (ids & 7).astype(np.uint8)) & 1
 
-    def _rowids(self, match: str, limit: int) -> list[int]:
-        sql = "SELECT rowid FROM passages WHERE passages MATCH ? LIMIT ?"
-        return [r for r, in self._db.execute(sql, (match, limit))]
+    def _rowids(self, match: str, limit: int) -> np.ndarray:
+        """Rowids of up to ``limit`` passages matching, unranked (joined in SQLite and parsed by
+        numpy: half the time of a Python loop over the rows)."""
+        sql = ("SELECT group_concat(rowid, ' ') FROM (SELECT rowid FROM passages WHERE passages MATCH ? "
+               "LIMIT ?)")
+        joined = self._db.execute(sql, (match, limit)).fetchone()[0] or ""
+        return np.fromstring(joined, dtype=np.int64, sep=" ")
 
     def _fetch(self, rowids: list[int]) -> list[tuple[str, str, str]]:
         sql = (f"SELECT c.c0, c.c1, d.source FROM passages_content AS c JOIN docs AS d ON d.id = c.c2 "
