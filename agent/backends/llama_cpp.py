@@ -1,9 +1,19 @@
 """llama.cpp backend (GGUF via llama-cpp-python).
 
-One ``Llama`` holds one KV cache. A stream call takes the model lock for its whole segment, keeps
-the longest common prefix of what the cache holds and the sequence's ids, and evaluates only the
-rest, so a continuation after a splice prefills just the spliced tokens. Episodes that interleave
-(one waits on a tool while another generates) each pay for the suffix that differs.
+With ``n_seq=1`` (the default) one ``Llama`` holds one KV cache. A stream call takes the model lock
+for its whole segment, keeps the longest common prefix of what the cache holds and the sequence's
+ids, and evaluates only the rest, so a continuation after a splice prefills just the spliced tokens.
+Episodes that interleave (one waits on a tool while another generates) each pay for the suffix that
+differs.
+
+With ``n_seq > 1`` the context holds ``n_seq`` KV sequences (llama.cpp ``n_seq_max``, one stream
+each: ``kv_unified`` off, so every sequence has its own ``n_ctx`` cells and the total is ``n_ctx *
+n_seq``). A scheduler task (``_MultiSeq``, the design of ``batched.py``) gives each episode a
+sequence id and runs one ``llama_decode`` per step over a batch that holds one token of every
+decoding episode plus chunks of the prefilling ones, each token tagged with its episode's
+``seq_id``. An episode whose stream closes (it wrote a tool call) leaves the batch and keeps its
+sequence; when it streams again only the splice is prefilled. Design notes and numbers:
+docs/speed.md.
 
 One thread owns the ``Llama`` for its whole life (load, every prefill and decode step, close). ggml's
 CPU thread team belongs to the thread that first ran it; calls from changing worker threads (what
@@ -13,12 +23,17 @@ CPU thread team belongs to the thread that first ran it; calls from changing wor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
+import logging
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,29 +43,43 @@ from agent.errors import ModelError, ModelNotFound, require
 
 __all__ = ["LlamaCppBackend"]
 
+log = logging.getLogger("splice.backends.llama_cpp")
+N_BATCH = 512  # tokens per llama_decode call (prefill chunks and decode tokens together)
+
 
 class LlamaCppBackend(Backend):
     name = "llama_cpp"
 
     def __init__(self, path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
-                 adapter: str | Path | None = None, verbose: bool = False):
+                 adapter: str | Path | None = None, verbose: bool = False, n_seq: int = 1):
+        """``n_seq > 1``: that many episodes decode together, each with its own ``n_ctx`` tokens
+        of KV (``n_ctx * n_seq`` in all); ``n_seq == 1``: one cache shared in turn (module doc)."""
         llama_cpp = require("llama_cpp", "llama")
         path = Path(path)
         if not path.is_file():
             raise ModelNotFound(f"GGUF file not found: {path}")
+        if not 1 <= n_seq <= llama_cpp.llama_max_parallel_sequences():
+            raise ValueError(f"n_seq must be in [1, {llama_cpp.llama_max_parallel_sequences()}] (got {n_seq})")
+        self.n_seq = n_seq
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="splice-llama")  # the model's one thread
         try:
             self.llm = self._thread.submit(
-                llama_cpp.Llama, model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
-                n_batch=512, verbose=verbose, lora_path=str(adapter) if adapter else None,
+                llama_cpp.Llama, model_path=str(path), n_ctx=n_ctx if n_seq == 1 else 64,  # n_seq > 1: own context
+                n_threads=n_threads or os.cpu_count(), n_batch=N_BATCH, verbose=verbose,
+                lora_path=str(adapter) if adapter else None,
                 flash_attn=True,  # faster decode on CPU; numerics stay batch-shape-dependent (ARCHITECTURE.md)
             ).result()
+            self._multi_ctx = None if n_seq == 1 else self._thread.submit(self._new_context, n_ctx, verbose).result()
         except (ValueError, RuntimeError) as e:
+            llm = getattr(self, "llm", None)
+            if llm is not None:
+                self._thread.submit(llm.close).result()
             self._thread.shutdown()
             raise ModelError(f"llama.cpp could not load {path}: {e}") from e
         self.model_id = path.name + (f"+{Path(adapter).name}" if adapter else "")
-        self.context_size = self.llm.n_ctx()
+        self.context_size = self.llm.n_ctx() if n_seq == 1 else self._multi_ctx.n_ctx_seq
         self._lock = asyncio.Lock()
+        self._sched: _MultiSeq | None = None
         self._n_vocab = self.llm.n_vocab()
         self._formatter = self._make_formatter(llama_cpp)
         self._eos = {self.llm.token_eos()}
@@ -59,6 +88,11 @@ class LlamaCppBackend(Backend):
             self._eos.add(eot)
         self.n_evaluated = 0  # tokens run through llama_decode, for measurement
         self.logits_trace: list[np.ndarray] | None = None  # set to [] to record each sampling row
+        # n_seq > 1, tests: set to {} to record, per sequence (``id(seq)``), the row of each token
+        self.seq_traces: dict[int, list[np.ndarray]] | None = None
+
+    def _new_context(self, n_ctx: int, verbose: bool) -> "_MultiContext":
+        return _MultiContext(self.llm, n_ctx, self.n_seq, verbose)
 
     def _make_formatter(self, llama_cpp):  # noqa: ANN001
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -141,6 +175,12 @@ class LlamaCppBackend(Backend):
         seq.ids.extend(append)
         if len(seq.ids) >= self.context_size:
             raise ModelError(f"context of {len(seq.ids)} tokens exceeds n_ctx={self.context_size}")
+        inner = self._stream_one(seq, params) if self.n_seq == 1 else self._stream_multi(seq, params)
+        async with contextlib.aclosing(inner) as toks:
+            async for tok in toks:
+                yield tok
+
+    async def _stream_one(self, seq: Sequence, params: SamplingParams) -> AsyncIterator[int]:
         if seq.state is None:
             seq.state = make_rng(seq.seed)
         loop = asyncio.get_running_loop()
@@ -163,8 +203,323 @@ class LlamaCppBackend(Backend):
                 ack.release()
                 await asyncio.shield(job)  # the model thread is idle before the lock is released
 
+    # -- n_seq > 1: one decode loop for every running episode ---------------------------------------
+    def _scheduler(self) -> "_MultiSeq":
+        loop = asyncio.get_running_loop()
+        s = self._sched
+        if s is not None and s.loop is loop and not s.task.done():
+            return s
+        if s is not None and s.loop is not loop and s.loop.is_running():
+            raise ModelError("a multi-sequence llama.cpp backend serves one event loop at a time")
+        if self.llm is None:
+            raise ModelError("the llama.cpp backend is closed")
+        self._sched = _MultiSeq(self)
+        return self._sched
+
+    async def _stream_multi(self, seq: Sequence, params: SamplingParams) -> AsyncIterator[int]:
+        sched = self._scheduler()
+        st = seq.state
+        if not isinstance(st, _SeqState) or st.owner is not sched:
+            key = seq.seed if seq.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+            st = seq.state = _SeqState(owner=sched, key=key)
+        traces = self.seq_traces
+        req = _Req(seq, params, st, trace=None if traces is None else traces.setdefault(id(seq), []))
+        sched.submit(req)
+        try:
+            while (item := await req.out.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise ModelError(f"llama.cpp failed: {type(item).__name__}: {item}") from item
+                seq.ids.append(item)
+                seq.n_sampled += 1
+                yield item
+        finally:
+            sched.close(req)
+
+    async def release(self, seq: Sequence) -> None:
+        st, seq.state = seq.state, None
+        s = self._sched
+        if isinstance(st, _SeqState) and s is not None and st.owner is s and not s.task.done():
+            s.release(st)
+
     async def aclose(self) -> None:
+        s, self._sched = self._sched, None
+        if s is not None and s.loop is asyncio.get_running_loop():
+            await s.stop()
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             await asyncio.get_running_loop().run_in_executor(self._thread, llm.close)
             self._thread.shutdown()
+
+
+class _MultiContext:
+    """A llama.cpp context with ``n_seq`` KV sequences of ``n_ctx`` cells each, on the model of
+    ``llm`` (and its LoRA), plus the one batch every step fills. Model thread only."""
+
+    def __init__(self, llm: Any, n_ctx: int, n_seq: int, verbose: bool):
+        import llama_cpp
+        from llama_cpp import _internals
+
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * n_seq, n_seq, False
+        params.n_batch = params.n_ubatch = N_BATCH
+        self.lib = llama_cpp
+        self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=verbose)  # closed with the model
+        if llm._lora_adapter is not None:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(llm._lora_adapter)
+            if llama_cpp.llama_set_adapters_lora(self.ctx.ctx, adapters, 1, (ctypes.c_float * 1)(llm.lora_scale)):
+                raise RuntimeError("could not set the LoRA adapter on the multi-sequence context")
+        self.batch = _internals.LlamaBatch(n_tokens=N_BATCH, embd=0, n_seq_max=1, verbose=verbose)
+        llm._stack.callback(self.batch.close)
+        self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(self.ctx.ctx))
+        self.n_vocab = llm.n_vocab()
+
+    def cut(self, slot: int, keep: int) -> None:
+        """Drop sequence ``slot``'s KV from position ``keep`` on."""
+        self.lib.llama_memory_seq_rm(self.ctx.memory, slot, keep, -1)
+
+    def decode(self, entries: list[tuple[int, list[int], int, bool]]) -> list[int]:
+        """One ``llama_decode`` over (slot, tokens, first position, want logits) entries; returns the
+        batch index of each wanted logits row."""
+        b, n, rows = self.batch.batch, 0, []
+        for slot, toks, start, want in entries:
+            for i, t in enumerate(toks):
+                b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = t, start + i, 1, False
+                b.seq_id[n][0] = slot
+                n += 1
+            if want:
+                b.logits[n - 1] = True
+                rows.append(n - 1)
+        b.n_tokens = n
+        rc = self.lib.llama_decode(self.ctx.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}" + (" (no KV cells left)" if rc == 1 else ""))
+        return rows
+
+    def logits(self, row: int) -> np.ndarray:
+        ptr = self.lib.llama_get_logits_ith(self.ctx.ctx, row)
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
+
+
+@dataclass(eq=False)
+class _SeqState:
+    owner: object  # the scheduler that gave out ``slot``
+    key: int  # sampling key: the token at index i is drawn from rng(key, i)
+    slot: int | None = None  # the llama.cpp seq_id
+    cached: list[int] = field(default_factory=list)  # ids the slot's KV holds, in order
+    used: int = 0  # scheduler step of the last use, to evict the idle slot used longest ago
+
+
+@dataclass(eq=False)
+class _Req:
+    """One ``stream`` call: tokens go to ``out`` (ints, then None; or an exception)."""
+
+    seq: Sequence
+    params: SamplingParams
+    st: _SeqState
+    trace: list[np.ndarray] | None = None
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)
+    todo: list[int] = field(default_factory=list)  # ids still to prefill
+    tok: int | None = None  # decoding: the sampled token to feed next step
+    cut: int | None = None  # KV to drop from this position before the next decode
+    left: int = 0  # tokens still to sample
+    closed: bool = False
+
+
+def _rng(key: int, index: int) -> np.random.Generator:
+    """The generator for the token at ``index``: counter-based, so a token sampled past a closed
+    stream (and discarded) never shifts later draws."""
+    return np.random.default_rng([key, index])
+
+
+class _MultiSeq:
+    """The sequences and the one decode loop of a ``n_seq > 1`` backend, bound to one event loop.
+    Each step feeds every decoding episode's last token and then prefill chunks, up to N_BATCH
+    tokens, through one ``llama_decode`` on the model thread."""
+
+    def __init__(self, backend: LlamaCppBackend):
+        self.b, self.mc = backend, backend._multi_ctx
+        self.loop = asyncio.get_running_loop()
+        self.wake = asyncio.Event()
+        self.incoming: deque[_Req] = deque()  # not yet planned (some wait for a sequence)
+        self.running: list[_Req] = []  # prefilling (todo) or decoding (tok), in arrival order
+        self.closing: list[_Req] = []
+        self.releasing: list[_SeqState] = []
+        self.slots: list[_SeqState | None] = [None] * backend.n_seq
+        self.kept: list[list[int]] = [[] for _ in self.slots]  # what a free slot's KV still holds
+        self.fresh = True  # a new scheduler: every slot's KV may hold an earlier loop's tokens
+        self.stopping = False
+        self.error: BaseException | None = None
+        self.steps = 0
+        self.task = self.loop.create_task(self._run(), name="splice-llama-decode")
+
+    # -- called from stream/release (event loop) -------------------------------------------------
+    def submit(self, req: _Req) -> None:
+        if self.error is not None or self.stopping:
+            req.out.put_nowait(self.error or ModelError("the llama.cpp backend is closed"))
+            return
+        self.incoming.append(req)
+        self.wake.set()
+
+    def close(self, req: _Req) -> None:
+        req.closed = True
+        self.closing.append(req)
+        self.wake.set()
+
+    def release(self, st: _SeqState) -> None:
+        self.releasing.append(st)
+        self.wake.set()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        try:
+            await self.task
+        except Exception as e:  # already handed to every waiting stream
+            log.debug("decode loop had failed: %r", e)
+        self._fail(list(self.incoming) + self.running, ModelError("the llama.cpp backend was closed while generating"))
+
+    # -- the loop ----------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while not self.stopping:
+                self._reap()
+                self._admit()
+                if self.running:
+                    await self._step()
+                else:
+                    self.wake.clear()
+                    await self.wake.wait()
+        except BaseException as e:
+            self.error = e
+            self._fail(list(self.incoming) + self.running, e)
+            raise
+
+    def _fail(self, reqs: list[_Req], e: BaseException) -> None:
+        for r in reqs:
+            r.out.put_nowait(e)
+            if r in self.running:
+                self.running.remove(r)
+            r.st.cached = []  # the KV of a failed step is unknown: the next stream re-prefills all
+        self.incoming = deque(r for r in self.incoming if r not in reqs)
+
+    def _reap(self) -> None:
+        """Drop closed requests from the batch; free the slots of released sequences."""
+        for r in self.closing:
+            if r in self.running:
+                self.running.remove(r)
+            if r in self.incoming:
+                self.incoming.remove(r)
+        self.closing.clear()
+        busy = {r.st.slot for r in self.running}
+        for st in self.releasing:
+            if st.slot is not None and st.slot not in busy:  # released mid-stream: keep it (misuse)
+                self.slots[st.slot], self.kept[st.slot] = None, st.cached
+                st.slot, st.cached = None, []
+        self.releasing.clear()
+
+    def _admit(self) -> None:
+        waiting: deque[_Req] = deque()
+        for r in self.incoming:
+            if r.st.slot is None and not self._take_slot(r.st):
+                waiting.append(r)
+                continue
+            self._plan(r)
+        self.incoming = waiting
+
+    def _take_slot(self, st: _SeqState) -> bool:
+        """A free sequence id, else the one of the idle episode (waiting on a tool, or never
+        released) that ran longest ago; that episode re-prefills when it streams again. The new
+        episode starts from what the slot's KV holds, so a shared prompt prefix is not prefilled
+        again."""
+        busy = {r.st.slot for r in self.running}
+        free = [i for i, o in enumerate(self.slots) if o is None]
+        idle = sorted((o.used, i) for i, o in enumerate(self.slots) if o is not None and i not in busy)
+        if not free and not idle:
+            return False
+        slot = free[0] if free else idle[0][1]
+        old = self.slots[slot]
+        held = self.kept[slot] if old is None else old.cached
+        if old is not None:
+            old.slot, old.cached = None, []
+        self.slots[slot], self.kept[slot], st.slot, st.cached = st, [], slot, held
+        return True
+
+    def _plan(self, r: _Req) -> None:
+        """Keep the cached prefix the sequence still shares; prefill the rest."""
+        ids = r.seq.ids
+        r.left = min(r.params.max_tokens, self.b.context_size - len(ids))
+        if r.left <= 0 or not ids:
+            r.out.put_nowait(None)
+            return
+        keep = min(common_prefix(r.st.cached, ids), len(ids) - 1)
+        del r.st.cached[keep:]
+        r.todo, r.cut, r.st.used = ids[keep:], keep, self.steps
+        r.seq.n_cached += keep
+        r.seq.n_prefilled += len(r.todo)
+        self.running.append(r)
+
+    def _emit(self, r: _Req, tok: int) -> bool:
+        """Hand a sampled token to the stream; False when the request is finished."""
+        r.out.put_nowait(tok)
+        r.left -= 1
+        if tok in self.b.eos_ids or r.left <= 0:
+            r.out.put_nowait(None)
+            return False
+        return True
+
+    def _batch(self) -> list[tuple[_Req, list[int], bool]]:
+        """This step's (request, tokens, want logits): decode tokens first, then prefill chunks."""
+        plan = [(r, [r.tok], True) for r in self.running if r.tok is not None]
+        room = N_BATCH - len(plan)
+        for r in self.running:
+            if r.todo and room > 0:
+                chunk = r.todo[:room]
+                plan.append((r, chunk, len(chunk) == len(r.todo)))
+                room -= len(chunk)
+        return sorted(plan, key=lambda e: e[0].st.slot)  # llama.cpp splits a batch whose seq ids are out of order
+
+    async def _step(self) -> None:
+        plan = self._batch()
+        cuts = [(r.st.slot, r.cut) for r, _, _ in plan if r.cut is not None]
+        if self.fresh:
+            cuts, self.fresh = [(s, 0) for s in range(len(self.slots))] + cuts, False
+        for r, _, _ in plan:
+            r.cut = None
+        try:
+            new = await self.loop.run_in_executor(self.b._thread, self._step_job, cuts, plan)
+        except Exception as e:  # noqa: BLE001 - this step's episodes get the error; the loop goes on
+            self._fail([r for r, _, _ in plan], e)
+            return
+        self.steps += 1
+        for (r, toks, _), tok in zip(plan, new):
+            r.st.cached.extend(toks)
+            r.st.used = self.steps
+            if r.tok is not None:  # a decode row: its token is in the KV now
+                r.tok = None
+            else:
+                r.todo = r.todo[len(toks):]
+            if tok is None:
+                continue
+            if r.closed or not self._emit(r, tok):
+                if r in self.running:
+                    self.running.remove(r)
+            else:
+                r.tok = tok
+
+    def _step_job(self, cuts: list[tuple[int, int]], plan: list[tuple[_Req, list[int], bool]]) -> list[int | None]:
+        """Model thread: drop stale KV, run the batch, sample one token per finished row."""
+        mc = self.mc
+        for slot, keep in cuts:
+            mc.cut(slot, keep)
+        rows = iter(mc.decode([(r.st.slot, toks, len(r.st.cached), want) for r, toks, want in plan]))
+        self.b.n_evaluated += sum(len(toks) for _, toks, _ in plan)
+        out: list[int | None] = []
+        for r, toks, want in plan:
+            if not want:
+                out.append(None)
+                continue
+            logits = mc.logits(next(rows))
+            if r.trace is not None:
+                r.trace.append(logits.copy())
+            out.append(sample_token(logits, r.params, _rng(r.st.key, len(r.st.cached) + len(toks))))
+        return out
