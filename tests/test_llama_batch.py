@@ -1,0 +1,137 @@
+"""The llama.cpp backend with ``n_seq > 1``: concurrent episodes decode in one ``llama_decode`` per
+step, each on its own KV sequence, on the real SmolLM2 GGUF.
+
+llama.cpp logits depend on batch shape (ARCHITECTURE.md), so token-for-token equality with a
+single-episode run is not promised; what is asserted is the teacher-forced tolerance of
+``test_backends_real.assert_matches_cold`` for every sampled token of every batched episode, plus the
+exact bookkeeping: which ids sit where in each sequence, what was prefilled, and that an episode
+waiting on a slow tool leaves the batch to the others.
+"""
+
+import asyncio
+import time
+
+import pytest
+
+from agent.backends import SamplingParams, default_model_path
+from agent.errors import ModelError
+from test_backends_real import SPLICE, assert_matches_cold
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = ["Tell me about Paris.", "List five animals of Africa.", "Write a haiku about rivers.",
+             "What is the capital of Japan?"]
+
+
+@pytest.fixture(scope="module")
+def gguf():
+    return default_model_path()
+
+
+@pytest.fixture
+async def multi(gguf):
+    from agent.backends.llama_cpp import LlamaCppBackend
+
+    b = LlamaCppBackend(gguf, n_ctx=512, n_seq=4)
+    b.seq_traces = {}
+    yield b
+    await b.aclose()
+
+
+def prompt_ids(backend, question: str) -> list[int]:
+    return backend.encode(backend.chat_prompt([{"role": "user", "content": question}]), special=True)
+
+
+async def take(backend, seq, append: list[int], n: int) -> list[int]:
+    return [t async for t in backend.stream(seq, append, SamplingParams(max_tokens=n))]
+
+
+async def spliced_episode(backend, question: str, wait_s: float = 0.0) -> dict:
+    """Generate, wait (a tool), splice, continue: what the runtime does with one tool call."""
+    prompt, seq = prompt_ids(backend, question), backend.new_sequence()
+    first = await take(backend, seq, prompt, 10)
+    await asyncio.sleep(wait_s)
+    splice = backend.encode(SPLICE)
+    before = seq.n_prefilled
+    cont = await take(backend, seq, splice, 16)
+    return {"seq": seq, "prompt": prompt, "first": first, "splice": splice, "cont": cont,
+            "splice_prefilled": seq.n_prefilled - before}
+
+
+async def test_batched_episodes_match_cold_runs_teacher_forced(multi, gguf):
+    eps = await asyncio.gather(*[spliced_episode(multi, q) for q in QUESTIONS])
+    for e in eps:
+        seq, trace = e["seq"], multi.seq_traces[id(e["seq"])]
+        # exactly the ids of this episode, in order: prompt, sampled, spliced, sampled
+        assert seq.ids == e["prompt"] + e["first"] + e["splice"] + e["cont"]
+        assert seq.n_sampled == len(e["first"]) + len(e["cont"]) == len(trace)
+        # the resume prefilled the splice and the last sampled token (never fed: max_tokens ended it)
+        assert e["splice_prefilled"] == len(e["splice"]) + 1
+        assert_matches_cold(gguf, e["prompt"], e["first"], trace[:len(e["first"])])
+        assert_matches_cold(gguf, e["prompt"] + e["first"] + e["splice"], e["cont"], trace[len(e["first"]):])
+
+
+async def test_one_decode_step_serves_every_running_episode(multi):
+    seqs = [multi.new_sequence() for _ in QUESTIONS]
+    outs = await asyncio.gather(*[take(multi, s, prompt_ids(multi, q), 24) for s, q in zip(seqs, QUESTIONS)])
+    n_tokens = sum(map(len, outs))
+    assert min(map(len, outs)) >= 5
+    # batched: about max(len) steps, never one step per token
+    assert multi._sched.steps <= max(map(len, outs)) + 1 < n_tokens
+
+
+async def test_an_episode_waiting_on_a_slow_tool_does_not_delay_the_others(multi, gguf):
+    t0 = time.perf_counter()
+    slow = asyncio.create_task(spliced_episode(multi, QUESTIONS[0], wait_s=4.0))
+    others = await asyncio.gather(*[spliced_episode(multi, q) for q in QUESTIONS[1:]])
+    assert time.perf_counter() - t0 < 3.5  # finished while the slow episode still waits
+    assert not slow.done()
+    e = await slow
+    # the slow episode rejoined on its own sequence: only its splice (and last token) was prefilled
+    assert e["splice_prefilled"] == len(e["splice"]) + 1
+    trace = multi.seq_traces[id(e["seq"])]
+    assert_matches_cold(gguf, e["prompt"] + e["first"] + e["splice"], e["cont"], trace[len(e["first"]):])
+    assert all(o["cont"] for o in others)
+
+
+async def test_more_sequences_than_slots_evict_the_idle_one(gguf):
+    from agent.backends.llama_cpp import LlamaCppBackend
+
+    b = LlamaCppBackend(gguf, n_ctx=512, n_seq=2)
+    b.seq_traces = {}
+    try:
+        seqs = [b.new_sequence() for _ in range(3)]
+        prompts = [prompt_ids(b, q) for q in QUESTIONS[:3]]
+        firsts = [await take(b, s, p, 8) for s, p in zip(seqs, prompts)]  # never released: the third evicts one
+        splice = b.encode(SPLICE)
+        cont = await take(b, seqs[0], splice, 12)  # seqs[0] was evicted: it re-prefills its whole context
+        assert seqs[0].ids == prompts[0] + firsts[0] + splice + cont
+        trace = b.seq_traces[id(seqs[0])]
+        assert_matches_cold(gguf, prompts[0] + firsts[0] + splice, cont, trace[len(firsts[0]):])
+    finally:
+        await b.aclose()
+
+
+async def test_a_released_slot_keeps_the_shared_prompt_prefix(multi):
+    a = multi.new_sequence()
+    await take(multi, a, prompt_ids(multi, QUESTIONS[0]), 4)
+    await multi.release(a)
+    b = multi.new_sequence()
+    pb = prompt_ids(multi, QUESTIONS[1])
+    await take(multi, b, pb, 4)
+    shared = next(i for i, (x, y) in enumerate(zip(prompt_ids(multi, QUESTIONS[0]), pb)) if x != y)
+    assert b.n_cached == shared and b.n_prefilled == len(pb) - shared
+
+
+async def test_context_overflow_is_a_model_error_and_the_batch_goes_on(multi):
+    long_seq, ok = multi.new_sequence(), multi.new_sequence()
+    with pytest.raises(ModelError, match="exceeds n_ctx=512"):
+        await take(multi, long_seq, [42] * 600, 4)
+    assert len(await take(multi, ok, prompt_ids(multi, QUESTIONS[0]), 4)) == 4
+
+
+def test_n_seq_out_of_range_is_a_clear_error(gguf):
+    from agent.backends.llama_cpp import LlamaCppBackend
+
+    with pytest.raises(ValueError, match="n_seq must be in"):
+        LlamaCppBackend(gguf, n_seq=0)
