@@ -13,9 +13,11 @@ import time
 
 import pytest
 
-from agent.backends import SamplingParams, default_model_path
+from agent import Agent
+from agent.backends import SamplingParams, common_prefix, default_model_path
 from agent.errors import ModelError
 from test_backends_real import SPLICE, assert_matches_cold
+from tools import tool
 
 pytestmark = pytest.mark.slow
 
@@ -76,8 +78,9 @@ async def test_one_decode_step_serves_every_running_episode(multi):
     outs = await asyncio.gather(*[take(multi, s, prompt_ids(multi, q), 24) for s, q in zip(seqs, QUESTIONS)])
     n_tokens = sum(map(len, outs))
     assert min(map(len, outs)) >= 5
-    # batched: about max(len) steps, never one step per token
-    assert multi._sched.steps <= max(map(len, outs)) + 1 < n_tokens
+    # batched: one step per prompt (prefills go one at a time) plus one per token of the longest
+    # episode, never one step per token
+    assert multi._sched.steps <= max(map(len, outs)) + len(QUESTIONS) < n_tokens
 
 
 async def test_an_episode_waiting_on_a_slow_tool_does_not_delay_the_others(multi, gguf):
@@ -135,3 +138,50 @@ def test_n_seq_out_of_range_is_a_clear_error(gguf):
 
     with pytest.raises(ValueError, match="n_seq must be in"):
         LlamaCppBackend(gguf, n_seq=0)
+
+
+@tool(name="add")
+async def slow_add(expr: str) -> str:
+    """Adds numbers; 1+1 takes 3 s (a slow tool)."""
+    if expr == "1+1":
+        await asyncio.sleep(3.0)
+    return str(sum(int(x) for x in expr.split("+")))
+
+
+async def agent_runs(gguf, n_seq: int) -> tuple[list, list[float]]:
+    from agent.backends.llama_cpp import LlamaCppBackend
+
+    async with LlamaCppBackend(gguf, n_ctx=1024, n_seq=n_seq) as backend:
+        agent = Agent(backend, tools=[slow_add], max_new_tokens=12)
+        t0, done = time.perf_counter(), [0.0] * 4
+
+        async def one(i: int):
+            t = await agent.run(f"What is {i + 1}+{i + 1}?", seed=i, prefix=f"<add_start>{i + 1}+{i + 1}<add_end>")
+            done[i] = time.perf_counter() - t0
+            return t
+
+        return await asyncio.gather(*[one(i) for i in range(4)]), done
+
+
+async def test_agent_episodes_splice_the_same_tokens_batched_or_not(gguf):
+    batched, done = await agent_runs(gguf, 4)
+    single, _ = await agent_runs(gguf, 1)
+    for b, s in zip(batched, single):
+        assert [x.source for x in b.segments[:3]] == ["prompt", "forced", "result"]
+        # the same prompt, forced call and spliced result ids, with mask 0; every sampled token mask 1
+        assert [(x.source, x.token_ids) for x in b.segments[:3]] == [(x.source, x.token_ids) for x in s.segments[:3]]
+        assert b.loss_mask() == [int(x.source == "model") for x in b.segments for _ in x.token_ids]
+        assert b.n_generated > 0
+    assert max(done[1:]) < 2.5 < done[0]  # the episode on the slow tool held up no other
+
+
+async def test_episodes_arriving_together_share_the_prompt_prefix(multi, gguf):
+    seqs, prompts = [multi.new_sequence() for _ in range(3)], [prompt_ids(multi, q) for q in QUESTIONS[:3]]
+    outs = await asyncio.gather(*[take(multi, s, p, 12) for s, p in zip(seqs, prompts)])
+    shared = common_prefix(prompts[0], prompts[1])
+    assert shared > 10
+    assert seqs[0].n_prefilled == len(prompts[0])  # the first pays for the system prompt once
+    for s, p in zip(seqs[1:], prompts[1:]):
+        assert s.n_cached == shared and s.n_prefilled == len(p) - shared
+    for s, p, o in zip(seqs, prompts, outs):  # the shared cells are the right KV
+        assert_matches_cold(gguf, p, o, multi.seq_traces[id(s)])
