@@ -4,7 +4,7 @@ episode) vs ``--concurrency 1`` on the single-sequence backend, in one run, and 
 give the same answer (llama.cpp numerics depend on batch shape, so greedy text may flip at a
 near-tie; ARCHITECTURE.md). Goal (speed issue): >= 1.8x.
 
-    python benchmarks/bench_llama_batch.py [--limit 64] [--concurrency 8] [--max-new-tokens 64]
+    python benchmarks/bench_llama_batch.py [--limit 64] [--concurrency 8] [--max-new-tokens 64] [--reps 1]
 
 The same as ``agent eval gen:arith,count --limit 64 --tools none --max-new-tokens 64
 --concurrency N`` on the default model, with the backend built here (``load_backend`` does not
@@ -56,10 +56,14 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--n-ctx", type=int, default=2048, help="context per episode")
+    ap.add_argument("--reps", type=int, default=1, help="alternated runs of each; the best rate is kept")
     a = ap.parse_args()
+    q1 = qn = 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        q1, p1 = run(Path(tmp) / "c1", a.limit, 1, a.max_new_tokens, a.n_ctx)
-        qn, pn = run(Path(tmp) / f"c{a.concurrency}", a.limit, a.concurrency, a.max_new_tokens, a.n_ctx)
+        for rep in range(a.reps):  # alternated, best of each: a busy neighbour hurts both alike
+            r1, p1 = run(Path(tmp) / f"c1-{rep}", a.limit, 1, a.max_new_tokens, a.n_ctx)
+            rn, pn = run(Path(tmp) / f"c{a.concurrency}-{rep}", a.limit, a.concurrency, a.max_new_tokens, a.n_ctx)
+            q1, qn = max(q1, r1), max(qn, rn)
     same = sum(p1[k] == pn.get(k) for k in p1) / max(len(p1), 1)
     print(json.dumps({"questions": len(p1), "concurrency_1_q_per_s": round(q1, 3),
                       f"concurrency_{a.concurrency}_q_per_s": round(qn, 3), "ratio": round(qn / q1, 3),
