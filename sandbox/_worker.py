@@ -35,6 +35,11 @@ MAX_FRAME = 64 * 1024 * 1024
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 PR_SET_CHILD_SUBREAPER = 36
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+SECBITS_NOROOT_LOCKED = 0x3  # SECBIT_NOROOT | SECBIT_NOROOT_LOCKED: exec as uid 0 grants no capabilities
+CAPABILITY_VERSION_3 = 0x20080522
+MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
 SECCOMP_MODE_FILTER = 2
 
 
@@ -126,6 +131,33 @@ def install_seccomp(bpf_b64):
         raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
     if libc.prctl(PR_SET_SECCOMP, ul(SECCOMP_MODE_FILTER), ctypes.byref(prog), ul(0), ul(0)) != 0:
         raise OSError(ctypes.get_errno(), "seccomp filter could not be installed")
+
+
+def mask_host_dirs(masks, size):
+    """unshare mode: hide host dirs under empty private tmpfs mounts (we are root of our own user and
+    mount namespace here), then drop every capability, so neither this code nor anything it execs can
+    unmount them again."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for path, writable in masks:
+        flags = MS_NOSUID | MS_NODEV | (0 if writable else MS_RDONLY)
+        opts = f"size={size if writable else 4096},mode={'1777' if writable else '755'}".encode()
+        if libc.mount(b"tmpfs", path.encode(), b"tmpfs", ctypes.c_ulong(flags), opts) != 0:
+            raise OSError(ctypes.get_errno(), f"cannot mount a private tmpfs over {path}")
+    drop_capabilities(libc, ctypes)
+
+
+def drop_capabilities(libc, ctypes):
+    ul = ctypes.c_ulong
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, ul(cap), ul(0), ul(0), ul(0)) != 0:
+            break  # EINVAL: past the last capability this kernel knows
+    if libc.prctl(PR_SET_SECUREBITS, ul(SECBITS_NOROOT_LOCKED), ul(0), ul(0), ul(0)) != 0:
+        raise OSError(ctypes.get_errno(), "cannot lock the securebits")
+    header = (ctypes.c_uint32 * 2)(CAPABILITY_VERSION_3, 0)
+    if libc.capset(header, (ctypes.c_uint32 * 6)()) != 0:
+        raise OSError(ctypes.get_errno(), "cannot drop capabilities")
 
 
 def become_subreaper():
@@ -345,9 +377,13 @@ def main():
     cfg = read_frame(0)
     if cfg is None:
         return
-    os.chdir(cfg.get("workdir") or os.getcwd())
     proto_in, proto_out, out, err = setup_stdio()
     try:
+        if cfg.get("new_session"):  # so killing "our" process group cannot reach the unshare parent
+            os.setsid()
+        if cfg.get("masks"):
+            mask_host_dirs(cfg["masks"], int(cfg.get("tmpfs_bytes", 1 << 28)))
+        os.chdir(cfg.get("workdir") or os.getcwd())
         lock_down(cfg)
     except Exception as e:  # noqa: BLE001 - reported to the host, which raises SandboxError
         write_frame(proto_out, {"ready": False, "error": f"{type(e).__name__}: {e}"})

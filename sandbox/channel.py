@@ -18,13 +18,19 @@ from typing import Any, Protocol
 
 from agent.errors import SandboxError
 
-__all__ = ["BOOTSTRAP", "ByteReader", "WorkerDied", "WorkerHandle", "worker_code", "worker_source"]
+__all__ = ["BOOTSTRAP", "ByteReader", "ProtocolError", "WorkerDied", "WorkerHandle", "worker_code",
+           "worker_source"]
 
 HEADER = struct.Struct(">I")
 
 
 class WorkerDied(Exception):
     """The worker closed its end or broke the protocol (internal: becomes result text)."""
+
+
+class ProtocolError(WorkerDied):
+    """The worker is alive but sent a frame the host rejects (too large, not JSON, nested too deeply,
+    not an object, out of step): user code wrote to the protocol channel."""
 
 
 class ByteReader(Protocol):
@@ -100,7 +106,7 @@ class WorkerHandle:
         async with asyncio.timeout(timeout_s + grace_s):
             reply = await self._receive()
         if reply.get("seq") != self._seq:
-            raise WorkerDied(f"reply out of step (seq {reply.get('seq')!r}, expected {self._seq})")
+            raise ProtocolError(f"reply out of step (seq {reply.get('seq')!r}, expected {self._seq})")
         return reply
 
     async def _send(self, obj: dict[str, Any], preamble: bytes = b"") -> None:
@@ -114,12 +120,18 @@ class WorkerHandle:
         try:
             (size,) = HEADER.unpack(await self._reader.readexactly(HEADER.size))
             if size > self.max_frame:
-                raise WorkerDied(f"frame of {size} bytes exceeds {self.max_frame}")
-            frame = json.loads(await self._reader.readexactly(size))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError) as e:
+                raise ProtocolError(f"frame of {size} bytes exceeds {self.max_frame}")
+            body = await self._reader.readexactly(size)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
             raise WorkerDied(str(e) or type(e).__name__) from e
+        try:
+            frame = json.loads(body)
+        except ValueError as e:
+            raise ProtocolError(f"frame is not JSON: {str(e)[:200]}") from e
+        except RecursionError as e:
+            raise ProtocolError("frame is nested too deeply") from e
         if not isinstance(frame, dict):
-            raise WorkerDied("frame is not an object")
+            raise ProtocolError("frame is not an object")
         return frame
 
     def alive(self) -> bool:

@@ -31,6 +31,9 @@ class SandboxConfig:
     cpu_session_s: int = field(default=600, metadata=_help("hard RLIMIT_CPU over a whole session"))
     kill_grace_s: float = field(default=1.0, metadata=_help("extra wait after timeout_s before a hard kill"))
     isolation: str = field(default="auto", metadata=_help("process backend: auto, bwrap, unshare or none"))
+    allow_weak_isolation: bool = field(default=False, metadata=_help(
+        "process backend: accept the unshare or none modes when bubblewrap is missing (weaker: code can "
+        "read world-readable host files and reach host sockets outside the masked dirs)"))
     python: str = field(default="",
                         metadata=_help("interpreter to run (default: this one / python3 in the image)"))
     site_packages: bool = field(default=False, metadata=_help("process backend: let code import the "

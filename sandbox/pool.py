@@ -80,7 +80,7 @@ class WorkerPool:
             if worker.alive():
                 return worker
             await worker.close()
-        return await self.backend.start_worker()
+        return await self._start_uninterrupted()
 
     async def wait_ready(self, count: int | None = None, timeout_s: float = 60.0) -> None:
         """Wait until ``count`` (default: pool_size) workers are ready (for benchmarks and tests)."""

@@ -7,7 +7,9 @@ Layers, strongest first (each missing one is named in ONE ``SandboxDegraded`` wa
 * bubblewrap: new user, pid, net, ipc, uts and cgroup namespaces, a read-only bind of ``/usr`` and the
   interpreter only (no /root, /home, host /tmp, project), a size-capped private tmpfs at ``/tmp``,
   no capabilities, no further user namespaces, ``--die-with-parent``;
-  or, without bubblewrap, ``unshare`` (user + net + pid namespaces; files by unix permissions only);
+  or, without bubblewrap and only with ``allow_weak_isolation``, ``unshare`` (user, net, pid, ipc, uts
+  and mount namespaces; empty private tmpfs over /tmp, /dev/shm, /var/tmp, /run, /home, /root, ...;
+  capabilities dropped; other host files by unix permissions only), or ``none``;
 * a seccomp filter (loaded by bwrap before it execs the worker; by the worker itself otherwise) and
   rlimits (AS, CPU, FSIZE, NPROC, NOFILE, CORE) the worker sets before it reads any code;
 * a scrubbed environment, a wall-clock timeout that kills the process tree.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import random
 import shutil
@@ -34,8 +37,18 @@ from sandbox.layers import HostLayers, probe_host, seccomp_bpf, shared_prefix, w
 __all__ = ["ProcessBackend"]
 
 UID_BASE, UID_SPAN = 1_000_000, 1 << 20
+KILL_WAIT_S = 10.0
+log = logging.getLogger(__name__)
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/ssl/certs", "/etc/mime.types")
+# unshare mode: host dirs hidden under an empty private tmpfs (the first two writable, size-capped).
+WRITABLE_MASKS = ("/tmp", "/dev/shm")
+READONLY_MASKS = ("/var/tmp", "/run", "/home", "/root", "/mnt", "/media", "/srv", "/var/lib", "/var/spool")
+WEAK_GAPS = {
+    "unshare": "code can read world-readable host files and reach world-writable host unix sockets outside "
+               f"the masked dirs ({', '.join(WRITABLE_MASKS + READONLY_MASKS)})",
+    "none": "code shares the host network, sees host processes and reads or writes every host file its uid can",
+}
 
 
 class ProcessBackend:
@@ -48,6 +61,7 @@ class ProcessBackend:
         self.prefix = self.shared = ""
         self.layers: HostLayers | None = None
         self._uids: set[int] = set()
+        self.masks: list[tuple[str, bool]] = []
         self._setpriv = shutil.which("setpriv") or ""
 
     async def prepare(self) -> None:
@@ -58,6 +72,7 @@ class ProcessBackend:
         self.prefix = str(Path(self.python).resolve().parent.parent)
         self.shared = await asyncio.to_thread(shared_prefix, self.prefix)
         self.mode = self._choose_mode(self.layers)
+        self.masks = self._masks() if self.mode == "unshare" else []
         self._warn_degraded(self.layers)
 
     def _choose_mode(self, layers: HostLayers) -> str:
@@ -67,16 +82,39 @@ class ProcessBackend:
             if not available[wanted]:
                 raise SandboxError(f"sandbox isolation {wanted!r} was requested but does not work here: "
                                    "install bubblewrap / enable user namespaces, or use isolation='auto'")
-            return wanted
-        return next(m for m in ("bwrap", "unshare", "none") if available[m])
+            mode = wanted
+        else:
+            mode = next(m for m in ("bwrap", "unshare", "none") if available[m])
+        if mode != "bwrap" and not self.config.allow_weak_isolation:
+            raise SandboxError(self._refusal(mode, layers))
+        return mode
+
+    def _refusal(self, mode: str, layers: HostLayers) -> str:
+        if layers.bwrap:
+            why = f"isolation {mode!r} was requested"
+        else:
+            why = "bubblewrap (bwrap) " + ("does not work here" if shutil.which("bwrap") else "is not installed")
+            if not layers.unshare:
+                why += ", nor does unshare (unprivileged user namespaces)"
+        return (f"the sandbox will not start: {why}, and isolation {mode!r} is weaker than bubblewrap: "
+                f"{WEAK_GAPS[mode]}. Install bubblewrap (apt-get install bubblewrap, or scripts/system-deps.sh) "
+                "and use isolation='auto', or accept the weaker isolation with allow_weak_isolation=True")
+
+    def _masks(self) -> list[tuple[str, bool]]:
+        """The dirs unshare mode hides (path, writable); never one holding the interpreter it runs."""
+        python = self._python_argv(outside=True)[0]
+        keep = []
+        for path in WRITABLE_MASKS + READONLY_MASKS:
+            real = os.path.realpath(path)
+            if os.path.isdir(real) and not (python + "/").startswith(real.rstrip("/") + "/"):
+                keep.append((real, path in WRITABLE_MASKS))
+        return list(dict.fromkeys(keep))
 
     def _warn_degraded(self, layers: HostLayers) -> None:
         if self.mode == "unshare":
-            warn_missing("bubblewrap", "files are protected by unix permissions only; code can read "
-                         "world-readable host files (install the bubblewrap package)")
+            warn_missing("bubblewrap", f"allow_weak_isolation: {WEAK_GAPS['unshare']} (install bubblewrap)")
         elif self.mode == "none":
-            warn_missing("namespaces", "no bubblewrap or unshare: code shares the host network, sees "
-                         "host processes and world-readable files (install bubblewrap)")
+            warn_missing("namespaces", f"allow_weak_isolation: {WEAK_GAPS['none']} (install bubblewrap)")
         if not layers.root:
             warn_missing("uid separation", "not running as root, so workers run as your own uid: "
                          "RLIMIT_NPROC is shared with your processes")
@@ -88,20 +126,12 @@ class ProcessBackend:
         if self.layers is None:
             await self.prepare()
         uid = self._allocate_uid()
-        workdir = await asyncio.to_thread(self._host_workdir, uid)
-        bpf_fd = self._seccomp_fd()
-        fds = () if bpf_fd is None else (bpf_fd,)
+        workdir = self._host_workdir(uid)  # no thread: a cancelled to_thread would leak the dir
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._demote(uid), *self._command(workdir, bpf_fd), stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self._env(workdir),
-                cwd=workdir or "/", start_new_session=True, pass_fds=fds)
-        except OSError as e:
-            self._uids.discard(uid)
-            raise SandboxError(f"cannot start sandbox worker {self._command(workdir, None)[0]}: {e}") from e
-        finally:
-            if bpf_fd is not None:
-                os.close(bpf_fd)
+            proc = await self._spawn(uid, workdir)
+        except BaseException:
+            self._release(uid, workdir)
+            raise
         handle = self._handle(proc, uid, workdir)
         try:
             preamble = worker_code() if self._same_python else b""
@@ -109,6 +139,27 @@ class ProcessBackend:
         except SandboxError as e:
             raise SandboxError(f"{e}; stderr: {await _read_some(proc.stderr)!r}") from e
         return handle
+
+    async def _spawn(self, uid: int | None, workdir: str | None) -> asyncio.subprocess.Process:
+        bpf_fd = self._seccomp_fd()
+        fds = () if bpf_fd is None else (bpf_fd,)
+        try:
+            return await asyncio.create_subprocess_exec(
+                *self._demote(uid), *self._command(workdir, bpf_fd), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self._env(workdir),
+                cwd=workdir or "/", start_new_session=True, pass_fds=fds)
+        except OSError as e:
+            raise SandboxError(f"cannot start sandbox worker {self._command(workdir, None)[0]}: {e}") from e
+        finally:
+            if bpf_fd is not None:
+                os.close(bpf_fd)
+
+    def _release(self, uid: int | None, workdir: str | None) -> None:
+        """Forget a worker's uid and delete its host work dir (with the root-owned dir around it)."""
+        if uid is not None:
+            self._uids.discard(uid)
+        if workdir:
+            shutil.rmtree(os.path.dirname(workdir), ignore_errors=True)
 
     def _handle(self, proc: asyncio.subprocess.Process, uid: int | None, workdir: str | None) -> WorkerHandle:
         async def kill() -> None:
@@ -129,12 +180,14 @@ class ProcessBackend:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        await proc.wait()
+        try:
+            async with asyncio.timeout(KILL_WAIT_S):  # never hang a session's close on a lost exit status
+                await proc.wait()
+        except TimeoutError:
+            log.warning("sandbox worker pid %d did not report its exit %g s after SIGKILL", proc.pid, KILL_WAIT_S)
         if uid is not None:
             await asyncio.to_thread(_kill_uid, uid)
-            self._uids.discard(uid)
-        if workdir:
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
+        await asyncio.to_thread(self._release, uid, workdir)
 
     def _allocate_uid(self) -> int | None:
         assert self.layers is not None
@@ -153,19 +206,22 @@ class ProcessBackend:
         return [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
 
     def _host_workdir(self, uid: int | None) -> str | None:
-        """bwrap gives the worker a private tmpfs; the other modes need a host directory."""
-        if self.mode == "bwrap":
+        """bwrap and unshare give the worker a private tmpfs /tmp; ``none`` needs a host directory:
+        ``work`` inside a root-owned 0711 dir, so the worker cannot rename it away or plant a link."""
+        if self.mode != "none":
             return None
-        path = tempfile.mkdtemp(prefix="splice-sandbox-")
+        parent = tempfile.mkdtemp(prefix="splice-sandbox-")
+        os.chmod(parent, 0o711)
+        path = os.path.join(parent, "work")
+        os.mkdir(path, 0o700)
         if uid is not None:
             os.chown(path, uid, uid)
-        os.chmod(path, 0o700)
         return path
 
     def _env(self, workdir: str | None) -> dict[str, str]:
         home = workdir or "/tmp"
         env = {"PATH": SAFE_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
-        if workdir and self.shared != self.prefix:  # RUNPATH points into the unreachable original
+        if self.mode != "bwrap" and self.shared != self.prefix:  # RUNPATH points into the unreachable original
             env["LD_LIBRARY_PATH"] = os.path.join(self.shared, "lib")
         return env
 
@@ -198,8 +254,9 @@ class ProcessBackend:
             seccomp = [] if bpf_fd is None else ["--seccomp", str(bpf_fd)]
             return [self.layers.bwrap or "bwrap", *self._bwrap_args(), *seccomp, "--", *self._python_argv()]
         if self.mode == "unshare":
-            return [self.layers.unshare or "unshare", "--user", "--map-root-user", "--net", "--pid", "--fork",
-                    "--kill-child", "--mount-proc", "--", *self._python_argv(outside=True)]
+            return [self.layers.unshare or "unshare", "--user", "--map-root-user", "--net", "--pid", "--ipc",
+                    "--uts", "--mount", "--fork", "--kill-child", "--mount-proc", "--",
+                    *self._python_argv(outside=True)]
         return self._python_argv(outside=True)
 
     def _bwrap_args(self) -> list[str]:
@@ -229,7 +286,8 @@ class ProcessBackend:
         return {"limits": self.config.limits(), "workdir": workdir or "/tmp",
                 "seccomp": base64.b64encode(bpf).decode() if bpf else None,
                 "reap": "all" if own_pid_ns or self.layers.root else "tree",
-                "max_output_bytes": self.config.max_output_chars}
+                "max_output_bytes": self.config.max_output_chars,
+                "new_session": self.mode == "unshare", "masks": self.masks, "tmpfs_bytes": self.config.tmp_size_mb * 1024 * 1024}
 
 
 async def _read_some(stream: asyncio.StreamReader | None, limit: int = 2000) -> str:

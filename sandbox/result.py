@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,9 @@ __all__ = ["ExecResult"]
 NO_OUTPUT = "(no output)"
 TRUNCATED = "\n[... output truncated: {cut} bytes cut ...]\n"
 STATE_LOST = "the sandbox was restarted: variables, imports and files from earlier calls are lost"
+PROTOCOL_BROKEN = "the sandbox's result channel was tampered with ({why})"
+MAX_ERROR_CHARS = 8000
+SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -36,13 +40,15 @@ class ExecResult:
         return "\n".join(parts) if parts else NO_OUTPUT
 
     @classmethod
-    def from_worker(cls, raw: dict[str, Any], duration_s: float) -> ExecResult:
-        """Build from a worker frame. The frame is untrusted data: coerce every field."""
-        out, out_cut = _stream(raw.get("stdout"))
-        err, err_cut = _stream(raw.get("stderr"))
+    def from_worker(cls, raw: dict[str, Any], duration_s: float, max_chars: int) -> ExecResult:
+        """Build from a worker frame. The frame is untrusted data (user code can forge it): coerce
+        every field, cap stdout and stderr at ``max_chars`` here on the host, and replace lone
+        surrogates, so the text always encodes as UTF-8."""
+        out, out_cut = _stream(raw.get("stdout"), max_chars)
+        err, err_cut = _stream(raw.get("stderr"), max_chars)
         error = raw.get("error")
-        return cls(stdout=out, stderr=err, error=None if error is None else str(error)[:8000],
-                   timed_out=bool(raw.get("timed_out")), duration_s=duration_s,
+        return cls(stdout=out, stderr=err, error=None if error is None else _clean(error)[:MAX_ERROR_CHARS],
+                   timed_out=raw.get("timed_out") is True, duration_s=duration_s,
                    truncated=out_cut or err_cut)
 
     @classmethod
@@ -51,13 +57,23 @@ class ExecResult:
                    restarted=True)
 
 
-def _stream(part: Any) -> tuple[str, bool]:
+def _clean(value: Any) -> str:
+    return SURROGATES.sub("\ufffd", str(value))
+
+
+def _stream(part: Any, cap: int) -> tuple[str, bool]:
+    """One captured stream as text: at most ``cap`` characters of head and tail, whatever the frame says."""
     if not isinstance(part, dict):
         return "", False
-    head, tail = str(part.get("head", "")), str(part.get("tail", ""))
+    head, tail = _clean(part.get("head", "")), _clean(part.get("tail", ""))
     cut = part.get("cut", 0)
-    cut = cut if isinstance(cut, int) else 0
-    if cut <= 0:
+    cut = cut if type(cut) is int and cut > 0 else 0
+    if len(head) + len(tail) > cap:
+        keep_head = min(len(head), cap * 2 // 3)
+        keep_tail = min(len(tail), cap - keep_head)
+        cut += len(head) - keep_head + len(tail) - keep_tail
+        head, tail = head[:keep_head], tail[len(tail) - keep_tail:]
+    if cut == 0:
         return head + tail, False
     return head + TRUNCATED.format(cut=cut) + tail, True
 

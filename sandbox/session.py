@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 from agent.errors import SandboxError
-from sandbox.channel import WorkerDied, WorkerHandle
+from sandbox.channel import ProtocolError, WorkerDied, WorkerHandle
 from sandbox.config import SandboxConfig
 from sandbox.pool import WorkerPool
-from sandbox.result import ExecResult, describe_exit
+from sandbox.result import PROTOCOL_BROKEN, ExecResult, describe_exit
 
 __all__ = ["Sandbox"]
 
@@ -64,6 +64,9 @@ class Sandbox:
                 await self._discard()
                 return ExecResult.killed(f"timed out after {self.config.timeout_s:g} s and was killed",
                                          time.monotonic() - started, timed_out=True)
+            except ProtocolError as e:
+                await self._discard()
+                return ExecResult.killed(PROTOCOL_BROKEN.format(why=e), time.monotonic() - started)
             except WorkerDied:
                 reason = describe_exit(await worker.exit_code(), self.config.memory_mb)
                 await self._discard()
@@ -71,7 +74,7 @@ class Sandbox:
             except BaseException:  # cancelled mid-run: the worker is out of step, so it must go
                 await asyncio.shield(self._discard())
                 raise
-            return ExecResult.from_worker(raw, time.monotonic() - started)
+            return ExecResult.from_worker(raw, time.monotonic() - started, self.config.max_output_chars)
 
     async def _ensure_worker(self) -> WorkerHandle:
         if self._closed:

@@ -178,7 +178,7 @@ def test_exec_result_text():
     assert ExecResult().to_text() == "(no output)"
     assert ExecResult(stdout="1\n", error="ValueError: x").to_text() == "1\nValueError: x"
     raw = {"stdout": {"head": "ab", "tail": "yz", "cut": 10}, "stderr": None, "error": None}
-    r = ExecResult.from_worker(raw, 0.1)
+    r = ExecResult.from_worker(raw, 0.1, max_chars=100)
     assert r.truncated and r.stdout == "ab\n[... output truncated: 10 bytes cut ...]\nyz"
 
 
@@ -192,7 +192,7 @@ def test_worker_is_standard_library_only():
 
 async def test_degraded_isolation_warns_once_and_still_runs(monkeypatch):
     layers._warn_once.cache_clear()
-    box = Sandbox(isolation="unshare", **FAST)
+    box = Sandbox(isolation="unshare", allow_weak_isolation=True, **FAST)
     with pytest.warns(SandboxDegraded, match="bubblewrap unavailable"):
         await box.start()
     r = await box.run("import os\npids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
@@ -201,7 +201,7 @@ async def test_degraded_isolation_warns_once_and_still_runs(monkeypatch):
     assert r.stdout == "True True\n"  # own pid namespace: few pids
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        async with Sandbox(isolation="unshare", **FAST) as box:  # no second warning
+        async with Sandbox(isolation="unshare", allow_weak_isolation=True, **FAST) as box:  # no second warning
             assert (await box.run("1 + 1")).stdout == "2\n"
     layers._warn_once.cache_clear()
 
