@@ -12,11 +12,11 @@ import asyncio
 import time
 
 import pytest
+from test_backends_real import SPLICE, assert_matches_cold
 
 from agent import Agent
 from agent.backends import SamplingParams, common_prefix, default_model_path
 from agent.errors import ModelError
-from test_backends_real import SPLICE, assert_matches_cold
 from tools import tool
 
 pytestmark = pytest.mark.slow

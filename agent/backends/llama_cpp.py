@@ -25,12 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import os
-from concurrent.futures import ThreadPoolExecutor
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,7 +354,7 @@ class _MultiSeq:
         self.kept: list[list[int]] = [[] for _ in self.slots]  # what a free slot's KV still holds
         # KV edits (cut: slot, keep / share: src, dst, n) for the model thread to run, in order,
         # before the next decode; a new scheduler first clears what an earlier loop left
-        self.ops: list[tuple[str, int, int] | tuple[str, int, int, int]] = [("cut", s, 0) for s in range(len(self.slots))]
+        self.ops: list[tuple[Any, ...]] = [("cut", s, 0) for s in range(len(self.slots))]
         self.stopping = False
         self.error: BaseException | None = None
         self.steps = 0
@@ -535,7 +535,7 @@ class _MultiSeq:
             else:
                 r.tok = tok
 
-    def _step_job(self, ops: list[tuple], plan: list[tuple[_Req, list[int], bool]]) -> list[int | None]:
+    def _step_job(self, ops: list[tuple[Any, ...]], plan: list[tuple[_Req, list[int], bool]]) -> list[int | None]:
         """Model thread: edit the KV (drop stale tokens, share prefixes), run the batch, sample one
         token per finished row."""
         mc = self.mc
