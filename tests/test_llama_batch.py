@@ -185,3 +185,13 @@ async def test_episodes_arriving_together_share_the_prompt_prefix(multi, gguf):
         assert s.n_cached == shared and s.n_prefilled == len(p) - shared
     for s, p, o in zip(seqs, prompts, outs):  # the shared cells are the right KV
         assert_matches_cold(gguf, p, o, multi.seq_traces[id(s)])
+
+
+async def test_bad_token_ids_fail_their_episode_only(multi):
+    good = multi.new_sequence()
+    task = asyncio.create_task(take(multi, good, prompt_ids(multi, QUESTIONS[0]), 16))
+    await asyncio.sleep(0.2)  # the good episode is in the batch
+    bad = multi.new_sequence()
+    with pytest.raises(ModelError, match="outside the vocabulary"):
+        await take(multi, bad, [1, 10**7], 4)
+    assert bad.ids == [] and len(await task) == 16

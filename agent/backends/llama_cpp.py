@@ -172,6 +172,9 @@ class LlamaCppBackend(Backend):
             put(None)
 
     async def stream(self, seq: Sequence, append: list[int], params: SamplingParams) -> AsyncIterator[int]:
+        bad = [t for t in append if not 0 <= t < self._n_vocab]
+        if bad:  # would fail the whole llama_decode batch, every episode in it
+            raise ModelError(f"token ids outside the vocabulary (0..{self._n_vocab - 1}): {bad[:5]}")
         seq.ids.extend(append)
         if len(seq.ids) >= self.context_size:
             raise ModelError(f"context of {len(seq.ids)} tokens exceeds n_ctx={self.context_size}")
