@@ -287,7 +287,8 @@ class ProcessBackend:
                 "seccomp": base64.b64encode(bpf).decode() if bpf else None,
                 "reap": "all" if own_pid_ns or self.layers.root else "tree",
                 "max_output_bytes": self.config.max_output_chars,
-                "new_session": self.mode == "unshare", "masks": self.masks, "tmpfs_bytes": self.config.tmp_size_mb * 1024 * 1024}
+                "new_session": self.mode == "unshare", "masks": self.masks,
+                "tmpfs_bytes": self.config.tmp_size_mb * 1024 * 1024}
 
 
 async def _read_some(stream: asyncio.StreamReader | None, limit: int = 2000) -> str:

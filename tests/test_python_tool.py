@@ -60,3 +60,13 @@ async def test_registry_builds_the_tool_with_runtime_options():
         assert [r.text for r in results] == ["0", "1", "4", "9"]
     finally:
         await tool.aclose()
+
+
+async def test_lone_surrogate_exception_is_an_encodable_error_result():
+    tool = PythonTool(timeout_s=2, pool_size=0)
+    try:
+        out = await tool.call("raise ValueError('bad ' + chr(0xd800))")
+    finally:
+        await tool.aclose()
+    assert out.error and "ValueError: bad \ufffd" in out.text
+    out.text.encode("utf-8")

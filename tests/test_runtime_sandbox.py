@@ -51,3 +51,11 @@ async def test_cancelled_episode_leaves_no_tool_process():
         t = await Agent(ScriptedBackend(["<code_start>print('alive')<code_end>", "<answer_start>ok<answer_end>"]),
                         tools=list(a.tools.values())).run("again")
         assert t.tool_calls[0].result.strip() == "alive"
+
+
+async def test_lone_surrogate_from_sandboxed_code_does_not_break_the_episode():
+    script = ["<code_start>raise ValueError('bad ' + chr(0xd800))<code_end>", "<answer_start>ok<answer_end>"]
+    async with Agent(ScriptedBackend(script), tools=["python"]) as a:
+        t = await a.run("q")
+    assert t.tool_calls[0].error and "ValueError: bad" in t.tool_calls[0].result
+    t.tool_calls[0].result.encode("utf-8")

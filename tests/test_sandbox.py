@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import glob
 import warnings
 
 import pytest
@@ -233,3 +235,56 @@ async def test_worker_that_cannot_lock_down_is_a_sandbox_error():
     with pytest.raises(SandboxError, match="failed to start.*ValueError"):
         async with Sandbox(max_open_files=10**9, **FAST) as box:  # above the hard limit: setrlimit fails
             await box.run("1")
+
+
+@pytest.mark.parametrize("mode", ["none", "unshare", "bwrap"])
+async def test_cancelled_starts_and_runs_leave_no_dirs_or_uids(mode):
+    """Cancel at every stage of a worker's start and of a run (isolation=none has host work dirs)."""
+    before = set(glob.glob("/tmp/splice-sandbox-*"))
+    pool = WorkerPool(isolation=mode, allow_weak_isolation=True, pool_size=0, **FAST)
+    try:
+        for delay in [i * 0.0003 for i in range(40)] + [0.03, 0.06, 0.2]:
+            box = Sandbox(pool=pool)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await box.run("import time; time.sleep(5)")
+            await box.aclose()
+    finally:
+        await pool.aclose()
+    assert set(glob.glob("/tmp/splice-sandbox-*")) - before == set()
+    assert pool.backend._uids == set()
+
+
+async def test_lone_surrogates_from_code_become_encodable_text():
+    async with Sandbox(**FAST) as box:
+        r = await box.run("print('out ' + chr(0xdc80))\nraise ValueError('bad ' + chr(0xd800))")
+    assert "ValueError: bad \ufffd" in r.error and r.stdout.startswith("out ")
+    r.to_text().encode("utf-8")
+
+
+def test_forged_frame_fields_are_capped_and_cleaned_on_the_host():
+    raw = {"stdout": {"head": "x" * 50_000, "tail": "y" * 50_000, "cut": "lots"}, "stderr": {"head": "e\ud800"},
+           "error": ["\udfff"], "timed_out": "yes"}
+    r = ExecResult.from_worker(raw, 0.1, max_chars=300)
+    assert r.truncated and r.stdout.startswith("x" * 200) and r.stdout.endswith("y" * 100)
+    assert len(r.stdout) < 400 and "99700 bytes cut" in r.stdout
+    assert (r.stderr, r.error, r.timed_out) == ("e\ufffd", "['\\udfff']", False)  # a list's repr escapes it
+
+
+async def test_cancelled_worker_start_releases_its_dir_and_uid():
+    """The backend cleans up after itself too, not only behind the pool's shield."""
+    from sandbox.process import ProcessBackend
+
+    before = set(glob.glob("/tmp/splice-sandbox-*"))
+    backend = ProcessBackend(SandboxConfig(isolation="none", allow_weak_isolation=True, **FAST))
+    await backend.prepare()
+    for delay in [i * 0.0003 for i in range(40)]:
+        task = asyncio.ensure_future(backend.start_worker())
+        await asyncio.sleep(delay)
+        task.cancel()
+        try:
+            await (await task).close()  # it finished before the cancel arrived
+        except asyncio.CancelledError:
+            pass
+    assert set(glob.glob("/tmp/splice-sandbox-*")) - before == set()
+    assert backend._uids == set()
