@@ -31,8 +31,9 @@ Not contained:
   max_processes x memory_mb (docker: the cgroup caps the container at memory_mb + tmp_size_mb + 64 MB);
 * the session itself: user code runs inside the worker and can forge or garble its own results.
   The host treats every frame as untrusted data (size-capped, validated) and never executes it;
-* anything when an isolation layer is unavailable: then the sandbox runs with less containment and
-  says so in ONE ``SandboxDegraded`` warning per missing layer.
+* anything when an isolation layer is unavailable. Without bubblewrap the process backend refuses to
+  start unless ``allow_weak_isolation=True``; then it runs with less containment (docs/sandbox.md says
+  what) and says so in ONE ``SandboxDegraded`` warning per missing layer.
 """
 
 from sandbox.config import SandboxConfig
