@@ -63,6 +63,7 @@ class RuntimeConfig:
     sandbox: str = field(default="process", metadata={"help": "python sandbox backend: process | docker"})
     device: str = field(default="auto", metadata={"help": "transformers device: auto | cpu | cuda"})
     n_ctx: int = field(default=4096, metadata={"help": "context size (llama.cpp n_ctx; batched slot length)"})
+    n_seq: int = field(default=1, metadata={"help": "llama_cpp: concurrent episodes decoded in one batch (n_ctx each)"})
     max_batch: int = field(default=8, metadata={"help": "batched backend: concurrent sequences (slots)"})
     base_url: str = field(default="", metadata={"help": "openai backend: server URL when --model is a model name "
                           "(else OPENAI_BASE_URL)"})
@@ -74,7 +75,7 @@ class RuntimeConfig:
         tools = self.tools.split(",") if isinstance(self.tools, str) else self.tools
         self.tools = [t.strip() for t in tools if t and t.strip() != "none"]
         get_syntax(self.syntax)
-        for name in ("max_new_tokens", "max_result_tokens", "n_ctx"):
+        for name in ("max_new_tokens", "max_result_tokens", "n_ctx", "n_seq"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
         if self.max_tool_calls < 0:

@@ -195,3 +195,13 @@ async def test_bad_token_ids_fail_their_episode_only(multi):
     with pytest.raises(ModelError, match="outside the vocabulary"):
         await take(multi, bad, [1, 10**7], 4)
     assert bad.ids == [] and len(await task) == 16
+
+
+def test_runtime_config_n_seq_reaches_the_llama_cpp_backend():
+    from agent import RuntimeConfig, load_backend
+
+    backend = load_backend(RuntimeConfig(model="default", backend="llama_cpp", n_seq=2, n_ctx=512))
+    try:
+        assert backend.n_seq == 2
+    finally:
+        asyncio.run(backend.aclose())

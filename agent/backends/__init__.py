@@ -87,7 +87,7 @@ def load_backend(cfg: "RuntimeConfig") -> Backend:
             path = ggufs[0]
         from agent.backends.llama_cpp import LlamaCppBackend
 
-        return LlamaCppBackend(path, n_ctx=cfg.n_ctx, adapter=_default_adapter(cfg.model))
+        return LlamaCppBackend(path, n_ctx=cfg.n_ctx, adapter=_default_adapter(cfg.model), n_seq=cfg.n_seq)
     if kind == "transformers":
         from agent.backends.transformers import TransformersBackend
 
