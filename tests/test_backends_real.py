@@ -181,9 +181,9 @@ async def test_llama_cpp_stopping_a_stream_draws_nothing_past_the_stop(llama_pai
     async with contextlib.aclosing(warm.stream(seq, list(prompt), params)) as toks:
         async for t in toks:
             parts.append(t)
-            if len(parts) == 8:
+            await asyncio.sleep(0.05 if len(parts) < 8 else 0.5)  # a slow consumer: a thread that ran
+            if len(parts) == 8:  # ahead would sample (and evaluate) meanwhile
                 break
-            await asyncio.sleep(0.05)  # a slow consumer: a thread that ran ahead would sample meanwhile
     assert len(seq.ids) == len(prompt) + 8
     assert warm.n_evaluated - evaluated <= len(prompt) + 8  # nothing ran past the stop
     parts += [t async for t in warm.stream(seq, [], SamplingParams(max_tokens=12, temperature=1.0))]
