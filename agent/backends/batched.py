@@ -32,6 +32,7 @@ import torch
 from agent.backends._static_cache import StaticLlamaRunner, unsupported_reason
 from agent.backends.base import SamplingParams, Sequence, common_prefix
 from agent.backends.sampling import sample_token
+from agent.backends.scheduling import DecodeLoop
 from agent.backends.transformers import TransformersBackend, cache_kwarg
 from agent.errors import ModelError
 
@@ -97,52 +98,21 @@ class _HFRunner:
         return torch.stack([zero if r is None else r for r in rows])
 
 
-class _Scheduler:
+class _Scheduler(DecodeLoop):
     """The slots and the one decode loop of a backend, bound to one event loop."""
 
+    label = "batched backend"
+
     def __init__(self, runner: Any, eos: set[int], prefill_chunk: int):
+        super().__init__()
         self.runner, self.eos, self.chunk = runner, eos, prefill_chunk
-        self.loop = asyncio.get_running_loop()
-        self.wake = asyncio.Event()
-        self.incoming: deque[_Req] = deque()  # not yet planned (some wait for a free slot)
         self.prefilling: deque[_Req] = deque()
         self.decoding: dict[int, _Req] = {}  # slot -> request
-        self.closing: list[_Req] = []
-        self.releasing: list[_SeqState] = []
         self.free = list(range(runner.n_slots))  # a heap: lowest slots first keep the batch short
         n = runner.n_slots
         self.tok, self.pos = np.zeros(n, np.int64), np.zeros(n, np.int64)
         self.active = np.zeros(n, bool)
-        self.stopping = False
-        self.error: BaseException | None = None
-        self.steps = 0
-        self.task = self.loop.create_task(self._run(), name="splice-batched-decode")
-
-    # -- called from stream/release (event loop) -------------------------------------------------
-    def submit(self, req: _Req) -> None:
-        if self.error is not None or self.stopping:
-            req.out.put_nowait(self.error or ModelError("the batched backend is closed"))
-            return
-        self.incoming.append(req)
-        self.wake.set()
-
-    def close(self, req: _Req) -> None:
-        req.closed = True
-        self.closing.append(req)
-        self.wake.set()
-
-    def release(self, st: _SeqState) -> None:
-        self.releasing.append(st)
-        self.wake.set()
-
-    async def stop(self) -> None:
-        self.stopping = True
-        self.wake.set()
-        try:
-            await self.task
-        except Exception as e:  # already handed to every waiting stream
-            log.debug("decode loop had failed: %r", e)
-        self._fail_all(ModelError("the batched backend was closed while generating"))
+        self.start("splice-batched-decode")
 
     # -- the loop ----------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -159,10 +129,10 @@ class _Scheduler:
                     await self.wake.wait()
         except BaseException as e:
             self.error = e
-            self._fail_all(e)
+            self._fail_pending(e)
             raise
 
-    def _fail_all(self, e: BaseException) -> None:
+    def _fail_pending(self, e: BaseException) -> None:
         for r in [*self.incoming, *self.prefilling, *self.decoding.values()]:
             r.out.put_nowait(e)
         self.incoming.clear()

@@ -39,6 +39,7 @@ import numpy as np
 
 from agent.backends.base import Backend, SamplingParams, Sequence, common_prefix
 from agent.backends.sampling import make_rng, sample_token
+from agent.backends.scheduling import DecodeLoop
 from agent.errors import ModelError, ModelNotFound, require
 
 __all__ = ["LlamaCppBackend"]
@@ -340,54 +341,23 @@ def _rng(key: int, index: int) -> np.random.Generator:
     return np.random.default_rng([key, index])
 
 
-class _MultiSeq:
+class _MultiSeq(DecodeLoop):
     """The sequences and the one decode loop of a ``n_seq > 1`` backend, bound to one event loop.
     Each step feeds every decoding episode's last token and then prefill chunks, up to N_BATCH
     tokens, through one ``llama_decode`` on the model thread."""
 
+    label = "llama.cpp backend"
+
     def __init__(self, backend: LlamaCppBackend):
+        super().__init__()
         self.b, self.mc = backend, backend._multi_ctx
-        self.loop = asyncio.get_running_loop()
-        self.wake = asyncio.Event()
-        self.incoming: deque[_Req] = deque()  # not yet planned (some wait for a sequence)
         self.running: list[_Req] = []  # prefilling (todo) or decoding (tok), in arrival order
-        self.closing: list[_Req] = []
-        self.releasing: list[_SeqState] = []
         self.slots: list[_SeqState | None] = [None] * backend.n_seq
         self.kept: list[list[int]] = [[] for _ in self.slots]  # what a free slot's KV still holds
         # KV edits (cut: slot, keep / share: src, dst, n) for the model thread to run, in order,
         # before the next decode; a new scheduler first clears what an earlier loop left
         self.ops: list[tuple[Any, ...]] = [("cut", s, 0) for s in range(len(self.slots))]
-        self.stopping = False
-        self.error: BaseException | None = None
-        self.steps = 0
-        self.task = self.loop.create_task(self._run(), name="splice-llama-decode")
-
-    # -- called from stream/release (event loop) -------------------------------------------------
-    def submit(self, req: _Req) -> None:
-        if self.error is not None or self.stopping:
-            req.out.put_nowait(self.error or ModelError("the llama.cpp backend is closed"))
-            return
-        self.incoming.append(req)
-        self.wake.set()
-
-    def close(self, req: _Req) -> None:
-        req.closed = True
-        self.closing.append(req)
-        self.wake.set()
-
-    def release(self, st: _SeqState) -> None:
-        self.releasing.append(st)
-        self.wake.set()
-
-    async def stop(self) -> None:
-        self.stopping = True
-        self.wake.set()
-        try:
-            await self.task
-        except Exception as e:  # already handed to every waiting stream
-            log.debug("decode loop had failed: %r", e)
-        self._fail(list(self.incoming) + self.running, ModelError("the llama.cpp backend was closed while generating"))
+        self.start("splice-llama-decode")
 
     # -- the loop ----------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -412,6 +382,9 @@ class _MultiSeq:
                 self.running.remove(r)
             r.st.cached = []  # the KV of a failed step is unknown: the next stream re-prefills all
         self.incoming = deque(r for r in self.incoming if r not in reqs)
+
+    def _fail_pending(self, e: BaseException) -> None:
+        self._fail(list(self.incoming) + self.running, e)
 
     def _reap(self) -> None:
         """Drop closed requests from the batch; free the slots of released sequences."""
