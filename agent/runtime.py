@@ -31,7 +31,8 @@ from agent.syntax import (
     get_syntax,
 )
 from agent.trajectory import Segment, ToolCall, Trajectory, describe_error, scrub_surrogates
-from tools.base import Tool, ToolCallable, ToolOutput, as_output, check_timeout, get_tool, truncate_tokens
+from tools.base import Tool, ToolCallable, ToolOutput, as_output, check_timeout, get_tools, truncate_tokens
+from tools.schema import ArgumentError, render_chat, template_accepts_tools
 
 __all__ = ["RuntimeConfig", "Agent", "Conversation", "Event", "TokenEvent", "ToolCallStarted",
            "ToolResultEvent", "DoneEvent", "Detokenizer"]
@@ -41,8 +42,12 @@ log = logging.getLogger("splice.runtime")
 
 @dataclass
 class RuntimeConfig:
-    model: str = field(default="default",
-                       metadata={"help": "'default' (embedded SmolLM2), a .gguf file or a HF model dir"})
+    model: str = field(default="default", metadata={
+        "help": "'default' (embedded SmolLM2 with the shipped tool-use adapter), 'base' (the same model "
+                "without it), a .gguf file or a HF model dir"})
+    adapter: str = field(default="", metadata={
+        "help": "llama_cpp: a LoRA adapter GGUF applied over the model (default: the shipped one for "
+                "--model default; 'none' for no adapter)"})
     backend: str = field(default="auto", metadata={"help": "auto | llama_cpp | transformers | batched | openai"})
     tools: list[str] = field(default_factory=lambda: ["python", "search"],
                              metadata={"help": "tools to enable: names or module:attr import paths"})
@@ -175,13 +180,16 @@ class Agent:
         self.syntax = get_syntax(syntax if syntax is not None else self.config.syntax)
         self.tools: dict[str, Tool] = {}  # tools first: a bad tool name fails before a model loads
         for spec in tool_specs:
-            t = get_tool(spec, **(self.config.tool_options(spec) if isinstance(spec, str) else {}))
-            check_timeout(f"tool {t.name!r} timeout_s", t.timeout_s, "timeout_s = 10.0 on the Tool")
-            self.tools[t.name] = t
+            for t in get_tools(spec, **(self.config.tool_options(spec) if isinstance(spec, str) else {})):
+                check_timeout(f"tool {t.name!r} timeout_s", t.timeout_s, "timeout_s = 10.0 on the Tool")
+                self.tools[t.name] = t
         self._stop_pairs = tuple(self.syntax.stop_pairs(self.tools))
         self._owns_backend = not isinstance(model, Backend)
         self.backend = model if isinstance(model, Backend) else _load_backend(self.config)
         self._episode = 0
+        # JSON-call syntaxes on a chat template that renders tools itself (apply_chat_template(tools=))
+        template = _chat_template(self.backend) if self.syntax.json_calls and self.tools else None
+        self.template_tools = template if template_accepts_tools(template) else None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def __aenter__(self) -> "Agent":
@@ -201,11 +209,11 @@ class Agent:
         from prompts import render
 
         docs = []
-        for t in self.tools.values():
-            ex_arg, ex_res = t.examples[0] if t.examples else ("...", "")
+        for t in self.tools.values() if self.template_tools is None else ():  # else the template lists them
+            ex_arg, ex_res = t.examples[0] if t.examples else (t.example_argument(), "")
             docs.append({
                 "name": t.name,
-                "description": t.description,
+                "description": t.prompt_description(),
                 "example_call": self.syntax.render_call(t.name, ex_arg, t.arg_name),
                 "example_result": self.syntax.render_result(ex_res).strip() if ex_res else "",
             })
@@ -218,6 +226,23 @@ class Agent:
         turns = [{**m, "content": scrub_surrogates(m["content"])} for m in history]
         return [{"role": "system", "content": self.system_prompt(), "special": True}, *turns,
                 {"role": "user", "content": scrub_surrogates(question)}]
+
+    def encode_prompt(self, messages: list[dict[str, Any]]) -> tuple[str, list[int]]:
+        """The chat prompt as (text, ids): the backend's chat template, given the tool schemas when
+        it renders tools itself (``template_tools``)."""
+        if self.template_tools is None:
+            return self.backend.encode_chat(messages)
+        from agent.backends.base import encode_chat
+
+        schemas = [{"type": "function", "function": t.schema()} for t in self.tools.values()]
+        tok, template = getattr(self.backend, "tokenizer", None), self.template_tools
+        if getattr(tok, "chat_template", None) == template and hasattr(tok, "apply_chat_template"):
+            def render(msgs: list[dict[str, Any]]) -> str:  # a HF tokenizer renders its own template
+                return tok.apply_chat_template(msgs, tools=schemas, tokenize=False, add_generation_prompt=True)
+        else:
+            def render(msgs: list[dict[str, Any]]) -> str:
+                return render_chat(template, msgs, schemas, **_special_tokens(self.backend))
+        return encode_chat(render, self.backend.encode, messages)
 
     def _sampling(self, max_tokens: int, seed: int | None) -> SamplingParams:
         c = self.config
@@ -327,7 +352,8 @@ class _Episode:
                                meta={"config": dump_config(self.cfg), "seed": seed})
         self.messages = agent.messages(question, history)
         arg_names = {n: t.arg_name for n, t in agent.tools.items()}
-        self.parser = StreamParser(self.syntax, list(agent.tools), arg_names)
+        self.parser = StreamParser(self.syntax, list(agent.tools), arg_names,
+                                   [n for n, t in agent.tools.items() if t.takes_object])
         self.limit_warned = False
 
     @property
@@ -340,7 +366,7 @@ class _Episode:
     async def loop(self) -> AsyncIterator[Event]:
         traj = self.traj
         traj.t_start = time.perf_counter()
-        prompt, append = self.backend.encode_chat(self.messages)
+        prompt, append = self.agent.encode_prompt(self.messages)
         self._add("prompt", prompt, list(append), traj.t_start)
         try:
             if self.prefix:
@@ -456,7 +482,7 @@ class _Episode:
             call = ToolCall("", ev.raw, ev.error, True, ev.kind)
         else:
             t0 = time.perf_counter()
-            out = await self._call_tool(ev.tool, ev.arg)
+            out = await self._call_tool(ev.tool, ev.arg, ev.args)
             call = ToolCall(ev.tool, ev.arg, out.text, out.error, None, time.perf_counter() - t0, out.meta)
         call.arg, call.result = scrub_surrogates(call.arg), self._truncate(scrub_surrogates(call.result))
         self.traj.tool_calls.append(call)
@@ -466,17 +492,22 @@ class _Episode:
         self._add("result", text, ids, t0)
         return call, ids
 
-    async def _call_tool(self, name: str, arg: str) -> ToolOutput:
-        """The tool's result, or an error result: a crash of any kind, or the timeout (which wins
-        over a result the tool returned after ignoring its cancellation)."""
+    async def _call_tool(self, name: str, arg: str, args: Any = None) -> ToolOutput:
+        """The tool's result, or an error result: arguments that do not fit its schema, a crash of
+        any kind, or the timeout (which wins over a result the tool returned after ignoring its
+        cancellation)."""
         tool = self.agent.tools[name]
+        try:
+            bound = tool.bind(arg, args)
+        except ArgumentError as e:
+            return tool.argument_error(e)
         timeout = tool.timeout_s or self.cfg.tool_timeout_s
         limit = asyncio.timeout(timeout)
         value: Any = None
         crash: BaseException | None = None
         try:
             async with limit:
-                value = await self._session_call(name, tool, arg)
+                value = await self._session_call(name, tool, bound)
         except (Exception, KeyboardInterrupt, SystemExit) as e:  # the runtime never dies because a tool did
             crash = e
         if limit.expired():
@@ -487,7 +518,7 @@ class _Episode:
             return ToolOutput(f"error: {name} failed: {describe_error(crash)}", error=True, meta={"crashed": True})
         return as_output(value, name)
 
-    async def _session_call(self, name: str, tool: Tool, arg: str) -> Any:
+    async def _session_call(self, name: str, tool: Tool, arg: Any) -> Any:
         call = self.sessions.get(name)
         if call is None:
             assert self.stack is not None
@@ -505,6 +536,27 @@ class _Episode:
             if text:
                 ids += self.backend.encode(text, special=special)
         return "".join(p for p, _ in pieces), ids
+
+
+def _chat_template(backend: Backend) -> str | None:
+    """The backend's jinja2 chat template, where it exposes one (a HF tokenizer, a GGUF's metadata)."""
+    for owner in (backend, getattr(backend, "tokenizer", None), getattr(backend, "tok", None)):
+        template = getattr(owner, "chat_template", None)
+        if isinstance(template, str):
+            return template
+        inner = getattr(owner, "tok", None)  # the openai backend's HFTokenizer
+        if isinstance(getattr(inner, "chat_template", None), str):
+            return inner.chat_template
+        llm = getattr(owner, "llm", None)  # llama.cpp: the GGUF's metadata
+        template = getattr(llm, "metadata", {}).get("tokenizer.chat_template") if llm is not None else None
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def _special_tokens(backend: Backend) -> dict[str, str]:
+    tok = getattr(backend, "tokenizer", None)
+    return {k: v for k in ("bos_token", "eos_token") if isinstance(v := getattr(tok, k, None), str)}
 
 
 def _load_backend(cfg: RuntimeConfig) -> Backend:

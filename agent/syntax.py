@@ -94,10 +94,16 @@ class ToolSyntax:
         return [p for i, p in enumerate(pairs) if p[1] and p not in pairs[:i]]
 
     # -- rendering --------------------------------------------------------------------------
-    def render_call(self, tool: str, arg: str, arg_name: str = "input") -> str:
+    def render_call(self, tool: str, arg: str | dict, arg_name: str = "input") -> str:
+        """A call as the model writes it. ``arg`` is the string of a one-string tool, or the
+        argument object of a typed tool (JSON-call syntaxes put it in ``"arguments"``, tag syntaxes
+        write it as JSON between the tags)."""
         if self.json_calls:
-            body = json.dumps({"name": tool, "arguments": {arg_name: arg}}, ensure_ascii=False)
+            args = arg if isinstance(arg, dict) else {arg_name: arg}
+            body = json.dumps({"name": tool, "arguments": args}, ensure_ascii=False)
             return f"{self.call_open}{body}{self.call_close}"
+        if isinstance(arg, dict):
+            arg = json.dumps(arg, ensure_ascii=False)
         sep = "\n" if self.call_open.endswith("\n") and not arg.endswith("\n") else ""
         return f"{self.open_tag(tool)}{arg}{sep}{self.close_tag(tool)}"
 
@@ -211,8 +217,9 @@ class TextEvent:
 @dataclass
 class CallEvent:
     tool: str
-    arg: str
+    arg: str  # the argument string (a typed tool's JSON arguments, as JSON text)
     raw: str  # the whole call as written, tags included
+    args: object = None  # JSON-call syntaxes: the "arguments" value as parsed (the tool checks it)
 
 
 @dataclass
@@ -238,10 +245,12 @@ class StreamParser:
     """Incremental parser over model text. ``feed`` returns the events completed so far; after a
     terminal event (call, malformed, answer) the parser stops accepting text until ``reset``."""
 
-    def __init__(self, syntax: ToolSyntax, tools: Iterable[str], arg_names: dict[str, str] | None = None):
+    def __init__(self, syntax: ToolSyntax, tools: Iterable[str], arg_names: dict[str, str] | None = None,
+                 object_tools: Iterable[str] = ()):
         self.syntax = syntax
         self.tools = list(tools)
         self.arg_names = arg_names or {}
+        self.object_tools = set(object_tools)  # typed tools: JSON arguments go to the tool whole
         self._opens = self._build_opens()
         self._max_open = max(len(o) for o in self._opens) if self._opens else 1
         self._first_chars = {o[0] for o in self._opens if o} | {syntax.call_open[0]}
@@ -438,6 +447,9 @@ class StreamParser:
                                   f"({type(e).__name__}: {e})", raw, "bad_json")
         if name not in self.tools:
             return MalformedEvent(self._unknown_msg(str(name)), raw, "unknown_tool")
+        if name in self.object_tools:  # the tool checks the arguments against its schema
+            text = scrub_surrogates(json.dumps(args, ensure_ascii=False))
+            return CallEvent(name, text, raw, json.loads(text))
         key = self.arg_names.get(name, "input")
         if isinstance(args, dict):
             arg = args.get(key, next(iter(args.values()), "") if len(args) == 1 else "")

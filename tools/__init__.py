@@ -1,25 +1,39 @@
-"""Tools the model calls from inside its token stream: a plain registry of typed tools."""
+"""Tools the model calls from inside its token stream: a plain registry of typed tools, plugins by
+entry point (``splice.tools``) and MCP servers (``mcp:CMD``)."""
 
 from tools.base import (
+    BUILTIN_TOOLS,
+    ENTRY_POINT_GROUP,
     FunctionTool,
     Tool,
     ToolCallable,
+    ToolInfo,
     ToolOutput,
     available_tools,
     get_tool,
+    get_tools,
     register,
     tool,
+    tool_catalog,
     truncate_middle,
 )
+from tools.schema import ArgumentError, function_schema
 
 __all__ = [
+    "ArgumentError",
+    "BUILTIN_TOOLS",
+    "ENTRY_POINT_GROUP",
     "FunctionTool",
     "Tool",
     "ToolCallable",
+    "ToolInfo",
     "ToolOutput",
     "available_tools",
+    "function_schema",
     "get_tool",
+    "get_tools",
     "register",
     "tool",
+    "tool_catalog",
     "truncate_middle",
 ]

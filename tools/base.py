@@ -1,8 +1,12 @@
 """The tool interface and the registry.
 
-A tool is anything the model can call by name with one string argument (a query, a program).
-Each episode opens its own *session* of a tool (``async with tool.session() as call``), so stateful
-tools (the Python sandbox) keep variables within an episode and nothing leaks across episodes.
+A tool is anything the model can call by name. The classic tool takes one string (a query, a
+program); a typed tool takes arguments described by a JSON schema (``Tool.parameters``), which
+``@tool`` builds from a function's type hints, defaults and docstring (``tools.schema``). The runtime
+checks every call against the schema first (``Tool.bind``): a bad call is an error result the model
+reads, never an exception out of the episode. Each episode opens its own *session* of a tool
+(``async with tool.session() as call``), so stateful tools (the Python sandbox) keep
+variables within an episode and nothing leaks across episodes.
 
 Failures the model caused (bad code, no results, a timeout) come back as ``ToolOutput(error=True)``:
 the model reads them and can recover. Bugs in splice itself raise.
@@ -20,13 +24,24 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import importlib
 import inspect
+import json
 import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from tools.schema import (
+    ArgumentError,
+    check,
+    example_arguments,
+    function_schema,
+    is_single_string,
+    signature_hint,
+)
 
 __all__ = [
     "Tool",
@@ -42,6 +57,11 @@ __all__ = [
     "as_output",
     "check_timeout",
     "ToolThreads",
+    "get_tools",
+    "tool_catalog",
+    "ToolInfo",
+    "BUILTIN_TOOLS",
+    "ENTRY_POINT_GROUP",
 ]
 
 
@@ -54,7 +74,8 @@ class ToolOutput:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-ToolCallable = Callable[[str], Awaitable[ToolOutput]]
+# A session's call: the argument string for one-string tools, the checked argument dict for typed ones.
+ToolCallable = Callable[[Any], Awaitable[ToolOutput]]
 
 
 def as_output(value: Any, name: str) -> ToolOutput:
@@ -118,16 +139,18 @@ class ToolThreads(concurrent.futures.Executor):
 
 class Tool:
     """Base class. Subclasses set ``name``, ``description``, ``arg_name`` and implement ``call``,
-    or override ``session`` when they hold per-episode state."""
+    or override ``session`` when they hold per-episode state. A typed tool also sets ``parameters``
+    (a JSON schema of an object); its session then receives the checked argument dict."""
 
     name: str = ""
     description: str = ""
     arg_name: str = "input"  # the JSON argument name for JSON-call syntaxes (hermes)
-    examples: tuple[tuple[str, str], ...] = ()  # (argument, result) pairs shown in the system prompt
+    parameters: dict[str, Any] | None = None  # JSON schema of the arguments; None = one string (arg_name)
+    examples: tuple[tuple[Any, str], ...] = ()  # (argument, result) pairs shown in the system prompt
     timeout_s: float | None = None  # the runtime's limit per call; None = RuntimeConfig.tool_timeout_s.
     # Tools that enforce their own limit set it a little above theirs, so their clearer message wins.
 
-    async def call(self, arg: str) -> ToolOutput:  # pragma: no cover - abstract
+    async def call(self, arg: Any) -> ToolOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @contextlib.asynccontextmanager
@@ -138,38 +161,134 @@ class Tool:
     async def aclose(self) -> None:
         """Release process-wide resources (pools, clients). Idempotent."""
 
+    # -- arguments ----------------------------------------------------------------------------
+    @property
+    def takes_object(self) -> bool:
+        """False for the one-string form (tag syntaxes put the string between the tags)."""
+        return not is_single_string(self.parameters, self.arg_name)
+
+    def schema(self) -> dict[str, Any]:
+        """``{"name", "description", "parameters"}``: the OpenAI / MCP function shape."""
+        return tool_schema(self.name, self.description, self.parameters, self.arg_name)
+
+    def bind(self, arg: str, args: Any = None) -> Any:
+        """What the session is called with: the string for a one-string tool (unchanged), else the
+        argument dict checked against ``parameters``. ``args`` is the JSON ``arguments`` of a JSON
+        call; tag syntaxes give only ``arg``, the text between the tags: a JSON object, or the bare
+        value of a tool with a single parameter. Raises ``ArgumentError`` (message for the model)."""
+        if not self.takes_object:
+            return arg
+        schema = self.parameters or {}
+        if args is None:
+            args = _arguments_from_text(arg, schema)
+        if not isinstance(args, dict):
+            raise ArgumentError(f"arguments must be a JSON object, got {json.dumps(args, ensure_ascii=False)[:60]}")
+        return check(schema, args)
+
+    def argument_error(self, e: ArgumentError) -> ToolOutput:
+        """The result the model reads after a bad call."""
+        hint = signature_hint(self.name, self.parameters or {})
+        return ToolOutput(f"error: bad arguments for {self.name}: {e}; call it as {hint}", error=True,
+                          meta={"bad_arguments": True})
+
+    # -- system prompt ------------------------------------------------------------------------
+    def prompt_description(self) -> str:
+        """The description in the system prompt: a typed tool's schema follows its description;
+        a one-string tool's text is its description alone (the built-ins' prompt never changes)."""
+        if not self.takes_object:
+            return self.description
+        return f"{self.description}\n  Arguments (JSON schema): {json.dumps(self.parameters, ensure_ascii=False)}"
+
+    def example_argument(self) -> Any:
+        """The argument of the system prompt's example call when ``examples`` is empty."""
+        return example_arguments(self.parameters or {}) if self.takes_object else "..."
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def tool_schema(name: str, description: str, parameters: dict[str, Any] | None, arg_name: str) -> dict[str, Any]:
+    if parameters is None:
+        parameters = {"type": "object", "properties": {arg_name: {"type": "string"}}, "required": [arg_name]}
+    return {"name": name, "description": description, "parameters": parameters}
+
+
+def _arguments_from_text(text: str, schema: dict[str, Any]) -> Any:
+    props = list((schema.get("properties") or {}).items())
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = _NOT_JSON
+    if isinstance(value, dict) or len(props) != 1:
+        if value is _NOT_JSON:
+            example = json.dumps(example_arguments(schema), ensure_ascii=False)
+            raise ArgumentError(f"write the arguments as a JSON object, e.g. {example}")
+        return value
+    key, prop = props[0]
+    wants_string = isinstance(prop, dict) and "string" in (
+        [prop.get("type")] if isinstance(prop.get("type"), str) else prop.get("type") or [])
+    return {key: text if wants_string or value is _NOT_JSON else value}
+
+
+_NOT_JSON = object()
+
+
 class FunctionTool(Tool):
-    """A tool made from a plain (sync or async) function ``f(arg: str) -> str``."""
+    """A tool made from a plain (sync or async) function. One ``str`` parameter gives the classic
+    one-string tool; any other signature a typed tool whose schema comes from the type hints,
+    defaults and docstring (``tools.schema.function_schema``)."""
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None, description: str | None = None,
                  timeout_s: float | None = None, max_threads: int = 4):
-        params = list(inspect.signature(fn).parameters.values())
-        if len(params) != 1:
-            raise TypeError(f"tool function {fn.__name__} must take exactly one argument, got {len(params)}")
         check_timeout("timeout_s", timeout_s, "@tool(timeout_s=10)")
         self.fn = fn
         self.name = name or fn.__name__
-        self.description = description or inspect.getdoc(fn) or self.name
-        self.arg_name = params[0].name
+        doc_description, self.parameters, self._convert = function_schema(fn, self.name)
+        self.description = description or doc_description
+        props = list(self.parameters["properties"])
+        self.arg_name = props[0] if len(props) == 1 else "input"
         self.timeout_s = timeout_s
         self.threads = ToolThreads(max_threads, self.name)  # sync calls: never asyncio's default executor
 
-    async def call(self, arg: str) -> ToolOutput:
-        if inspect.iscoroutinefunction(self.fn):
-            out = await self.fn(arg)
+    async def call(self, arg: Any) -> ToolOutput:
+        """``arg``: the string (one-string tool), or a dict of arguments (checked here when it did
+        not come through ``bind``, e.g. a direct call from user code)."""
+        if self.takes_object:
+            kwargs = check(self.parameters or {}, arg) if isinstance(arg, dict) else self.bind(arg)
+            kwargs = {k: self._convert[k](v) if k in self._convert and v is not None else v for k, v in kwargs.items()}
         else:
-            out = await asyncio.wrap_future(self.threads.submit(self.fn, arg))
+            kwargs = {self.arg_name: arg}
+        if inspect.iscoroutinefunction(self.fn):
+            out = await self.fn(**kwargs)
+        else:
+            out = await asyncio.wrap_future(self.threads.submit(functools.partial(self.fn, **kwargs)))
         plain = isinstance(out, (ToolOutput, str, bytes, bytearray)) or out is None
+        if not plain and not isinstance(out, (int, float)) and _jsonable(out):
+            out = json.dumps(out, ensure_ascii=False)  # a typed tool may return a dict or a list
         return as_output(out if plain else str(out), self.name)  # a plain function may return a number
 
 
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, timeout_s: float | None = None):
-    """Decorator: ``@tool`` turns ``def f(query: str) -> str`` (docstring = description) into a Tool
-    and registers it under its name."""
+    """Decorator: ``@tool`` turns a function into a Tool (docstring = description, type hints and
+    defaults = argument schema) and registers it under its name::
+
+        @tool
+        def weather(city: str, days: int = 1, units: Literal["metric", "imperial"] = "metric") -> str:
+            \"\"\"Forecast for a city.
+
+            Args:
+                city: the city name
+                days: how many days ahead
+            \"\"\"
+    """
 
     def wrap(f: Callable[..., Any]) -> FunctionTool:
         t = FunctionTool(f, name=name, timeout_s=timeout_s)
@@ -183,56 +302,172 @@ class _Factory(Protocol):
     def __call__(self, **options: Any) -> Tool: ...
 
 
-def _python_factory(**options: Any) -> Tool:
-    from tools.python import PythonTool
+# -- the registry -------------------------------------------------------------------------------
+# Tools come from three places, looked up in this order:
+#   registered   ``register(name, factory)`` / ``@tool`` in this process (tests, notebooks)
+#   built-ins    ``BUILTIN_TOOLS``: the same ``module:attr`` targets pyproject.toml declares as this
+#                distribution's ``splice.tools`` entry points (a test keeps the two equal), so a
+#                checkout that is not pip-installed still has them
+#   plugins      every other distribution's ``splice.tools`` entry points: ``name = "pkg.mod:obj"``,
+#                obj a Tool, a Tool class (built with the tool's options) or a plain function
+# A plugin that fails to import, or that takes a built-in's name, is reported by name (``agent
+# tools``, and a ToolError naming the distribution when it is asked for), never dropped silently.
+ENTRY_POINT_GROUP = "splice.tools"
+BUILTIN_TOOLS: dict[str, str] = {"python": "tools.python:PythonTool", "search": "tools.search:SearchTool"}
+_REGISTRY: dict[str, _Factory] = {}
 
-    return PythonTool(**options)
 
+@dataclass
+class ToolInfo:
+    """One entry of the catalog ``agent tools`` prints."""
 
-def _search_factory(**options: Any) -> Tool:
-    from tools.search import SearchTool
-
-    return SearchTool(**options)
-
-
-# Built-ins are registered the same way as user tools: by name -> factory.
-_REGISTRY: dict[str, _Factory] = {"python": _python_factory, "search": _search_factory}
+    name: str
+    source: str  # "built-in" | "registered" | "plugin <distribution>" | "mcp <command>"
+    target: str = ""  # module:attr
+    description: str = ""
+    parameters: dict[str, Any] | None = None
+    error: str = ""  # why it cannot be loaded (a broken plugin)
 
 
 def register(name: str, factory: _Factory) -> None:
     _REGISTRY[name] = factory
 
 
+def _plugins() -> dict[str, ToolInfo]:
+    """``splice.tools`` entry points of installed distributions (not imported yet)."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, ToolInfo] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "unknown distribution"
+        if BUILTIN_TOOLS.get(ep.name) == ep.value:
+            continue  # splice's own entry point for a built-in
+        info = ToolInfo(ep.name, f"plugin {dist}", ep.value)
+        if ep.name in BUILTIN_TOOLS:
+            info.error = f"its name is taken by the built-in tool {ep.name!r}; rename the entry point"
+        elif ep.name in found:
+            info.error = f"the name is also claimed by {found[ep.name].source}"
+        found[ep.name] = info
+    return found
+
+
 def available_tools() -> list[str]:
-    return sorted(_REGISTRY)
+    """Names of every tool that can be asked for by name (nothing is imported)."""
+    return sorted(set(_REGISTRY) | set(BUILTIN_TOOLS) | set(_plugins()))
+
+
+def _load_target(target: str, what: str) -> Any:
+    mod_name, _, attr = target.partition(":")
+    from agent.errors import ToolError
+
+    try:
+        obj: Any = importlib.import_module(mod_name)
+        for part in attr.split(".") if attr else ():
+            obj = getattr(obj, part)
+    except Exception as e:  # ImportError, AttributeError, or whatever the module raises on import
+        raise ToolError(f"cannot import {what} {target!r}: {type(e).__name__}: {e}") from e
+    return obj
+
+
+def _from_object(obj: Any, spec: str, options: dict[str, Any]) -> Tool:
+    from agent.errors import ToolError
+
+    if isinstance(obj, Tool):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, Tool):
+        return obj(**options)
+    if callable(obj):
+        try:
+            return FunctionTool(obj)
+        except (TypeError, ValueError) as e:  # unsupported parameter types, or no signature (builtins)
+            raise ToolError(f"{spec!r} is not usable as a tool: {e}") from e
+    raise ToolError(f"{spec!r} is not a Tool, Tool class or function")
 
 
 def get_tool(spec: str | Tool, **options: Any) -> Tool:
-    """A Tool from a registered name (``"python"``), an import path (``"pkg.mod:obj"``) or a Tool."""
+    """A Tool from a registered name (``"python"``), a plugin's name, an import path
+    (``"pkg.mod:obj"``) or a Tool. ``"mcp:CMD"`` specs give several tools: use ``get_tools``."""
     from agent.errors import ToolError
 
     if isinstance(spec, Tool):
         return spec
+    if spec.startswith("mcp:"):
+        found = get_tools(spec, **options)
+        if len(found) != 1:
+            raise ToolError(f"{spec!r} serves {len(found)} tools; use get_tools() for them")
+        return found[0]
     if spec in _REGISTRY:
         return _REGISTRY[spec](**options)
+    if spec in BUILTIN_TOOLS:
+        return _from_object(_load_target(BUILTIN_TOOLS[spec], "built-in tool"), spec, options)
+    plugins = _plugins()
+    if spec in plugins:
+        info = plugins[spec]
+        if info.error:
+            raise ToolError(f"tool plugin {spec!r} ({info.source}, {info.target}) is unusable: {info.error}")
+        obj = _load_target(info.target, f"tool plugin {spec!r} ({info.source}):")
+        return _from_object(obj, spec, options)
     if ":" in spec:
-        mod_name, _, attr = spec.partition(":")
-        try:
-            obj = getattr(importlib.import_module(mod_name), attr)
-        except Exception as e:  # ImportError, AttributeError, or whatever the module raises on import
-            raise ToolError(f"cannot import tool {spec!r}: {type(e).__name__}: {e}") from e
-        if isinstance(obj, Tool):
-            return obj
-        if isinstance(obj, type) and issubclass(obj, Tool):
-            return obj(**options)
-        if callable(obj):
-            try:
-                return FunctionTool(obj)
-            except (TypeError, ValueError) as e:  # not one argument, or no signature (some builtins)
-                raise ToolError(f"{spec!r} is not usable as a tool: {e}") from e
-        raise ToolError(f"{spec!r} is not a Tool, Tool class or function")
+        return _from_object(_load_target(spec, "tool"), spec, options)
     raise ToolError(f"unknown tool {spec!r}; available: {', '.join(available_tools())} "
-                     "(or give an import path 'module:name')")
+                     "(or give an import path 'module:name', or 'mcp:COMMAND' for an MCP server)")
+
+
+def get_tools(spec: str | Tool, **options: Any) -> list[Tool]:
+    """The tools one spec gives: one, or every tool of an MCP server (``"mcp:python server.py"``)."""
+    if isinstance(spec, str) and spec.startswith("mcp:"):
+        from tools.mcp import mcp_tools
+
+        return list(mcp_tools(spec[len("mcp:"):], **options))
+    return [get_tool(spec, **options)]
+
+
+def _info_of(obj: Any, info: ToolInfo) -> ToolInfo:
+    """Description and schema of a loaded catalog object, without building a Tool class."""
+    if isinstance(obj, type) and issubclass(obj, Tool):
+        schema = tool_schema(obj.name or info.name, obj.description, obj.parameters, obj.arg_name)
+    else:
+        schema = _from_object(obj, info.name, {}).schema()
+    info.description, info.parameters = schema["description"], schema["parameters"]
+    return info
+
+
+def tool_catalog(specs: list[str] | None = None) -> list[ToolInfo]:
+    """Every available tool (or those ``specs`` name, MCP servers included) with its description and
+    schema; a tool that cannot be loaded is listed with ``error`` set."""
+    from agent.errors import SpliceError
+
+    if specs:
+        out: list[ToolInfo] = []
+        for spec in specs:
+            try:
+                out += [ToolInfo(t.name, _source_of(spec), spec, **_schema_fields(t)) for t in get_tools(spec)]
+            except SpliceError as e:
+                out.append(ToolInfo(spec, _source_of(spec), spec, error=str(e)))
+        return out
+    plugins = _plugins()
+    infos: list[ToolInfo] = []
+    for name in available_tools():
+        if name in _REGISTRY:
+            infos.append(ToolInfo(name, "registered", **_schema_fields(_REGISTRY[name]())))
+            continue
+        info = ToolInfo(name, "built-in", BUILTIN_TOOLS[name]) if name in BUILTIN_TOOLS else plugins[name]
+        if not info.error:
+            try:
+                info = _info_of(_load_target(info.target, f"tool plugin {name!r}"), info)
+            except SpliceError as e:
+                info.error = str(e)
+        infos.append(info)
+    return infos
+
+
+def _source_of(spec: str) -> str:
+    return f"mcp {spec[4:]}" if spec.startswith("mcp:") else "import path" if ":" in spec else "registry"
+
+
+def _schema_fields(t: Tool) -> dict[str, Any]:
+    s = t.schema()
+    return {"description": s["description"], "parameters": s["parameters"]}
 
 
 def truncate_middle(text: str, max_chars: int) -> str:
