@@ -1,7 +1,10 @@
 """The ``agent`` command: a thin layer that parses options and calls the library.
 
-Subcommands: ``run`` (one question, streamed live), ``chat`` (a REPL keeping history), and those
-registered by other packages: ``index`` (tools.search), ``eval`` (agent.evals), ``train`` (train).
+Subcommands: ``run`` (one question, streamed live), ``chat`` (a REPL keeping history), ``tools``
+(what tools are available, with their schemas), ``serve`` (an OpenAI-compatible endpoint running the
+tool loop), and those registered by other packages: ``index`` (tools.search), ``eval``
+(agent.evals), ``train`` (train). A package that cannot be imported still has its subcommand, which
+says why it is unavailable instead of vanishing from the command.
 Only this module turns SpliceError into a one-line message (exit status 2); so are the OS errors a
 user's paths cause (a folder where a file was expected, a read-only directory), as a backstop.
 
@@ -21,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from agent.config import HelpFormatter, add_arguments, from_args
-from agent.errors import ConfigError, SpliceError
+from agent.errors import ConfigError, MissingDependency, SpliceError
 from agent.runtime import RuntimeConfig
 
 __all__ = ["main", "build_parser", "configure_logging", "iter_parsers", "package_version"]
@@ -30,8 +33,9 @@ __all__ = ["main", "build_parser", "configure_logging", "iter_parsers", "package
 _LOGGERS = ("splice", "agent", "tools", "sandbox", "train")
 _LOG_FORMAT = "agent: %(levelname)s: %(message)s"
 
-# (module, attribute): each provides add_parser(subparsers); missing optional parts are skipped.
-_PLUGINS = [("tools.search.cli", "add_parser"), ("agent.evals.cli", "add_parser"), ("train.cli", "add_parser")]
+# (command, module): each module provides add_parser(subparsers). One that fails to import is listed
+# as unavailable, with the reason, never dropped.
+_PLUGINS = [("index", "tools.search.cli"), ("eval", "agent.evals.cli"), ("train", "train.cli")]
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
@@ -81,14 +85,78 @@ def build_parser() -> argparse.ArgumentParser:
                           formatter_class=HelpFormatter)
     _runtime_args(chat)
     chat.set_defaults(func=_cmd_chat)
-    for mod, attr in _PLUGINS:
+    tools = sub.add_parser("tools", help="list the tools available (built-in, plugins, MCP) with their schemas",
+                           formatter_class=HelpFormatter)
+    tools.add_argument("specs", nargs="*", metavar="SPEC",
+                       help="list only these: names, module:attr paths or 'mcp:COMMAND' (default: everything)")
+    tools.add_argument("--json", action="store_true", help="one JSON object per tool")
+    tools.set_defaults(func=_cmd_tools)
+    _add_serve(sub)
+    for command, mod in _PLUGINS:
         try:
-            getattr(importlib.import_module(mod), attr)(sub)
-        except ImportError:
-            continue
+            importlib.import_module(mod).add_parser(sub)
+        except Exception as e:  # noqa: BLE001 - any import failure: the command says so when run
+            _unavailable(sub, command, mod, e)
     for p in list(iter_parsers(parser))[1:]:
         _log_flags(p, top=False)
     return parser
+
+
+def _unavailable(sub: argparse._SubParsersAction, command: str, mod: str, e: BaseException) -> None:
+    """A placeholder subcommand for a package that failed to import: it names the failure."""
+    if command in sub.choices:  # it registered itself before failing: keep what it has
+        return
+    reason = f"'agent {command}' is unavailable: importing {mod} failed: {type(e).__name__}: {_one_line(e)}"
+    p = sub.add_parser(command, help=f"(unavailable: {type(e).__name__}: {_one_line(e)})", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def fail(ns: argparse.Namespace) -> int:
+        raise (MissingDependency if isinstance(e, ImportError) else SpliceError)(reason)
+
+    p.set_defaults(func=fail)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from agent.serve import ServeConfig
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible /v1/chat/completions endpoint running the tool "
+                           "loop on the server", formatter_class=HelpFormatter,
+                           description="Serve the configured model and tools at /v1/chat/completions. It runs "
+                           "model-written code for whoever can reach it: it binds 127.0.0.1 unless told "
+                           "otherwise, and any other address needs --key.")
+    add_arguments(serve, ServeConfig)
+    add_arguments(serve, RuntimeConfig)
+    serve.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(ns: argparse.Namespace) -> int:
+    from agent.serve import ServeConfig, serve_forever
+
+    scfg = from_args(ServeConfig, ns)  # validates host and key before a model loads
+    return asyncio.run(serve_forever(_config(ns), scfg))
+
+
+def _cmd_tools(ns: argparse.Namespace) -> int:
+    import json
+
+    from tools.base import tool_catalog
+    from tools.schema import signature_hint
+
+    infos = tool_catalog(ns.specs or None)
+    for info in infos:
+        if ns.json:
+            print(json.dumps({k: v for k, v in vars(info).items() if v not in ("", None)}, ensure_ascii=False))
+        elif info.error:
+            print(f"{info.name}  [{info.source}]  BROKEN: {info.error}\n")
+        else:
+            print(f"{info.name}  [{info.source}]")
+            print("  " + info.description.replace("\n", "\n  "))
+            print(f"  call: {signature_hint(info.name, info.parameters or {})}")
+            print(f"  schema: {json.dumps(info.parameters, ensure_ascii=False)}\n")
+    broken = [i.name for i in infos if i.error]
+    if broken:
+        print(f"agent: {len(broken)} tool(s) cannot be loaded: {', '.join(broken)}", file=sys.stderr)
+    return 1 if broken else 0
 
 
 @contextlib.contextmanager
