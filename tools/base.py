@@ -333,11 +333,13 @@ def register(name: str, factory: _Factory) -> None:
     _REGISTRY[name] = factory
 
 
-def _plugins() -> dict[str, ToolInfo]:
-    """``splice.tools`` entry points of installed distributions (not imported yet)."""
+def _plugins() -> tuple[dict[str, ToolInfo], list[ToolInfo]]:
+    """``splice.tools`` entry points of installed distributions (not imported yet): the usable
+    ones by name, and those rejected because their name is taken (with ``error`` saying by whom)."""
     from importlib.metadata import entry_points
 
     found: dict[str, ToolInfo] = {}
+    rejected: list[ToolInfo] = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(getattr(ep, "dist", None), "name", None) or "unknown distribution"
         if BUILTIN_TOOLS.get(ep.name) == ep.value:
@@ -346,14 +348,17 @@ def _plugins() -> dict[str, ToolInfo]:
         if ep.name in BUILTIN_TOOLS:
             info.error = f"its name is taken by the built-in tool {ep.name!r}; rename the entry point"
         elif ep.name in found:
-            info.error = f"the name is also claimed by {found[ep.name].source}"
-        found[ep.name] = info
-    return found
+            info.error = f"its name is taken by {found[ep.name].source} ({found[ep.name].target})"
+        if info.error:
+            rejected.append(info)
+        else:
+            found[ep.name] = info
+    return found, rejected
 
 
 def available_tools() -> list[str]:
     """Names of every tool that can be asked for by name (nothing is imported)."""
-    return sorted(set(_REGISTRY) | set(BUILTIN_TOOLS) | set(_plugins()))
+    return sorted(set(_REGISTRY) | set(BUILTIN_TOOLS) | set(_plugins()[0]))
 
 
 def _load_target(target: str, what: str) -> Any:
@@ -369,16 +374,20 @@ def _load_target(target: str, what: str) -> Any:
     return obj
 
 
-def _from_object(obj: Any, spec: str, options: dict[str, Any]) -> Tool:
+def _from_object(obj: Any, spec: str, options: dict[str, Any], name: str | None = None) -> Tool:
+    """A Tool from what an import path or entry point names. ``name``: a plugin's entry-point name,
+    which a plain function takes and a Tool must already have (the model calls it by that name)."""
     from agent.errors import ToolError
 
-    if isinstance(obj, Tool):
-        return obj
     if isinstance(obj, type) and issubclass(obj, Tool):
-        return obj(**options)
+        obj = obj(**options)
+    if isinstance(obj, Tool):
+        if name is not None and obj.name != name:
+            raise ToolError(f"entry point {name!r} gives a tool named {obj.name!r}; make the names equal")
+        return obj
     if callable(obj):
         try:
-            return FunctionTool(obj)
+            return FunctionTool(obj, name=name)
         except (TypeError, ValueError) as e:  # unsupported parameter types, or no signature (builtins)
             raise ToolError(f"{spec!r} is not usable as a tool: {e}") from e
     raise ToolError(f"{spec!r} is not a Tool, Tool class or function")
@@ -400,13 +409,11 @@ def get_tool(spec: str | Tool, **options: Any) -> Tool:
         return _REGISTRY[spec](**options)
     if spec in BUILTIN_TOOLS:
         return _from_object(_load_target(BUILTIN_TOOLS[spec], "built-in tool"), spec, options)
-    plugins = _plugins()
+    plugins = _plugins()[0]
     if spec in plugins:
         info = plugins[spec]
-        if info.error:
-            raise ToolError(f"tool plugin {spec!r} ({info.source}, {info.target}) is unusable: {info.error}")
         obj = _load_target(info.target, f"tool plugin {spec!r} ({info.source}):")
-        return _from_object(obj, spec, options)
+        return _from_object(obj, spec, options, name=spec)
     if ":" in spec:
         return _from_object(_load_target(spec, "tool"), spec, options)
     raise ToolError(f"unknown tool {spec!r}; available: {', '.join(available_tools())} "
@@ -424,10 +431,14 @@ def get_tools(spec: str | Tool, **options: Any) -> list[Tool]:
 
 def _info_of(obj: Any, info: ToolInfo) -> ToolInfo:
     """Description and schema of a loaded catalog object, without building a Tool class."""
+    from agent.errors import ToolError
+
     if isinstance(obj, type) and issubclass(obj, Tool):
-        schema = tool_schema(obj.name or info.name, obj.description, obj.parameters, obj.arg_name)
+        if obj.name != info.name:
+            raise ToolError(f"entry point {info.name!r} gives a tool named {obj.name!r}; make the names equal")
+        schema = tool_schema(obj.name, obj.description, obj.parameters, obj.arg_name)
     else:
-        schema = _from_object(obj, info.name, {}).schema()
+        schema = _from_object(obj, info.name, {}, name=info.name).schema()
     info.description, info.parameters = schema["description"], schema["parameters"]
     return info
 
@@ -445,7 +456,7 @@ def tool_catalog(specs: list[str] | None = None) -> list[ToolInfo]:
             except SpliceError as e:
                 out.append(ToolInfo(spec, _source_of(spec), spec, error=str(e)))
         return out
-    plugins = _plugins()
+    plugins, rejected = _plugins()
     infos: list[ToolInfo] = []
     for name in available_tools():
         if name in _REGISTRY:
@@ -458,7 +469,7 @@ def tool_catalog(specs: list[str] | None = None) -> list[ToolInfo]:
             except SpliceError as e:
                 info.error = str(e)
         infos.append(info)
-    return infos
+    return infos + rejected
 
 
 def _source_of(spec: str) -> str:
