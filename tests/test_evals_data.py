@@ -88,54 +88,75 @@ def test_generators_are_deterministic_and_prefix_stable(family):
     assert len({e.id for e in a}) == 20 and all(e.family == family for e in a)
 
 
-# Each family's gold answer recomputed from the question text alone, by other means than tasks.py
-# uses (no str.count, no slicing, no float): a wrong generator or a question that does not say what
-# the answer assumes both fail.
-_ARITH = [  # (question pattern, how its numbers combine)
-    (r" (\d+) [\w ]+ per \w+\. How many .* in (\d+) \w+\?$", lambda a, b: a * b),
-    (r"holds (\d+) .* brings (\d+) more", lambda a, b: a + b),
-    (r"had (\d+) residents\. Then (\d+) of them moved away", lambda a, b: a - b),
-    (r"packs (\d+) crates with (\d+) .* ships (\d+) ", lambda a, b, c: a * b - c),
-]
+# Each family's gold answer recomputed from the question text and its meta, by other means than
+# tasks.py uses (no str.count, no slicing, no float, no eval): a wrong generator, or a question that
+# does not contain what the answer is computed from, fails.
+def _plain_digits(question: str) -> set[int]:
+    return {int(x.replace(",", "")) for x in re.findall(r"\d[\d,]*\d|\d", question)}
 
 
-def _arith_answer(question: str) -> int:
-    for pattern, combine in _ARITH:
-        m = re.search(pattern, question)
-        if m:
-            return combine(*map(int, m.groups()))
-    raise AssertionError(f"no known arithmetic shape: {question}")
+_OPS = {"mul": lambda m: m["a"] * m["b"], "add": lambda m: m["a"] + m["b"], "sub": lambda m: m["a"] - m["b"],
+        "mul_sub": lambda m: m["a"] * m["b"] - m["c"], "add_mul": lambda m: (m["a"] + m["b"]) * m["c"],
+        "floordiv": lambda m: Decimal(m["a"]) // Decimal(m["b"]), "percent": lambda m: Decimal(m["a"]) * m["p"] / 100}
 
 
-def _quoted(question: str) -> list[str]:
-    return re.findall(r'"([^"]*)"', question)
-
-
-def test_generated_answers_are_right():
+@pytest.mark.parametrize("phrasing", ["train", "heldout"])
+def test_generated_answers_are_right(phrasing):
     kinds = set()
-    for e in generate("arith", 60, 0):
-        assert int(e.answer) == _arith_answer(e.question), e.question
+    for e in generate("arith", 300, 0, phrasing):
+        m = {k: int(v) for k, v in e.meta.items() if k in "abcp"}
+        assert set(m.values()) <= _plain_digits(e.question), e.question  # every operand is in the question
+        assert Decimal(e.answer) == _OPS[e.meta["kind"]](m), e.question
         kinds.add(e.meta["kind"])
-    assert kinds == {"mul", "add", "sub", "mul_sub"}
-    for e in generate("count", 60, 0):
-        letter, text = _quoted(e.question)
-        assert int(e.answer) == collections.Counter(text.lower())[letter.lower()], e.question
-    for e in generate("reverse", 20, 0):
-        (text,) = _quoted(e.question)
-        assert e.answer == "".join(reversed(text)) and sorted(e.answer) == sorted(text)
-    for e in generate("length", 20, 0):
-        (text,) = _quoted(e.question)
-        assert int(e.answer) == sum(1 for _ in text)
-    for e in generate("compare", 60, 0):
-        a, b = re.search(r": ([\d.]+) or ([\d.]+)\?", e.question).groups()
+    assert kinds == set(_OPS)
+    for fam in ("count", "count_name", "count_text"):
+        for e in generate(fam, 80, 0, phrasing):
+            text, letter = e.meta["text"], e.meta["letter"]
+            assert text in e.question and re.search(rf"(?<![A-Za-z]){letter}(?![a-rt-z])", e.question), e.question
+            assert int(e.answer) == collections.Counter(text.lower())[letter.lower()], e.question
+    for e in generate("reverse", 40, 0, phrasing):
+        text = e.meta["text"]
+        assert text in e.question and e.answer == "".join(reversed(text)) and sorted(e.answer) == sorted(text)
+    for e in generate("length", 40, 0, phrasing):
+        assert e.meta["text"] in e.question and " " not in e.meta["text"]
+        assert int(e.answer) == sum(1 for _ in e.meta["text"])
+    for e in generate("char", 40, 0, phrasing):
+        assert e.meta["text"] in e.question and e.answer == list(e.meta["text"])[int(e.meta["n"]) - 1]
+    for e in generate("compare", 80, 0, phrasing):
+        a, b = e.meta["a"], e.meta["b"]
+        assert a in e.question and b in e.question
         larger = a if Decimal(a) > Decimal(b) else b
-        smaller = b if larger == a else a
-        assert e.answer == (larger if "larger" in e.question else smaller), e.question
+        assert e.answer == (larger if e.meta["want"] == "larger" else (b if larger == a else a)), e.question
 
 
-def test_count_answers_include_zero_counts_and_sentences():
-    exs = generate("count", 200, 0)
-    assert any(e.answer == "0" for e in exs) and any("sentence" in e.question for e in exs)
+def test_every_family_has_15_templates_and_held_out_ones_never_reach_the_train_split():
+    from agent.evals.tasks import HELDOUT
+
+    for fam, n in FAMILIES.items():
+        assert n >= 15 and 3 <= len(HELDOUT[fam]) < n / 2, fam
+        train = {e.meta["template"] for e in generate(fam, 400, 1, "train")}
+        held = {e.meta["template"] for e in generate(fam, 200, 1, "heldout")}
+        assert held == {str(i) for i in HELDOUT[fam]} and not train & held, fam
+        assert len(train) == n - len(HELDOUT[fam]), fam  # every training template is used
+        questions = {e.question for e in generate(fam, 200, 1, "train")}
+        assert not questions & {e.question for e in generate(fam, 200, 1, "heldout")}
+
+
+def test_phrasing_spec_parses_and_rejects_bad_names():
+    from agent.evals.tasks import TOOL_FAMILIES, parse_spec
+
+    assert parse_spec("arith,count@heldout") == (["arith", "count"], "heldout")
+    assert parse_spec("all") == (list(TOOL_FAMILIES), "all") and "plain" not in TOOL_FAMILIES
+    with pytest.raises(ConfigError, match="phrasing split"):
+        parse_spec("arith@test")
+    with pytest.raises(ConfigError, match="unknown task families"):
+        parse_spec("poetry")
+
+
+def test_count_answers_include_zero_counts_upper_case_letters_and_paragraphs():
+    exs = generate("count", 300, 0) + generate("count_text", 300, 0)
+    assert any(e.answer == "0" for e in exs) and any(e.meta["letter"].isupper() for e in exs)
+    assert any(e.meta["text"].count(".") >= 2 for e in exs)  # multi-sentence paragraphs
 
 
 def test_generate_mix_interleaves_and_validates():

@@ -25,6 +25,7 @@ def add_parser(subparsers: Any) -> None:
     from train.data import DataConfig
     from train.export import ExportConfig
     from train.probe import ProbeConfig
+    from train.recipe import RecipeConfig
     from train.sft import SFTConfig
 
     train = subparsers.add_parser("train", help="make tool-use data, fine-tune, export",
@@ -35,6 +36,7 @@ def add_parser(subparsers: Any) -> None:
         ("probe", ProbeConfig, _cmd_probe, "knowledge probe: search/refuse where the model does not know"),
         ("sft", SFTConfig, _cmd_sft, "supervised fine-tuning (LoRA or full) with exact loss masks"),
         ("export", ExportConfig, _cmd_export, "merge LoRA, save a HF model, write GGUF (model or adapter)"),
+        ("recipe", RecipeConfig, _cmd_recipe, "data, SFT, export, eval and card of the shipped adapter, resumable"),
     ):
         p = sub.add_parser(name, help=help_, description=importlib.import_module(cls.__module__).__doc__,
                            formatter_class=HelpFormatter)
@@ -87,14 +89,20 @@ def _cmd_data(ns: argparse.Namespace) -> int:
 async def _data(cfg: Any) -> int:
     from collections import Counter
 
+    rows = await _data_rows(cfg)
+    print(json.dumps({"out": cfg.out, "examples": len(rows), "families": Counter(r["family"] for r in rows)}))
+    return 0
+
+
+async def _data_rows(cfg: Any) -> list[dict[str, Any]]:
+    """Synthesise the data ``cfg`` describes with the real tools and write it to ``cfg.out``."""
     from train.data import build_plans, family_limits, synthesize, write_jsonl
 
     plans = build_plans(cfg)
     async with open_tools(cfg.syntax, cfg.index, cfg.multihop, need_search=cfg.n_multihop > 0) as tools:
         rows = await synthesize(plans, tools, cfg.syntax, cfg.concurrency, family_limits(cfg))
     write_jsonl(rows, cfg.out)
-    print(json.dumps({"out": cfg.out, "examples": len(rows), "families": Counter(r["family"] for r in rows)}))
-    return 0
+    return rows
 
 
 def _cmd_probe(ns: argparse.Namespace) -> int:
@@ -123,4 +131,12 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     from train.export import ExportConfig, export
 
     print(json.dumps(export(from_args(ExportConfig, ns)), default=str))
+    return 0
+
+
+def _cmd_recipe(ns: argparse.Namespace) -> int:
+    from train.recipe import RecipeConfig, run_recipe
+
+    state = run_recipe(from_args(RecipeConfig, ns))
+    print(json.dumps({k: state[k] for k in ("export", "card") if k in state}, default=str))
     return 0

@@ -5,8 +5,9 @@ Each family turns a source question into a *plan*: words, tool calls and an answ
 local search index), splices the real result in as a ``result`` part, fills ``{r}`` in later text
 with the last result, and keeps the example only when the results agree with the gold answer.
 
-Families: ``arith``/``count``/``compare``/``length``/``reverse`` (the eval task generators, other
-seeds), ``gsm8k`` (its ``<<expr=value>>`` annotations become a Python program), ``multihop``
+Families: ``arith``/``count``/``count_name``/``count_text``/``compare``/``length``/``reverse``/``char``
+(the eval task generators, other seeds, training phrasings only: ``agent.evals.tasks.HELDOUT``
+templates never appear), ``gsm8k`` (its ``<<expr=value>>`` annotations become a Python program), ``multihop``
 (HotpotQA/MuSiQue questions become search calls over a local index of their passages), ``plain``
 (questions answered without a tool) and ``identity``. Output: JSONL, one chat per line, deterministic
 by seed (``Plan.id`` order, never completion order). A plan whose execution raises (a tool bug) is
@@ -36,7 +37,7 @@ __all__ = ["DataConfig", "Plan", "execute", "synthesize", "build_plans", "system
 
 log = logging.getLogger("splice.train.data")
 
-TASK_FAMILIES = ("arith", "count", "compare", "length", "reverse")
+TASK_FAMILIES = ("arith", "count", "count_name", "count_text", "compare", "length", "reverse", "char")
 
 
 @dataclass
@@ -45,10 +46,13 @@ class DataConfig:
     syntax: str = field(default="splice", metadata={"help": "tag syntax of the examples"})
     seed: int = field(default=1000, metadata={"help": "data seed (task generators use seed, seed+1, ...)"})
     n_arith: int = field(default=300, metadata={"help": "arithmetic word problems (python)"})
-    n_count: int = field(default=300, metadata={"help": "letter counting (python)"})
+    n_count: int = field(default=300, metadata={"help": "letter counting in words (python)"})
+    n_count_name: int = field(default=0, metadata={"help": "letter counting in names (python)"})
+    n_count_text: int = field(default=0, metadata={"help": "letter counting in sentences and paragraphs (python)"})
     n_compare: int = field(default=60, metadata={"help": "decimal comparison (python)"})
     n_length: int = field(default=60, metadata={"help": "string length (python)"})
     n_reverse: int = field(default=60, metadata={"help": "string reversal (python)"})
+    n_char: int = field(default=0, metadata={"help": "n-th character of a word (python)"})
     n_gsm8k: int = field(default=300, metadata={"help": "GSM8K train problems converted to code"})
     n_multihop: int = field(default=200, metadata={"help": "HotpotQA/MuSiQue questions as search calls"})
     n_plain: int = field(default=150, metadata={"help": "questions answered without a tool"})
@@ -59,9 +63,13 @@ class DataConfig:
     multihop_holdout: float = field(default=0.2, metadata={
         "help": "share of multihop questions kept out of training (by id hash), written next to --out "
                 "as <out>.heldout-{hotpotqa,musique}.json for evaluation"})
-    name: str = field(default="", metadata={"help": "assistant name for identity examples"})
+    name: str = field(default="", metadata={
+        "help": "assistant name for identity examples (empty: varied names, each configured by the identity "
+                "line of its system prompt, so the model answers with whatever --system says)"})
     maker: str = field(default="", metadata={"help": "assistant maker for identity examples"})
     concurrency: int = field(default=4, metadata={"help": "examples executed at once"})
+    phrasing: str = field(default="train", metadata={
+        "help": "question templates of the task families: train (held-out templates stay out), all"})
 
     def __post_init__(self) -> None:
         if self.n_gsm8k and not self.gsm8k:
@@ -70,8 +78,6 @@ class DataConfig:
             self.n_multihop = 0
         if self.n_multihop and not self.index:
             raise ConfigError("--n-multihop needs --index PATH (built from --multihop passages if missing)")
-        if self.n_identity and not self.name:
-            raise ConfigError("--n-identity needs --name (and --maker) for the assistant")
         if self.concurrency < 1:
             raise ConfigError("concurrency must be >= 1")
 
@@ -101,6 +107,7 @@ class Plan:
     gold: str
     check: Callable[[list[str]], bool] | None = None
     tools: tuple[str, ...] = ("python", "search")
+    identity: str = ""  # the identity line the system prompt starts with (``RuntimeConfig.system``)
 
 
 def _fill(part: dict[str, Any], results: list[str]) -> dict[str, Any]:
@@ -136,20 +143,27 @@ async def execute(plan: Plan, tools: Mapping[str, Tool], system: str) -> dict[st
             "messages": messages}
 
 
-def system_prompt(tools: Sequence[Tool], syntax: str) -> str:
-    """The runtime's own system prompt for these tools (``Agent.system_prompt``)."""
+def system_prompt(tools: Sequence[Tool], syntax: str, identity: str = "") -> str:
+    """The runtime's own system prompt for these tools (``Agent.system_prompt``), with the identity
+    line ``RuntimeConfig.system`` puts first."""
     from agent.backends.scripted import ScriptedBackend
     from agent.runtime import Agent
 
-    return Agent(ScriptedBackend([]), tools=list(tools), syntax=syntax).system_prompt()
+    return Agent(ScriptedBackend([]), tools=list(tools), syntax=syntax, system=identity).system_prompt()
 
 
 # -- task-generator families ------------------------------------------------------------------------
 _INTRO_CODE = ("I'll compute this with Python.\n", "Let me calculate it exactly.\n",
                "This needs exact arithmetic, so I'll run code.\n", "I'll use Python to get it right.\n")
-_INTRO_COUNT = ("I'll count with Python instead of guessing.\n", "Counting letters by eye is error-prone; "
-                "let me use code.\n", "Let me count it with code.\n")
+_INTRO_TEXT = ("I'll count with Python instead of guessing.\n", "Counting letters by eye is error-prone; "
+               "let me use code.\n", "Let me count it with code.\n", "I'll copy the text into Python and count.\n")
+_INTRO_STR = ("I'll let Python do this exactly.\n", "Let me check with code.\n", "I'll use Python for this.\n")
 _OUTRO = ("The result is {r}.\n", "Python gives {r}.\n", "So the answer is {r}.\n")
+_INTROS = {"arith": _INTRO_CODE, "count": _INTRO_TEXT, "count_name": _INTRO_TEXT, "count_text": _INTRO_TEXT}
+# the tool sets a task example is offered (its system prompt): the runtime default and python alone
+_TASK_TOOLS = (("python", "search"), ("python", "search"), ("python",))
+_PLAIN_TOOLS = (("python", "search"), ("python",), ())
+_SEARCH_TOOLS = (("python", "search"), ("search",))
 
 
 def _correct(gold: str) -> Callable[[list[str]], bool]:
@@ -158,36 +172,42 @@ def _correct(gold: str) -> Callable[[list[str]], bool]:
     return lambda results: bool(results) and is_correct(results[-1].strip(), gold)
 
 
-def _arith_code(question: str, kind: str) -> str:
-    n = [int(x) for x in re.findall(r"\d+", question)]
-    expr = {"mul": "{0} * {1}", "add": "{0} + {1}", "sub": "{0} - {1}", "mul_sub": "{0} * {1} - {2}"}[kind]
-    return "print(" + expr.format(*n) + ")"
+def _lit(s: str) -> str:
+    """A Python string literal of ``s``, in double quotes where it can be (as a person would type it)."""
+    return f'"{s}"' if '"' not in s and "\\" not in s else repr(s)
 
 
-def _task_code(ex: Any) -> str:
+def task_code(ex: Any) -> str:
+    """The program a task example's answer comes from: the question's text copied exactly into a
+    variable, case-insensitive where case does not matter, ``print`` of the final value."""
     m, fam = ex.meta, ex.family
     if fam == "arith":
-        return _arith_code(ex.question, m["kind"])
-    if fam == "count":
-        return f"text = {m['text']!r}\nprint(text.lower().count({m['letter']!r}))"
+        return f"print({m['expr']})"
+    if fam in ("count", "count_name", "count_text"):
+        return f"text = {_lit(m['text'])}\nletter = {_lit(m['letter'])}\nprint(text.lower().count(letter.lower()))"
     if fam == "compare":
-        a, b = re.findall(r"\d+\.\d+", ex.question)[:2]
-        return f"print({'max' if m['want'] == 'larger' else 'min'}({a}, {b}))"
+        return f"a = {m['a']}\nb = {m['b']}\nprint({'max' if m['want'] == 'larger' else 'min'}(a, b))"
     if fam == "length":
-        return f"print(len({m['text']!r}))"
-    return f"print({m['text']!r}[::-1])"
+        return f"text = {_lit(m['text'])}\nprint(len(text))"
+    if fam == "reverse":
+        return f"text = {_lit(m['text'])}\nprint(text[::-1])"
+    if fam == "char":
+        return f"word = {_lit(m['text'])}\nprint(word[{m['n']} - 1])"
+    raise ConfigError(f"no program for task family {fam!r}")
 
 
-def arith_plans(family: str, n: int, seed: int) -> list[Plan]:
-    """Plans for one eval task family, from ``agent.evals.tasks.generate`` with this seed."""
+def arith_plans(family: str, n: int, seed: int, phrasing: str = "train") -> list[Plan]:
+    """Plans for one eval task family, from ``agent.evals.tasks.generate`` with this seed, drawn from
+    the training phrasings only by default (the held-out templates stay out of training data)."""
     from agent.evals.tasks import generate
 
     rng = random.Random(f"plans:{family}:{seed}")
     out = []
-    for ex in generate(family, n, seed):
-        intro = rng.choice(_INTRO_COUNT if family == "count" else _INTRO_CODE)
-        parts = [text(intro), call("python", _task_code(ex)), text(rng.choice(_OUTRO)), answer("{r}")]
-        out.append(Plan(f"{ex.id}", family, ex.question, parts, ex.answer, _correct(ex.answer)))
+    for ex in generate(family, n, seed, phrasing):
+        intro = rng.choice(_INTROS.get(family, _INTRO_STR))
+        parts = [text(intro), call("python", task_code(ex)), text(rng.choice(_OUTRO)), answer("{r}")]
+        out.append(Plan(f"{ex.id}", family, ex.question, parts, ex.answer, _correct(ex.answer),
+                        tools=rng.choice(_TASK_TOOLS)))
     return out
 
 
@@ -270,7 +290,8 @@ def musique_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None
     parts[-1] = text(f"The answer is {gold}.\n")
     parts.append(answer(gold))
     check = lambda res: all(_found(a, r) for a, r in zip(answers, res))  # noqa: E731
-    return Plan(f"musique-{rec.get('id', i)}", "multihop", rec["question"], parts, gold, check)
+    return Plan(f"musique-{rec.get('id', i)}", "multihop", rec["question"], parts, gold, check,
+                tools=rng.choice(_SEARCH_TOOLS))
 
 
 def hotpot_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None:
@@ -287,7 +308,8 @@ def hotpot_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None:
                  text(f"I also need {titles[1]}.\n"), call("search", titles[1])]
     parts += [text(f"The answer is {gold}.\n"), answer(gold)]
     check = (lambda res: True) if gold.lower() in ("yes", "no") else (lambda res: any(_found(gold, r) for r in res))
-    return Plan(f"hotpot-{rec.get('_id', i)}", "multihop", rec["question"], parts, gold, check)
+    return Plan(f"hotpot-{rec.get('_id', i)}", "multihop", rec["question"], parts, gold, check,
+                tools=rng.choice(_SEARCH_TOOLS))
 
 
 def multihop_records(root: str | Path, holdout: float = 0.0, heldout_prefix: str | Path = ""
@@ -325,36 +347,17 @@ def multihop_corpora(root: str | Path) -> list[Path]:
 
 
 # -- plain answers ---------------------------------------------------------------------------------
-_CAPITALS = (("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"),
-             ("Spain", "Madrid"), ("England", "London"), ("Russia", "Moscow"), ("China", "Beijing"))
-_OPPOSITES = (("hot", "cold"), ("up", "down"), ("big", "small"), ("day", "night"), ("fast", "slow"),
-              ("open", "closed"), ("happy", "sad"), ("left", "right"), ("old", "new"), ("light", "dark"))
-_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+def plain_plans(n: int, seed: int, phrasing: str = "train") -> list[Plan]:
+    """Questions a model answers without a tool (``agent.evals.tasks`` family ``plain``): the target
+    answers directly, with and without tools offered."""
+    from agent.evals.tasks import generate
 
-
-def _plain_one(rng: random.Random) -> tuple[str, str, str]:
-    kind = rng.randrange(4)
-    if kind == 0:
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        return f"What is {a} + {b}?", f"{a} + {b} = {a + b}. That is small enough to do directly.\n", str(a + b)
-    if kind == 1:
-        c, cap = rng.choice(_CAPITALS)
-        return f"What is the capital of {c}?", f"The capital of {c} is {cap}.\n", cap
-    if kind == 2:
-        w, o = rng.choice(_OPPOSITES)
-        return f"What is the opposite of \"{w}\"?", f"The opposite of \"{w}\" is \"{o}\".\n", o
-    d = rng.randrange(7)
-    return (f"What day comes after {_DAYS[d]}?", f"The day after {_DAYS[d]} is {_DAYS[(d + 1) % 7]}.\n",
-            _DAYS[(d + 1) % 7])
-
-
-def plain_plans(n: int, seed: int) -> list[Plan]:
-    """Questions a model answers without a tool: the target answers directly, no call."""
     rng = random.Random(f"plain:{seed}")
     out = []
-    for i in range(n):
-        q, why, gold = _plain_one(rng)
-        out.append(Plan(f"plain-{seed}-{i}", "plain", q, [text(why), answer(gold)], gold))
+    for ex in generate("plain", n, seed, phrasing):
+        say = ex.meta.get("say", "")
+        parts = ([text(say + "\n")] if say else []) + [answer(ex.answer)]
+        out.append(Plan(ex.id, "plain", ex.question, parts, ex.answer, tools=rng.choice(_PLAIN_TOOLS)))
     return out
 
 
@@ -364,7 +367,7 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
     for k, fam in enumerate(TASK_FAMILIES):
         n = getattr(cfg, f"n_{fam}")
         if n:
-            plans += arith_plans(fam, n, cfg.seed + k)
+            plans += arith_plans(fam, n, cfg.seed + k, cfg.phrasing)
     rng = random.Random(f"sources:{cfg.seed}")
     if cfg.n_gsm8k:
         from agent.evals.data import read_records
@@ -378,7 +381,7 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
         order = rng.sample(range(len(recs2)), len(recs2))
         make = {"hotpot": hotpot_plan, "musique": musique_plan}
         plans += _take((make[recs2[j][0]](recs2[j][1], j, rng) for j in order), cfg.n_multihop)
-    plans += plain_plans(cfg.n_plain, cfg.seed)
+    plans += plain_plans(cfg.n_plain, cfg.seed, cfg.phrasing)
     if cfg.n_identity:
         from train.identity import identity_plans
 
@@ -400,11 +403,12 @@ def _take(plans: Iterable[Plan | None], n: int) -> list[Plan]:
 async def synthesize(plans: Sequence[Plan], tools: Mapping[str, Tool], syntax: str = "splice",
                      concurrency: int = 4, limits: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
     """Execute plans (``concurrency`` at once); keep plan order; at most ``limits[family]`` each."""
-    prompts: dict[tuple[str, ...], str] = {}
+    prompts: dict[tuple[tuple[str, ...], str], str] = {}
     for p in plans:
-        if p.tools not in prompts:
-            prompts[p.tools] = system_prompt([tools[t] for t in p.tools if t in tools], syntax)
-    out = await map_bounded(lambda plan: execute(plan, tools, prompts[plan.tools]), plans, concurrency)
+        if (p.tools, p.identity) not in prompts:
+            prompts[p.tools, p.identity] = system_prompt([tools[t] for t in p.tools if t in tools], syntax, p.identity)
+    out = await map_bounded(lambda plan: execute(plan, tools, prompts[plan.tools, plan.identity]), plans,
+                            concurrency)
     failed = [(p, r) for p, r in zip(plans, out) if isinstance(r, Exception)]
     for plan, exc in failed:
         log.warning("plan %s failed and was dropped: %s: %s", plan.id, type(exc).__name__, exc)

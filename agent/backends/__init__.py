@@ -50,7 +50,7 @@ def default_model_path() -> Path:
 
 
 def resolve_model(model: str) -> Path:
-    if model == "default":
+    if model in ("default", "base"):
         return default_model_path()
     p = Path(model).expanduser()
     if not p.exists():
@@ -67,7 +67,8 @@ def choose_backend(cfg: "RuntimeConfig", env: Mapping[str, str] | None = None) -
     env = os.environ if env is None else env
     if cfg.model.startswith(("http://", "https://")) or cfg.base_url:
         return "openai"
-    if cfg.model != "default" and not Path(cfg.model).expanduser().exists() and env.get("OPENAI_BASE_URL"):
+    if cfg.model not in ("default", "base") and not Path(cfg.model).expanduser().exists() \
+            and env.get("OPENAI_BASE_URL"):
         return "openai"
     return "llama_cpp" if resolve_model(cfg.model).suffix == ".gguf" else "transformers"
 
@@ -87,7 +88,10 @@ def load_backend(cfg: "RuntimeConfig") -> Backend:
             path = ggufs[0]
         from agent.backends.llama_cpp import LlamaCppBackend
 
-        return LlamaCppBackend(path, n_ctx=cfg.n_ctx, adapter=_default_adapter(cfg.model), n_seq=cfg.n_seq)
+        return LlamaCppBackend(path, n_ctx=cfg.n_ctx, adapter=_adapter(cfg), n_seq=cfg.n_seq)
+    if cfg.adapter not in ("", "none") or (cfg.model == "default" and shipped_adapter() is not None):
+        raise ConfigError(f"a LoRA adapter GGUF runs on the llama_cpp backend only (got --backend {kind}); "
+                          "use --model base for the default model without its adapter")
     if kind == "transformers":
         from agent.backends.transformers import TransformersBackend
 
@@ -99,14 +103,29 @@ def load_backend(cfg: "RuntimeConfig") -> Backend:
     raise ConfigError(f"unknown backend {kind!r}; choose auto, llama_cpp, transformers, batched or openai")
 
 
-def _default_adapter(model: str) -> Path | None:
-    """The tool-use LoRA shipped for the default model, if this build ships one."""
-    if model != "default":
-        return None
+ADAPTER_DIR = "adapters"
+SHIPPED_ADAPTER = "smollm2-tools.gguf"
+
+
+def shipped_adapter() -> Path | None:
+    """The tool-use LoRA shipped for the default model (``agent/adapters/``), if this build has one;
+    its training config and eval summary sit beside it (``smollm2-tools.json``)."""
     from importlib import resources
 
     try:
-        p = Path(str(resources.files("agent").joinpath("adapters", "smollm2-tools.gguf")))
+        p = Path(str(resources.files("agent").joinpath(ADAPTER_DIR, SHIPPED_ADAPTER)))
     except (ModuleNotFoundError, FileNotFoundError):
         return None
     return p if p.exists() else None
+
+
+def _adapter(cfg: "RuntimeConfig") -> Path | None:
+    """``--adapter`` if given ('none': no adapter), else the shipped one for ``--model default``."""
+    if cfg.adapter == "none":
+        return None
+    if cfg.adapter:
+        p = Path(cfg.adapter).expanduser()
+        if not p.is_file():
+            raise ModelNotFound(f"adapter not found: {cfg.adapter} (give a LoRA adapter .gguf file)")
+        return p
+    return shipped_adapter() if cfg.model == "default" else None

@@ -40,7 +40,8 @@ def _check_out_dir(out: Path) -> None:
 class EvalConfig:
     data: str = field(default="", metadata={
         "help": "dataset file (.jsonl/.json: gsm8k, hotpotqa, musique, letter-count or question/answer "
-                "records) or generated tasks: gen:arith,count,compare,length,reverse"})
+                "records) or generated tasks: gen:arith,count,... (gen:all = every tool family; "
+                "@train / @heldout picks a phrasing split, e.g. gen:all@heldout)"})
     out: str = field(default="", metadata={"help": "output directory (default runs/eval-<data>); "
                                                    "an existing run there is resumed"})
     modes: list[str] = field(default_factory=lambda: [NO_TOOLS], metadata={

@@ -32,7 +32,7 @@ from agent.errors import ConfigError, DataError
 from agent.evals import metrics
 from agent.evals.config import EvalConfig, parse_mode
 from agent.evals.data import Example, FieldNames, collect_passages, load_examples, write_corpus
-from agent.evals.tasks import FAMILIES, generate_mix
+from agent.evals.tasks import generate_mix, parse_spec
 from agent.runtime import Agent, RuntimeConfig
 from agent.trajectory import Trajectory
 
@@ -69,12 +69,9 @@ class Job:
 def load_eval_examples(cfg: EvalConfig) -> tuple[list[Example], list[Example]]:
     """(questions to run, every question of the source): the second feeds the search index."""
     if cfg.data.startswith(GEN_PREFIX):
-        families = [f for f in cfg.data[len(GEN_PREFIX):].split(",") if f]
-        unknown = [f for f in families if f not in FAMILIES]
-        if unknown:
-            raise ConfigError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}")
+        families, phrasing = parse_spec(cfg.data[len(GEN_PREFIX):])
         n = cfg.limit or GEN_DEFAULT_PER_FAMILY * len(families)
-        examples = generate_mix(families, n, cfg.runtime.seed)
+        examples = generate_mix(families, n, cfg.runtime.seed, phrasing)
         return examples, examples
     names = FieldNames(cfg.question_field, cfg.answer_field, cfg.aliases_field, cfg.id_field)
     every = load_examples(cfg.data, cfg.format, names)

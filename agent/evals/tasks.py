@@ -1,15 +1,27 @@
-"""Task generators for the families where a tool decides the answer.
+"""Task generators for the families where a tool decides the answer, in many phrasings.
 
-``generate(family, n, seed)`` returns ``n`` examples of one family, deterministic by seed, and the
-first ``k`` of ``generate(f, n, s)`` are the same for every ``n >= k`` (so a larger run extends a
-smaller one and ids stay stable). Training data synthesis uses the same API.
+``generate(family, n, seed, phrasing)`` returns ``n`` examples of one family, deterministic by seed,
+and the first ``k`` of ``generate(f, n, s, p)`` are the same for every ``n >= k`` (so a larger run
+extends a smaller one and ids stay stable). Training data synthesis uses the same API.
 
-Families:
-- ``arith``: word problems over big numbers (products and sums a 135M model cannot do in its head)
-- ``count``: how often a letter occurs in a word or a sentence ("r" in "strawberry")
-- ``compare``: which decimal is larger or smaller (9.11 vs 9.9)
-- ``length``: the number of characters of a random string
-- ``reverse``: a random string reversed
+Each family has at least 15 question templates. A fixed share of them (``HELDOUT``, about a quarter,
+listed by index below each family) never appears in training data: ``phrasing="train"`` draws only
+the others, ``phrasing="heldout"`` only those, ``"all"`` any. Reports give accuracy on the two apart;
+the held-out number is the one that says the model learnt the task and not the template.
+``agent eval gen:count@heldout`` selects a phrasing split (``gen:count`` is ``all``).
+
+Families (``meta`` holds what the answer is computed from; ``meta["template"]`` the template index):
+- ``arith``: products, sums, differences, integer division, percentages and two-step expressions
+  over big numbers, bare or as word problems, numbers sometimes written with separators (12,345)
+- ``count``: how often a letter occurs in a word (common, rare, other languages; any letter case)
+- ``count_name``: the same in a person's name
+- ``count_text``: the same in a sentence or a paragraph of several sentences
+- ``compare``: which of two decimals is larger or smaller (different lengths, negatives)
+- ``length``: the number of characters of a string without spaces
+- ``reverse``: a string reversed
+- ``char``: the n-th character of a word
+- ``plain``: questions a small model answers without a tool (facts, definitions, greetings);
+  an eval measures that no tool is called
 """
 
 from __future__ import annotations
@@ -17,133 +29,534 @@ from __future__ import annotations
 import random
 import string
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from agent.errors import ConfigError
 from agent.evals.data import Example
 
-__all__ = ["FAMILIES", "count_question", "generate", "generate_mix"]
+__all__ = ["FAMILIES", "HELDOUT", "PHRASINGS", "TOOL_FAMILIES", "count_question", "generate", "generate_mix",
+           "parse_spec"]
 
+PHRASINGS = ("all", "train", "heldout")
+
+# -- vocabularies -----------------------------------------------------------------------------------
 _WORDS = (
     "strawberry", "banana", "mississippi", "bookkeeper", "committee", "raspberry", "parallel", "occurrence",
     "assessment", "tennessee", "balloon", "coffee", "programming", "necessary", "embarrass", "address",
     "possession", "success", "millennium", "accommodate", "cinnamon", "giraffe", "hippopotamus", "pepper",
     "referee", "lollipop", "vacuum", "bubblegum", "difficult", "woodpecker", "engineering", "peppermint",
     "aardvark", "kangaroo", "tomorrow", "pineapple", "alphabet", "apparently", "barrier", "squirrel",
+    "onomatopoeia", "rhythm", "queue", "syzygy", "bureaucracy", "entrepreneur", "cappuccino", "chrysanthemum",
+    "xylophone", "quizzical", "juxtaposition", "abracadabra", "boomerang", "cucumber", "dandelion",
+    "elephant", "flabbergasted", "grasshopper", "hullabaloo", "igloo", "jellyfish", "kayak", "labyrinth",
+    "marshmallow", "nevertheless", "obsessed", "pterodactyl", "quintessential", "rollercoaster", "sassafras",
+    "tattoo", "umbrella", "voodoo", "whippersnapper", "yesterday", "zigzag", "bandwagon", "caterpillar",
+    "Schmetterling", "Kindergarten", "Donaudampfschiff", "murcielago", "ferrocarril", "arrivederci",
+    "grenouille", "pamplemousse", "Zusammenarbeit", "Eichhoernchen", "karaoke", "tsunami", "Mitternacht",
+    "Reykjavik", "Massachusetts", "Albuquerque", "Connecticut", "Cincinnati", "Philadelphia", "Worcestershire",
 )
-_SENTENCE_WORDS = (
-    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "every", "morning", "river", "green",
-    "apple", "sells", "seven", "silver", "spoons", "across", "street", "letter", "happy", "people", "travel",
-    "north", "summer", "rain", "falls", "softly", "on", "red", "roofs", "bright", "stars", "shine", "tonight",
-)
-_ITEMS = (
-    ("factory", "makes", "bolts", "day"), ("bakery", "bakes", "rolls", "week"),
-    ("farm", "harvests", "apples", "month"), ("printer", "prints", "pages", "hour"),
-    ("mine", "extracts", "tons of ore", "shift"), ("server", "handles", "requests", "minute"),
-)
+_FIRST = ("Anna", "Barbara", "Rebecca", "Oliver", "Mohammed", "Priya", "Jean-Luc", "Siobhan", "Bartholomew",
+          "Yolanda", "Hannah", "Isabella", "Giuseppe", "Olumide", "Svetlana", "Rosalind", "Maximilian",
+          "Penelope", "Theodore", "Annabelle", "Esperanza", "Wolfgang", "Mei", "Ravi", "Chidinma", "Lars",
+          "Gwendolyn", "Marcus", "Fatima", "Joaquin", "Ingrid", "Kwame", "Aurelia", "Rupert", "Tallulah")
+_LAST = ("Streisand", "Richardson", "Abernathy", "Papadopoulos", "Kowalski", "Nakamura", "Okonkwo",
+         "Fitzgerald", "Rasmussen", "Montgomery", "Bellamy", "Hernandez", "Villanueva", "Schwarzenegger",
+         "Tchaikovsky", "Mbappe", "Lindqvist", "Oyelaran", "Castellanos", "Worthington", "Ferraro", "Ivanova",
+         "Delacroix", "Babbage", "Lovelace", "Marsh", "Penn", "Krishnan", "Adebayo", "Haverford")
+_SUBJECTS = ("the quick brown fox", "my grandmother", "a tall sailor", "every student", "the old baker",
+             "our neighbor", "a small robot", "the river", "this city", "the happy puppy", "a famous painter",
+             "the red train", "my sister", "the library", "a yellow balloon", "the morning sun", "the teacher")
+_VERBS = ("jumps over", "walks past", "paints", "carries", "follows", "watches", "repairs", "visits", "sells",
+          "borrows", "finds", "remembers", "describes", "sings about", "photographs", "builds", "cleans")
+_OBJECTS = ("the lazy dog", "seven silver spoons", "a bright green apple", "the sleepy village",
+            "three blue bottles", "a stormy harbor", "the broken umbrella", "eleven purple pencils",
+            "a quiet mountain lake", "the winter market", "a basket of strawberries", "the noisy parrot",
+            "two wooden boxes", "the summer garden", "a pile of letters", "the marble staircase")
+_TAILS = ("", " every morning", " before dinner", " in the rain", " after school", " on Sundays",
+          " with great care", " near the station", " all summer long", " without a word")
+_ITEMS = (("factory", "makes", "bolts", "day"), ("bakery", "bakes", "rolls", "week"),
+          ("farm", "harvests", "apples", "month"), ("printer", "prints", "pages", "hour"),
+          ("mine", "extracts", "tons of ore", "shift"), ("server", "handles", "requests", "minute"),
+          ("workshop", "builds", "chairs", "year"), ("orchard", "grows", "pears", "season"))
 
 
-# -- arithmetic word problems ------------------------------------------------------------------------
-def _arith(rng: random.Random) -> tuple[str, str, dict[str, str]]:
-    kind = rng.choice(("mul", "add", "sub", "mul_sub"))
-    place, verb, things, unit = rng.choice(_ITEMS)
+# -- templates --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _T:
+    text: str
+    kind: str = ""  # arith: the expression kind; compare: "larger"/"smaller"/"" (word picked)
+
+
+def _sentence(rng: random.Random) -> str:
+    s = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}{rng.choice(_TAILS)}."
+    return s[0].upper() + s[1:]
+
+
+def _cased(rng: random.Random, word: str) -> str:
+    r = rng.random()
+    return word.capitalize() if r < 0.2 else word.upper() if r < 0.27 else word
+
+
+def _letter(rng: random.Random, text: str) -> str:
+    letters = sorted({c.lower() for c in text if c.isalpha()})
+    letter = rng.choice(letters) if rng.random() < 0.85 else rng.choice(string.ascii_lowercase)
+    return letter.upper() if rng.random() < 0.25 else letter
+
+
+# -- arithmetic ---------------------------------------------------------------------------------------
+_ARITH = (
+    _T("What is {a} * {b}?", "mul"),
+    _T("Compute {a} times {b}.", "mul"),
+    _T("Multiply {a} by {b}.", "mul"),
+    _T("A {place} {verb} {a} {things} per {unit}. How many {things} does it make in {b} {unit}s?", "mul"),
+    _T("Each of {b} boxes holds {a} marbles. How many marbles are there in total?", "mul"),
+    _T("What is {a} + {b}?", "add"),
+    _T("Add {a} and {b}.", "add"),
+    _T("A warehouse holds {a} {things}. A delivery brings {b} more. How many {things} does the warehouse "
+       "hold now?", "add"),
+    _T("Sam saved {a} dollars last year and {b} dollars this year. How much did Sam save altogether?", "add"),
+    _T("What is {a} - {b}?", "sub"),
+    _T("Subtract {b} from {a}.", "sub"),
+    _T("A city had {a} residents. Then {b} of them moved away. How many residents remain?", "sub"),
+    _T("A {place} packs {a} crates with {b} {things} in each crate, then ships {c} {things}. How many "
+       "{things} are left?", "mul_sub"),
+    _T("Calculate {a} * {b} - {c}.", "mul_sub"),
+    _T("What is ({a} + {b}) * {c}?", "add_mul"),
+    _T("{a} eggs are packed into cartons of {b}. How many full cartons are there?", "floordiv"),
+    _T("What is {a} divided by {b}, rounded down to a whole number?", "floordiv"),
+    _T("What is {p}% of {a}?", "percent"),
+    _T("A shop takes {p}% off a price of {a} dollars. How many dollars is the discount?", "percent"),
+    # held out (see HELDOUT)
+    _T("What is the product of {a} and {b}?", "mul"),
+    _T("How much is {a} plus {b}?", "add"),
+    _T("What do you get if you take {b} away from {a}?", "sub"),
+    _T("A school buys {a} packs of {b} pencils and then gives away {c} pencils. How many pencils does it "
+       "keep?", "mul_sub"),
+    _T("Share {a} stickers equally among {b} children. How many whole stickers does each child get?",
+       "floordiv"),
+    _T("A town of {a} people grew by {p}% this year. How many new people is that?", "percent"),
+    _T("Two trucks carry {a} and {b} bricks, and {c} such pairs of trucks make the trip. How many bricks "
+       "arrive?", "add_mul"),
+)
+_ARITH_HELD = tuple(range(19, 26))
+
+_ARITH_EXPR = {"mul": "{a} * {b}", "add": "{a} + {b}", "sub": "{a} - {b}", "mul_sub": "{a} * {b} - {c}",
+               "add_mul": "({a} + {b}) * {c}", "floordiv": "{a} // {b}", "percent": "{a} * {p} / 100"}
+
+
+def _arith_numbers(rng: random.Random, kind: str) -> dict[str, int]:
     if kind == "mul":
-        a, b = rng.randint(1_000, 99_999), rng.randint(12, 9_999)
-        q = f"A {place} {verb} {a} {things} per {unit}. How many {things} does it make in {b} {unit}s?"
-        return q, str(a * b), {"kind": kind}
+        return {"a": rng.randint(1_000, 99_999), "b": rng.randint(12, 9_999)}
     if kind == "add":
-        a, b = rng.randint(100_000, 9_999_999), rng.randint(100_000, 9_999_999)
-        q = (f"A warehouse holds {a} {things}. A delivery brings {b} more. "
-             f"How many {things} does the warehouse hold now?")
-        return q, str(a + b), {"kind": kind}
+        return {"a": rng.randint(100_000, 9_999_999), "b": rng.randint(100_000, 9_999_999)}
     if kind == "sub":
         a = rng.randint(1_000_000, 99_999_999)
-        b = rng.randint(100_000, a - 1)
-        q = f"A city had {a} residents. Then {b} of them moved away. How many residents remain?"
-        return q, str(a - b), {"kind": kind}
-    a, b = rng.randint(100, 9_999), rng.randint(12, 999)
-    c = rng.randint(1, a * b - 1)
-    q = (f"A {place} packs {a} crates with {b} {things} in each crate, then ships {c} {things}. "
-         f"How many {things} are left?")
-    return q, str(a * b - c), {"kind": kind}
+        return {"a": a, "b": rng.randint(100_000, a - 1)}
+    if kind == "mul_sub":
+        a, b = rng.randint(100, 9_999), rng.randint(12, 999)
+        return {"a": a, "b": b, "c": rng.randint(1, a * b - 1)}
+    if kind == "add_mul":
+        return {"a": rng.randint(100, 99_999), "b": rng.randint(100, 99_999), "c": rng.randint(3, 999)}
+    if kind == "floordiv":
+        return {"a": rng.randint(10_000, 9_999_999), "b": rng.randint(7, 999)}
+    p = rng.choice((5, 10, 12, 15, 20, 25, 30, 40, 45, 60, 75))
+    return {"a": rng.randint(10, 99_999) * 20, "p": p}  # a multiple of 20: p% of it is whole for these p
 
 
-# -- counting letters ----------------------------------------------------------------------------------
+def _number_text(rng: random.Random, n: int, commas: bool) -> str:
+    return f"{n:,}" if commas and n >= 10_000 else str(n)
+
+
+def _arith(rng: random.Random, t: _T) -> tuple[str, str, dict]:
+    nums = _arith_numbers(rng, t.kind)
+    place, verb, things, unit = rng.choice(_ITEMS)
+    commas = rng.random() < 0.3
+    shown = {k: (str(v) if k == "p" else _number_text(rng, v, commas)) for k, v in nums.items()}
+    q = t.text.format(place=place, verb=verb, things=things, unit=unit, **shown)
+    expr = _ARITH_EXPR[t.kind].format(**nums)
+    value = eval(expr, {"__builtins__": {}})  # noqa: S307 - our own digits and operators only
+    answer = str(int(value)) if float(value).is_integer() else str(value)
+    return q, answer, {"kind": t.kind, "expr": expr, **{k: str(v) for k, v in nums.items()}}
+
+
+# -- letter counting ------------------------------------------------------------------------------------
+_COUNT = (
+    _T('How many times does the letter "{l}" appear in the word "{t}"?'),
+    _T("How many {l}'s are in {t}?"),
+    _T("How many {l}'s are there in the word {t}?"),
+    _T('Count the letter {l} in "{t}".'),
+    _T('In the word "{t}", how many times does "{l}" occur?'),
+    _T("How often does the letter {l} appear in {t}?"),
+    _T("Count how many times the letter {l} shows up in the word {t}."),
+    _T("What is the number of {l}'s in '{t}'?"),
+    _T('Tell me how many "{l}" characters the word "{t}" has.'),
+    _T('Number of occurrences of "{l}" in "{t}"?'),
+    _T("How many times is the letter {l} used in {t}?"),
+    _T("Give the number of times {l} occurs in the word {t}."),
+    # held out
+    _T("I'm spelling {t}. How many {l}'s will I write?"),
+    _T("Letter count: how many '{l}' in '{t}'?"),
+    _T('Can you count the {l}\'s in the word "{t}"?'),
+    _T("{t}: how many letter {l}s does it contain?"),
+)
+_COUNT_HELD = (12, 13, 14, 15)
+
+_COUNT_NAME = (
+    _T('How many times does the letter "{l}" appear in the name "{t}"?'),
+    _T("How many {l}'s are in the name {t}?"),
+    _T("My name is {t}. How many {l}'s are in it?"),
+    _T('Count the letter {l} in the name "{t}".'),
+    _T('In the name "{t}", how many times does "{l}" occur?'),
+    _T("How often does {l} appear in the full name {t}?"),
+    _T("Count how many times the letter {l} shows up in the name {t}."),
+    _T("What is the number of {l}'s in the name '{t}'?"),
+    _T('Tell me how many "{l}" letters the name "{t}" has.'),
+    _T("Our new colleague is called {t}. How many times does the letter {l} appear in that name?"),
+    _T("How many times is the letter {l} used when writing the name {t}?"),
+    _T("Give the number of {l}'s in {t}'s name."),
+    # held out
+    _T("If I write out the name {t}, how many {l}'s do I write?"),
+    _T("Name: {t}. Letter: {l}. How many?"),
+    _T('The author is "{t}". Count the {l}\'s in the name.'),
+    _T("How many letter {l}s are in the person's name {t}?"),
+)
+_NAME_HELD = (12, 13, 14, 15)
+
+_COUNT_TEXT = (
+    _T('How many times does the letter "{l}" appear in the sentence "{t}"?'),
+    _T('Count the letter {l} in this sentence: "{t}"'),
+    _T("How many {l}'s are in the following text? {t}"),
+    _T('In the text "{t}", how many times does the letter "{l}" occur?'),
+    _T("Here is a paragraph:\n\n{t}\n\nHow many times does the letter {l} occur in it?"),
+    _T('How often does the letter {l} appear in "{t}"?'),
+    _T("Count every {l} (upper or lower case) in this text: {t}"),
+    _T("What is the number of {l}'s in the passage below?\n{t}"),
+    _T('Tell me how many "{l}" characters there are in "{t}".'),
+    _T("Text: {t}\nQuestion: how many times does the letter {l} appear in the text?"),
+    _T("How many times is the letter {l} used in this sentence? {t}"),
+    _T("Give the number of occurrences of {l} in the following: {t}"),
+    # held out
+    _T('My note says "{t}" How many {l}\'s did I write?'),
+    _T("Read this and count the letter {l}:\n\n{t}"),
+    _T("{t}\n\nIn the text above, how many {l}'s are there?"),
+    _T("Count the {l}s in the quote \"{t}\""),
+)
+_TEXT_HELD = (12, 13, 14, 15)
+
+
+def _word(rng: random.Random) -> str:
+    return _cased(rng, rng.choice(_WORDS))
+
+
+def _name(rng: random.Random) -> str:
+    first = rng.choice(_FIRST)
+    if rng.random() < 0.25:
+        first += " " + rng.choice(_FIRST)
+    return f"{first} {rng.choice(_LAST)}"
+
+
+def _paragraph(rng: random.Random) -> str:
+    return " ".join(_sentence(rng) for _ in range(1 if rng.random() < 0.5 else rng.randint(2, 4)))
+
+
+def _counting(source: Callable[[random.Random], str]) -> Callable[[random.Random, _T], tuple[str, str, dict]]:
+    def make(rng: random.Random, t: _T) -> tuple[str, str, dict]:
+        text = source(rng)
+        letter = _letter(rng, text)
+        q = t.text.format(l=letter, t=text)
+        return q, str(text.lower().count(letter.lower())), {"text": text, "letter": letter}
+    return make
+
+
 def count_question(text: str, letter: str) -> str:
-    """The question used for letter counting (also by the letter-count dataset loader)."""
+    """The canonical letter-counting question (used by the letter-count dataset loader)."""
     where = "word" if " " not in text.strip() else "sentence"
     return f'How many times does the letter "{letter}" appear in the {where} "{text}"?'
 
 
-def _count(rng: random.Random) -> tuple[str, str, dict[str, str]]:
-    if rng.random() < 0.5:
-        text = rng.choice(_WORDS)
-    else:
-        text = " ".join(rng.choice(_SENTENCE_WORDS) for _ in range(rng.randint(5, 9)))
-    letters = sorted(set(text.replace(" ", "")))
-    letter = rng.choice(letters) if rng.random() < 0.85 else rng.choice(string.ascii_lowercase)
-    return count_question(text, letter), str(text.lower().count(letter)), {"text": text, "letter": letter}
-
-
 # -- comparing decimals --------------------------------------------------------------------------------
-def _compare(rng: random.Random) -> tuple[str, str, dict[str, str]]:
+_LARGER = ("larger", "bigger", "greater")
+_SMALLER = ("smaller", "less", "lower")
+_COMPARE = (
+    _T("Which number is {w}: {a} or {b}? Answer with the number."),
+    _T("Which is {w}, {a} or {b}?"),
+    _T("Is {a} or {b} the {w} number?"),
+    _T("{a} vs {b}: which one is {w}?"),
+    _T("Between {a} and {b}, which value is {w}?"),
+    _T("Pick the {w} number: {a} or {b}."),
+    _T("Of {a} and {b}, which is {w}?"),
+    _T("Compare {a} and {b}. Which one is {w}?"),
+    _T("What is the maximum of {a} and {b}?", "larger"),
+    _T("What is the minimum of {a} and {b}?", "smaller"),
+    _T("I have two numbers, {a} and {b}. Which is {w}?"),
+    _T("Which is the {w} value: {a} or {b}?"),
+    # held out
+    _T("Tell me which of these two is {w}: {a}, {b}."),
+    _T("Look at {a} and {b}. Which of them is {w}?"),
+    _T("Out of {a} and {b}, name the {w} one."),
+    _T("Which should come first if we want the {w} number, {a} or {b}?"),
+)
+_COMPARE_HELD = (12, 13, 14, 15)
+
+
+def _decimal_pair(rng: random.Random) -> tuple[str, str]:
     whole = rng.randint(0, 99)
+    sign = "-" if rng.random() < 0.2 else ""
     while True:
-        short = f"{whole}.{rng.randint(1, 9)}"
-        long = f"{whole}.{rng.randint(10, 99)}"  # more digits, often the smaller number
-        if float(short) != float(long):
-            break
-    a, b = (short, long) if rng.random() < 0.5 else (long, short)
-    want = rng.choice(("larger", "smaller"))
+        short = f"{sign}{whole}.{rng.randint(1, 9)}"
+        long = f"{sign}{whole}.{rng.randint(1, 99):02d}".rstrip("0")
+        if rng.random() < 0.3:
+            long = f"{sign}{whole}.{rng.randint(1, 999):03d}".rstrip("0")
+        if float(short) != float(long) and not long.endswith("."):
+            return (short, long) if rng.random() < 0.5 else (long, short)
+
+
+def _compare(rng: random.Random, t: _T) -> tuple[str, str, dict]:
+    a, b = _decimal_pair(rng)
+    want = t.kind or rng.choice(("larger", "smaller"))
+    word = rng.choice(_LARGER if want == "larger" else _SMALLER)
+    q = t.text.format(a=a, b=b, w=word)
     pick = max if want == "larger" else min
-    q = f"Which number is {want}: {a} or {b}? Answer with the number."
-    return q, pick((a, b), key=float), {"want": want}
+    return q, pick((a, b), key=float), {"want": want, "a": a, "b": b}
 
 
 # -- strings -------------------------------------------------------------------------------------------
-def _random_string(rng: random.Random) -> str:
-    return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(8, 24)))
+_LENGTH = (
+    _T('How many characters are in the string "{s}"?'),
+    _T('What is the length of "{s}"?'),
+    _T("How long is the string {s}? Count the characters."),
+    _T('Count the characters in "{s}".'),
+    _T("How many characters does '{s}' have?"),
+    _T("Tell me the number of characters in {s}."),
+    _T('What is len("{s}") in Python?'),
+    _T("My password is {s}. How many characters long is it?"),
+    _T('How many characters make up "{s}"?'),
+    _T("Give the character count of the string '{s}'."),
+    _T("Find the length, in characters, of {s}."),
+    _T('The code "{s}" is how many characters long?'),
+    # held out
+    _T("Count every character of this string: {s}"),
+    _T('"{s}" has how many characters?'),
+    _T("If I type {s}, how many characters have I typed?"),
+    _T("What is the character length of the text '{s}'?"),
+)
+_LENGTH_HELD = (12, 13, 14, 15)
+
+_REVERSE = (
+    _T('Write the string "{s}" reversed (last character first).'),
+    _T('Reverse "{s}".'),
+    _T('What is "{s}" spelled backwards?'),
+    _T("Spell {s} backwards."),
+    _T("Give me the reverse of the string '{s}'."),
+    _T("Reverse the characters of {s}."),
+    _T('What does "{s}" look like written back to front?'),
+    _T("Write {s} in reverse order."),
+    _T('Turn "{s}" around so the last character comes first.'),
+    _T("What is the string '{s}' reversed?"),
+    _T("Flip the string {s} backwards."),
+    _T('Print "{s}" reversed.'),
+    # held out
+    _T("Read {s} from right to left. What do you get?"),
+    _T('Take "{s}" and reverse it.'),
+    _T("If you write '{s}' backwards, what is the result?"),
+    _T("Backwards, {s} is what?"),
+)
+_REVERSE_HELD = (12, 13, 14, 15)
+
+_ORDINAL = {1: "1st", 2: "2nd", 3: "3rd"}
+_CHAR = (
+    _T('What is the {o} letter of the word "{s}"?'),
+    _T("What is the {o} character of {s}?"),
+    _T("In the word '{s}', which letter is in position {n}?"),
+    _T('Which character comes {o} in "{s}"?'),
+    _T("Tell me the {o} letter of {s}."),
+    _T('Counting from 1, what is character number {n} of "{s}"?'),
+    _T("What letter is at position {n} in the word {s}?"),
+    _T("Give the {o} letter in '{s}'."),
+    _T('Spell "{s}". What is its {o} letter?'),
+    _T("Find the {o} character of the string {s}."),
+    _T('Which letter is number {n} in "{s}"?'),
+    _T("What is letter {n} of {s}?"),
+    # held out
+    _T("Look at the word {s}. Its {o} letter is what?"),
+    _T('In "{s}", what sits at position {n} (the first letter is position 1)?'),
+    _T("Name the {o} character of '{s}'."),
+    _T("The word is {s}. Which letter is {o}?"),
+)
+_CHAR_HELD = (12, 13, 14, 15)
 
 
-def _length(rng: random.Random) -> tuple[str, str, dict[str, str]]:
-    s = _random_string(rng)
-    return f'How many characters are in the string "{s}"?', str(len(s)), {"text": s}
+def _string(rng: random.Random) -> str:
+    r = rng.random()
+    if r < 0.45:
+        return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(6, 20)))
+    if r < 0.75:
+        return rng.choice(_WORDS).lower()
+    alphabet = string.ascii_letters + string.digits
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(5, 14)))
 
 
-def _reverse(rng: random.Random) -> tuple[str, str, dict[str, str]]:
-    s = _random_string(rng)
-    return f'Write the string "{s}" reversed (last character first).', s[::-1], {"text": s}
+def _length(rng: random.Random, t: _T) -> tuple[str, str, dict]:
+    s = _string(rng)
+    return t.text.format(s=s), str(len(s)), {"text": s}
 
 
-FAMILIES: dict[str, Callable[[random.Random], tuple[str, str, dict[str, str]]]] = {
-    "arith": _arith,
-    "count": _count,
-    "compare": _compare,
-    "length": _length,
-    "reverse": _reverse,
+def _reverse(rng: random.Random, t: _T) -> tuple[str, str, dict]:
+    s = _string(rng)
+    return t.text.format(s=s), s[::-1], {"text": s}
+
+
+def _char(rng: random.Random, t: _T) -> tuple[str, str, dict]:
+    s = rng.choice(_WORDS).lower()
+    n = rng.randint(2, len(s))
+    o = _ORDINAL.get(n, f"{n}th")
+    return t.text.format(s=s, n=n, o=o), s[n - 1], {"text": s, "n": str(n)}
+
+
+# -- no tool needed ------------------------------------------------------------------------------------
+_CAPITALS = (("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"),
+             ("Spain", "Madrid"), ("England", "London"), ("Russia", "Moscow"), ("China", "Beijing"),
+             ("Egypt", "Cairo"), ("Greece", "Athens"), ("Canada", "Ottawa"), ("Ireland", "Dublin"))
+_OPPOSITES = (("hot", "cold"), ("up", "down"), ("big", "small"), ("day", "night"), ("fast", "slow"),
+              ("open", "closed"), ("happy", "sad"), ("left", "right"), ("old", "new"), ("light", "dark"),
+              ("wet", "dry"), ("early", "late"), ("full", "empty"), ("hard", "soft"))
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_COLORS = (("the sky on a clear day", "blue"), ("grass", "green"), ("snow", "white"), ("a ripe banana", "yellow"),
+           ("coal", "black"), ("a ripe tomato", "red"), ("an orange", "orange"))
+_ANIMALS = (("a dog", "bark"), ("a cat", "meow"), ("a cow", "moo"), ("a duck", "quack"), ("a sheep", "baa"),
+            ("a lion", "roar"), ("a horse", "neigh"))
+_DEFS = (("a puppy", "a young dog"), ("a kitten", "a young cat"), ("a triangle", "a shape with three sides"),
+         ("a square", "a shape with four equal sides"), ("ice", "frozen water"), ("a week", "seven days"),
+         ("a century", "one hundred years"), ("a library", "a place where books are kept and lent"))
+_GREETINGS = ("Hello!", "Hi there!", "Good morning!", "Hey, how are you?", "Thanks for your help!",
+              "Good night!", "Nice to meet you.")
+
+_PLAIN = (  # (template, kind)
+    _T("What is the capital of {c}?", "capital"),
+    _T("Name the capital city of {c}.", "capital"),
+    _T("What is the opposite of \"{w}\"?", "opposite"),
+    _T("Give the opposite of the word {w}.", "opposite"),
+    _T("What day comes after {d}?", "day"),
+    _T("Which day of the week follows {d}?", "day"),
+    _T("What color is {x}?", "color"),
+    _T("What sound does {x} make?", "animal"),
+    _T("What is {x}?", "define"),
+    _T("{g}", "greet"),
+    _T("What is {a} + {b}?", "small_sum"),
+    _T("What is {a} times {b}?", "small_mul"),
+    # held out
+    _T("Which city is the capital of {c}?", "capital"),
+    _T("Tell me what {x} is.", "define"),
+    _T("If today is {d}, what day is tomorrow?", "day"),
+    _T("What do you call the opposite of {w}?", "opposite"),
+)
+_PLAIN_HELD = (12, 13, 14, 15)
+
+
+def _plain(rng: random.Random, t: _T) -> tuple[str, str, dict]:
+    k = t.kind
+    if k == "capital":
+        c, cap = rng.choice(_CAPITALS)
+        return t.text.format(c=c), cap, {"kind": k, "say": f"The capital of {c} is {cap}."}
+    if k == "opposite":
+        w, o = rng.choice(_OPPOSITES)
+        return t.text.format(w=w), o, {"kind": k, "say": f"The opposite of \"{w}\" is \"{o}\"."}
+    if k == "day":
+        d = rng.randrange(7)
+        nxt = _DAYS[(d + 1) % 7]
+        return t.text.format(d=_DAYS[d]), nxt, {"kind": k, "say": f"The day after {_DAYS[d]} is {nxt}."}
+    if k == "color":
+        x, col = rng.choice(_COLORS)
+        return t.text.format(x=x), col, {"kind": k, "say": f"{x[0].upper() + x[1:]} is {col}."}
+    if k == "animal":
+        x, snd = rng.choice(_ANIMALS)
+        return t.text.format(x=x), snd, {"kind": k, "say": f"{x[0].upper() + x[1:]} says \"{snd}\"."}
+    if k == "define":
+        x, d = rng.choice(_DEFS)
+        return t.text.format(x=x), d, {"kind": k, "say": f"{x[0].upper() + x[1:]} is {d}."}
+    if k == "greet":
+        g = rng.choice(_GREETINGS)
+        reply = "You're welcome!" if g.startswith("Thanks") else "Hello! How can I help you today?"
+        return t.text.format(g=g), reply, {"kind": k, "say": "I'm doing well, thank you." if "how" in g else ""}
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    if k == "small_sum":
+        return t.text.format(a=a, b=b), str(a + b), {"kind": k, "say": f"{a} + {b} = {a + b}."}
+    return t.text.format(a=a, b=b), str(a * b), {"kind": k, "say": f"{a} times {b} is {a * b}."}
+
+
+# -- registry ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Family:
+    templates: tuple[_T, ...]
+    heldout: tuple[int, ...]
+    make: Callable[[random.Random, _T], tuple[str, str, dict]]
+
+
+_REGISTRY: dict[str, _Family] = {
+    "arith": _Family(_ARITH, _ARITH_HELD, _arith),
+    "count": _Family(_COUNT, _COUNT_HELD, _counting(_word)),
+    "count_name": _Family(_COUNT_NAME, _NAME_HELD, _counting(_name)),
+    "count_text": _Family(_COUNT_TEXT, _TEXT_HELD, _counting(_paragraph)),
+    "compare": _Family(_COMPARE, _COMPARE_HELD, _compare),
+    "length": _Family(_LENGTH, _LENGTH_HELD, _length),
+    "reverse": _Family(_REVERSE, _REVERSE_HELD, _reverse),
+    "char": _Family(_CHAR, _CHAR_HELD, _char),
+    "plain": _Family(_PLAIN, _PLAIN_HELD, _plain),
 }
+FAMILIES: dict[str, int] = {name: len(f.templates) for name, f in _REGISTRY.items()}  # family -> templates
+HELDOUT: dict[str, tuple[int, ...]] = {name: f.heldout for name, f in _REGISTRY.items()}
+TOOL_FAMILIES = tuple(f for f in FAMILIES if f != "plain")
 
 
-def generate(family: str, n: int, seed: int = 0) -> list[Example]:
-    """``n`` examples of ``family`` (see ``FAMILIES``), deterministic by ``seed``."""
-    if family not in FAMILIES:
+def _templates(family: str, phrasing: str) -> list[int]:
+    fam = _REGISTRY[family]
+    if phrasing == "all":
+        return list(range(len(fam.templates)))
+    held = set(fam.heldout)
+    return [i for i in range(len(fam.templates)) if (i in held) == (phrasing == "heldout")]
+
+
+def generate(family: str, n: int, seed: int = 0, phrasing: str = "all") -> list[Example]:
+    """``n`` examples of ``family`` (see ``FAMILIES``) in ``phrasing`` templates, deterministic by seed."""
+    if family not in _REGISTRY:
         raise ConfigError(f"unknown task family {family!r}; choose from {', '.join(FAMILIES)}")
-    rng = random.Random(f"splice-tasks:{family}:{seed}")
-    make = FAMILIES[family]
+    if phrasing not in PHRASINGS:
+        raise ConfigError(f"unknown phrasing split {phrasing!r}; choose from {', '.join(PHRASINGS)}")
+    rng = random.Random(f"splice-tasks:{family}:{phrasing}:{seed}")
+    fam, pool = _REGISTRY[family], _templates(family, phrasing)
+    tag = "" if phrasing == "all" else f"{phrasing}-"
     out = []
     for i in range(n):
-        question, answer, meta = make(rng)
-        out.append(Example(id=f"{family}-{seed}-{i}", question=question, answer=answer, family=family,
-                           meta=dict(meta)))
+        k = rng.choice(pool)
+        question, answer, meta = fam.make(rng, fam.templates[k])
+        meta = {**meta, "template": str(k), "phrasing": "heldout" if k in fam.heldout else "train"}
+        out.append(Example(id=f"{family}-{tag}{seed}-{i}", question=question, answer=answer, family=family,
+                           meta=meta))
     return out
 
 
-def generate_mix(families: list[str], n: int, seed: int = 0) -> list[Example]:
+def generate_mix(families: list[str], n: int, seed: int = 0, phrasing: str = "all") -> list[Example]:
     """``n`` examples spread evenly over ``families``, interleaved (so a limit cuts every family)."""
     if not families:
         raise ConfigError("no task family given; e.g. gen:arith,count")
     per = [n // len(families) + (1 if i < n % len(families) else 0) for i in range(len(families))]
-    lists = [generate(f, k, seed) for f, k in zip(families, per)]
+    lists = [generate(f, k, seed, phrasing) for f, k in zip(families, per)]
     out: list[Example] = []
     for i in range(max(per, default=0)):
         out += [lst[i] for lst in lists if i < len(lst)]
     return out
+
+
+def parse_spec(spec: str) -> tuple[list[str], str]:
+    """``"arith,count@heldout"`` -> (families, phrasing); ``"all"`` (or empty) means every tool family."""
+    fams, _, phrasing = spec.partition("@")
+    families = [f for f in fams.split(",") if f]
+    if families == ["all"]:
+        families = list(TOOL_FAMILIES)
+    unknown = [f for f in families if f not in _REGISTRY]
+    if unknown:
+        raise ConfigError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}")
+    phrasing = phrasing or "all"
+    if phrasing not in PHRASINGS:
+        raise ConfigError(f"unknown phrasing split {phrasing!r} in gen:{spec}; choose from {', '.join(PHRASINGS)}")
+    return families, phrasing

@@ -1,0 +1,77 @@
+"""``agent train recipe``: the shipped adapter's pipeline end to end on the real default model (the
+``smoke`` recipe: a handful of examples, 2 SFT steps, one eval question per family), its resume, and
+the card it writes. The real run's figures are in docs/training.md."""
+
+import json
+
+import pytest
+
+pytest.importorskip("peft")
+pytest.importorskip("llama_cpp")
+
+from agent.errors import ConfigError  # noqa: E402
+from agent.evals.tasks import HELDOUT, generate  # noqa: E402
+from train.recipe import RecipeConfig, _sha256, run_recipe  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipe")
+    state = run_recipe(RecipeConfig(recipe="smoke", out=str(out), eval_base=False, progress=False))
+    return out, state
+
+
+def test_every_stage_runs_and_the_card_records_what_it_came_from(smoke):
+    out, state = smoke
+    assert all(k in state for k in ("data", "sft", "export", "eval", "card"))
+    card = json.loads((out / "smollm2-tools.json").read_text())
+    assert card["data"]["sha256"] == _sha256(out / "data" / "sft.jsonl")
+    assert card["export"]["sha256"] == _sha256(out / "smollm2-tools.gguf")
+    assert card["sft"]["config"]["lora_r"] == 4 and card["seed"] == 1000
+    assert (out / "sft" / "loss.png").exists()
+    table = (out / "eval" / "eval.md").read_text()
+    assert "| count | heldout |" in table and "| arith | train |" in table
+    summary = json.loads((out / "eval" / "eval.json").read_text())
+    # the eval ran the exported adapter through llama.cpp (its model id names the adapter)
+    rec = json.loads((out / "eval" / "adapter" / "tasks-heldout" / "episodes.jsonl").read_text().splitlines()[0])
+    assert rec["trajectory"]["model"].endswith("+smollm2-tools.gguf")
+    assert set(summary["adapter"]["tasks-heldout"]) == {"python", "none"}
+
+
+def test_training_data_holds_no_held_out_phrasing(smoke):
+    out, _ = smoke
+    rows = [json.loads(line) for line in (out / "data" / "sft.jsonl").read_text().splitlines()]
+    questions = {r["messages"][1]["content"] for r in rows}
+    for fam in HELDOUT:
+        held = {e.question for e in generate(fam, 400, 1000, "heldout")}
+        held |= {e.question for e in generate(fam, 400, 1003, "heldout")}
+        assert not questions & held, fam
+    assert {r["family"] for r in rows} >= {"arith", "count", "count_text", "plain", "identity"}
+
+
+def test_a_rerun_skips_finished_stages_and_a_changed_data_file_is_refused(smoke):
+    out, state = smoke
+    again = run_recipe(RecipeConfig(recipe="smoke", out=str(out), eval_base=False, progress=False))
+    assert again["export"]["sha256"] == state["export"]["sha256"]
+    assert again["sft"]["seconds"] == state["sft"]["seconds"]  # skipped, not rerun
+    data = out / "data" / "sft.jsonl"
+    data.write_text(data.read_text() + "\n")
+    with pytest.raises(ConfigError, match="changed since the data stage"):
+        run_recipe(_redo(out, "sft"))
+
+
+def _redo(out, stage):
+    """A config that reruns ``stage`` (its record dropped from recipe.json)."""
+    state = json.loads((out / "recipe.json").read_text())
+    state.pop(stage)
+    (out / "recipe.json").write_text(json.dumps(state))
+    return RecipeConfig(recipe="smoke", out=str(out), stages=[stage], progress=False)
+
+
+def test_bad_recipe_names_are_clear_errors():
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        RecipeConfig(recipe="huge")
+    with pytest.raises(ConfigError, match="unknown stages"):
+        RecipeConfig(stages="data,deploy")

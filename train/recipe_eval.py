@@ -1,0 +1,138 @@
+"""The recipe's evaluation: base vs adapter, per family, training-style vs held-out phrasings.
+
+Every figure is an ``agent eval`` run (greedy, llama.cpp, the default Q4_1 model with or without the
+adapter), so each can be rerun alone from the commands in ``eval.md``. Suites:
+
+- ``tasks-train`` / ``tasks-heldout``: every tool family (``agent.evals.tasks.TOOL_FAMILIES``) in
+  training-style and held-out phrasings, with python and without tools;
+- ``plain-train`` / ``plain-heldout``: questions that need no tool, with the tools offered
+  (python+search where a search index exists, else python): the tool-call rate is the figure;
+- ``multihop-*``: the held-out HotpotQA/MuSiQue questions with local search and closed-book.
+
+Questions come from eval seed 0; training data uses seeds 1000+ and only training phrasings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_recipe_eval", "suites", "table"]
+
+EVAL_SEED = 0
+CONCURRENCY = 8  # episodes decoded together (llama.cpp multi-sequence batching)
+
+
+def suites(n: int, heldout: list[Path], index: Path | None) -> list[dict[str, Any]]:
+    from agent.evals.tasks import TOOL_FAMILIES
+
+    k = len(TOOL_FAMILIES)
+    plain_mode = "python+search" if index else "python"
+    out = [
+        {"name": "tasks-train", "data": "gen:all@train", "limit": n * k, "modes": ["python", "none"]},
+        {"name": "tasks-heldout", "data": "gen:all@heldout", "limit": n * k, "modes": ["python", "none"]},
+        {"name": "plain-train", "data": "gen:plain@train", "limit": 2 * n, "modes": [plain_mode]},
+        {"name": "plain-heldout", "data": "gen:plain@heldout", "limit": 2 * n, "modes": [plain_mode]},
+    ]
+    if index:
+        out += [{"name": f"multihop-{p.name.split('.heldout-')[-1].removesuffix('.json')}", "data": str(p),
+                 "limit": 0, "modes": ["search", "none"]} for p in heldout]
+    return out
+
+
+def _runtime(adapter: Path | None, index: Path | None, max_new_tokens: int) -> Any:
+    from agent.runtime import RuntimeConfig
+
+    return RuntimeConfig(model="default", adapter=str(adapter) if adapter else "none", temperature=0.0,
+                         seed=EVAL_SEED, n_seq=CONCURRENCY, search_index=str(index) if index else "",
+                         max_new_tokens=max_new_tokens)
+
+
+def _malformed_episodes(path: Path) -> dict[str, float]:
+    """Per mode: the share of episodes with at least one malformed call."""
+    from collections import defaultdict
+
+    n, bad = defaultdict(int), defaultdict(int)
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            n[r["mode"]] += 1
+            bad[r["mode"]] += r["n_malformed"] > 0
+    return {m: bad[m] / n[m] for m in n}
+
+
+def _tool_episode_rate(path: Path) -> dict[str, dict[str, float]]:
+    """Per mode and family: the share of episodes with at least one tool call."""
+    from collections import defaultdict
+
+    n, called = defaultdict(int), defaultdict(int)
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            n[r["mode"], r["family"]] += 1
+            called[r["mode"], r["family"]] += r["n_tool_calls"] > 0
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for (mode, fam), k in n.items():
+        out[mode][fam] = called[mode, fam] / k
+    return dict(out)
+
+
+def run_recipe_eval(out: Path, adapter: Path, n: int, heldout: list[Path], index: Path | None,
+                    with_base: bool = True, max_new_tokens: int = 512) -> dict[str, Any]:
+    from agent.evals import EvalConfig, run_eval
+
+    models = ([("base", None)] if with_base else []) + [("adapter", adapter)]
+    summary: dict[str, Any] = {}
+    for model, path in models:
+        for s in suites(n, heldout, index):
+            cfg = EvalConfig(data=s["data"], limit=s["limit"], modes=s["modes"], out=str(out / model / s["name"]),
+                             concurrency=CONCURRENCY, report=False,
+                             runtime=_runtime(path, index, max_new_tokens))
+            res = run_eval(cfg)
+            episodes = Path(cfg.out) / "episodes.jsonl"
+            summary.setdefault(model, {})[s["name"]] = {
+                mode: {"accuracy": m["accuracy"], "em": m["em"], "n_questions": m["n_questions"],
+                       "tool_calls_per_episode": m["tool_calls_per_episode"],
+                       "seconds_per_question": m["seconds_per_question"],
+                       "malformed_episodes": _malformed_episodes(episodes).get(mode, 0.0),
+                       "tool_episodes": _tool_episode_rate(episodes).get(mode, {}),
+                       "by_family": {f: v["accuracy"] for f, v in m["by_family"].items()}}
+                for mode, m in res["modes"].items()}
+    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    md = table(summary, n)
+    (out / "eval.md").write_text(md)
+    return {"summary": summary, "table": str(out / "eval.md")}
+
+
+def table(summary: dict[str, Any], n: int) -> str:
+    """The before/after markdown table: rows family x phrasing, columns model x mode."""
+    models = list(summary)
+    lines = [f"Greedy, llama.cpp, default Q4_1 model; {n} questions per family and phrasing split "
+             f"(eval seed {EVAL_SEED}). Accuracy; 'tool' = share of episodes with a tool call.", ""]
+    head = ["family", "phrasing"] + [f"{m} {mode}" for m in models for mode in ("python", "none")]
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for split in ("train", "heldout"):
+        name = f"tasks-{split}"
+        fams = sorted({f for m in models for f in summary[m].get(name, {}).get("python", {}).get("by_family", {})})
+        for fam in fams + ["all"]:
+            row = [fam, split]
+            for m in models:
+                for mode in ("python", "none"):
+                    r = summary[m].get(name, {}).get(mode)
+                    if r is None:
+                        row.append("-")
+                        continue
+                    acc = r["accuracy"] if fam == "all" else r["by_family"].get(fam)
+                    row.append("-" if acc is None else f"{acc:.2f}")
+            lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "| suite | model | mode | accuracy / EM | tool-call episodes | malformed episodes | s/question |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for m in models:
+        for name, modes in summary[m].items():
+            for mode, r in modes.items():
+                tool = sum(r["tool_episodes"].values()) / max(len(r["tool_episodes"]), 1)
+                score = f"{r['accuracy']:.2f} / {r['em']:.2f}"
+                lines.append(f"| {name} | {m} | {mode} | {score} | {tool:.2f} | {r['malformed_episodes']:.3f} | "
+                             f"{r['seconds_per_question']:.2f} |")
+    return "\n".join(lines) + "\n"
