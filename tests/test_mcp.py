@@ -74,19 +74,25 @@ async def test_an_mcp_tool_runs_inside_an_episode(pids):
 
 
 async def test_one_server_per_episode_with_state_for_that_episode(pids):
+    first = [hermes("remember", {"note": "first"}), hermes("nap", {"seconds": 1.5}),
+             hermes("remember", {"note": "first-again"}), "<answer>done</answer>"]
+    second = [hermes("remember", {"note": "second"}), "<answer>done</answer>"]
+
     def script(ctx: str) -> str:
         turn = ctx.rsplit("<|assistant|>", 1)[-1]
-        note = "first" if "first" in ctx else "second"
-        if turn.count("<tool_response>") == 0:
-            return hermes("remember", {"note": note})
-        if turn.count("<tool_response>") == 1:
-            return hermes("remember", {"note": note + "-again"})
-        return "<answer>done</answer>"
+        return (first if "the first one" in ctx else second)[turn.count("<tool_response>")]
 
     async with Agent(ScriptedBackend(script), tools=[spec(pids)], syntax="hermes") as agent:
-        one, two = await agent.run_many(["the first one", "the second one"])
-    assert [c.result for c in one.tool_calls] == ["first", "first, first-again"]  # state within an episode
-    assert [c.result for c in two.tool_calls] == ["second", "second, second-again"]  # none across episodes
+        a = asyncio.create_task(agent.run("the first one"))
+        for _ in range(300):
+            if len(started(pids)) == 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # episode A is napping on its server while B runs
+        b = await agent.run("the second one")
+        a = await a
+    assert [c.result for c in a.tool_calls] == ["first", "slept 1.5", "first, first-again"]  # state within one
+    assert [c.result for c in b.tool_calls] == ["second"]  # none across episodes, even overlapping ones
     assert len(started(pids)) == 3 and not any(alive(p) for p in started(pids))
 
 
