@@ -40,6 +40,7 @@ import ipaddress
 import json
 import os
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -355,6 +356,12 @@ class Serving:
     server: Any
     task: asyncio.Task
 
+    def stop(self) -> None:
+        """Finish the requests in flight, then stop; a second call stops at once."""
+        if self.server.should_exit:
+            self.server.force_exit = True
+        self.server.should_exit = True
+
 
 @contextlib.asynccontextmanager
 async def serving(agent: Agent, cfg: ServeConfig) -> AsyncIterator[Serving]:
@@ -372,7 +379,12 @@ async def serving(agent: Agent, cfg: ServeConfig) -> AsyncIterator[Serving]:
         sock.close()
         raise
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(agent, cfg), log_level="warning", lifespan="off"))
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:  # signals belong to the caller (serve_forever handles them)
+            yield
+
+    server = Server(uvicorn.Config(create_app(agent, cfg), log_level="warning", lifespan="off"))
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))  # awaited below
     try:
         while not server.started:
@@ -395,5 +407,20 @@ async def serve_forever(runtime: RuntimeConfig, cfg: ServeConfig) -> int:
             tools = ", ".join(agent.tools) or "no tools"
             print(f"agent: serving {agent.backend.model_id} ({tools}) at {s.url}/v1"
                   f"{' (API key required)' if cfg.key else ''}; Ctrl-C to stop", file=sys.stderr)
-            await s.task
+            loop = asyncio.get_running_loop()
+            signals = [sig for sig in (signal.SIGINT, signal.SIGTERM) if _on_signal(loop, sig, s.stop)]
+            try:
+                await s.task
+            finally:
+                for sig in signals:
+                    loop.remove_signal_handler(sig)
+    print("agent: stopped", file=sys.stderr)
     return 0
+
+
+def _on_signal(loop: asyncio.AbstractEventLoop, sig: int, callback: Any) -> bool:
+    try:
+        loop.add_signal_handler(sig, callback)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no such signal here
+        return False
+    return True
