@@ -70,6 +70,7 @@ def plugin_dist(tmp_path, monkeypatch):
         python = splice_demo_tools:Shout
         """))
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("tools.base._REGISTRY", {})  # @tool functions other tests registered in this process
     yield tmp_path
     for mod in ("splice_demo_tools", "splice_demo_broken"):
         sys.modules.pop(mod, None)
