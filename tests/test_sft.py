@@ -191,3 +191,22 @@ def test_sft_step_raises_no_future_warning(tiny_model_dir, tmp_path):
         loss = t.train_step()
         assert t.eval_feats and t.evaluate() > 0
     assert loss > 0
+
+
+def test_long_micro_batches_split_by_token_budget_give_the_same_step(tiny_model_dir, tmp_path):
+    """``max_batch_tokens`` runs a micro-batch in row groups (less memory for long examples): the
+    loss is a token sum over the whole step, so the update equals the unsplit one."""
+    rows = _rows_of_different_lengths() * 2
+    weights = []
+    for budget in (0, 64):
+        t = SFTTrainer(cfg_for(tiny_model_dir, tmp_path / str(budget), batch_size=8, max_batch_tokens=budget,
+                               eval_fraction=0.0, lr=1e-2), rows)
+        if budget:
+            assert len(t._chunks(t.step_batches(0)[0])) > 2
+        loss = t.train_step()
+        weights.append((loss, t.trainable_state()))
+    (l0, w0), (l1, w1) = weights
+    assert l0 == pytest.approx(l1, rel=1e-5)
+    assert all(torch.allclose(w0[k], w1[k], atol=1e-6) for k in w0)
+    assert any(not torch.allclose(w0[k], SFTTrainer(cfg_for(tiny_model_dir, tmp_path / "init", eval_fraction=0.0),
+                                                    rows).trainable_state()[k]) for k in w0)  # it did move

@@ -46,7 +46,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "data": {"n_arith": 700, "n_count": 350, "n_count_name": 250, "n_count_text": 350, "n_compare": 350,
                  "n_length": 250, "n_reverse": 300, "n_char": 200, "n_plain": 500, "n_gsm8k": 250,
                  "n_multihop": 150, "n_identity": 150, "multihop_holdout": 0.2},
-        "sft": {"lora_r": 16, "lora_alpha": 32, "max_len": 1024, "batch_size": 8, "lr": 1e-3,
+        "sft": {"lora_r": 16, "lora_alpha": 32, "max_len": 1024, "batch_size": 8, "max_batch_tokens": 4096, "lr": 1e-3,
                 "warmup_steps": 10, "epochs": 1.0, "eval_fraction": 0.02, "eval_every": 0,
                 "save_every": 25},
         "eval_per_family": 30,

@@ -59,6 +59,9 @@ class SFTConfig:
     max_result_tokens: int = field(default=256, metadata={"help": "tool result truncation (as the runtime)"})
     batch_size: int = field(default=4, metadata={"help": "examples per micro-batch (per process)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_batch_tokens: int = field(default=0, metadata={
+        "help": "run a micro-batch in row groups of at most this many padded tokens (same gradient, less "
+                "memory for long examples; 0 = whole)"})
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=10, metadata={"help": "linear warmup steps, then cosine to 10%"})
@@ -250,6 +253,16 @@ class SFTTrainer:
             self._n_epochs += 1
         return self.epoch_batches[k]
 
+    def _chunks(self, idx: list[int]) -> list[list[int]]:
+        """A micro-batch in row groups of at most ``max_batch_tokens`` padded tokens (0: whole). The
+        loss is a sum over tokens scaled by the step's token count, so the gradient is the same."""
+        budget = self.cfg.max_batch_tokens
+        if not budget:
+            return [idx]
+        longest = max(len(self.train_feats[i]) for i in idx)
+        rows = max(1, budget // longest)
+        return [idx[k:k + rows] for k in range(0, len(idx), rows)]
+
     def step_batches(self, step: int) -> list[list[int]]:
         """The micro-batches this process trains on at ``step``."""
         a, w, r = self.cfg.grad_accum, self.accel.num_processes, self.accel.process_index
@@ -259,28 +272,51 @@ class SFTTrainer:
     def _loss_sum(self, batch: dict[str, Any]) -> tuple[Any, int]:
         """Summed token loss of a micro-batch and its number of trained tokens. A token prefix that
         every row shares (the system prompt) runs once and its KV cache is repeated over the batch:
-        the same loss and gradients as running every row in full (causal attention), for less work."""
+        the same loss and gradients as running every row in full (causal attention), for less work.
+        On one process the LM head runs only at positions that predict a trained token (the prompt,
+        padding and tool results need no logits): the same loss, without a (rows x length x vocab)
+        tensor, which dominates memory and much of the compute of a small model."""
         torch = self.torch
         batch = {k: v.to(self.accel.device) for k, v in batch.items()}
         ids, labels, attn = batch["input_ids"], batch["labels"], batch["attention_mask"]
+        parts = self._decoder_and_head()
+        run = parts[0] if parts else self.model  # the decoder alone returns hidden states
         # (under DDP a second forward per backward is not allowed: there every row runs in full)
         p = _shared_prefix(ids, labels) if self.cfg.share_prefix and self.accel.num_processes == 1 else 0
         if p:
             from transformers import DynamicCache
 
-            cache, key = DynamicCache(), cache_kwarg(self.model)
-            self.model(input_ids=ids[:1, :p], use_cache=True, **{key: cache})  # fills ``cache`` in place
+            cache, key = DynamicCache(), cache_kwarg(run)
+            run(input_ids=ids[:1, :p], use_cache=True, **{key: cache})  # fills ``cache`` in place
             cache.batch_repeat_interleave(ids.size(0))
             pos = torch.arange(p, ids.size(1), device=ids.device).unsqueeze(0).expand(ids.size(0), -1)
-            logits = self.model(input_ids=ids[:, p:], attention_mask=attn, position_ids=pos, use_cache=False,
-                                **{key: cache}).logits
+            out = run(input_ids=ids[:, p:], attention_mask=attn, position_ids=pos, use_cache=False, **{key: cache})
             labels = labels[:, p:]
         else:
-            logits = self.model(input_ids=ids, attention_mask=attn).logits
-        labels = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
-                                                 labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-        return loss, int((labels != IGNORE_INDEX).sum())
+            out = run(input_ids=ids, attention_mask=attn)
+        target = labels[:, 1:]
+        keep = target != IGNORE_INDEX
+        if parts:
+            logits = parts[1](out.last_hidden_state[:, :-1][keep])
+            loss = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
+        else:
+            logits = out.logits
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                                                     target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+        return loss, int(keep.sum())
+
+    def _decoder_and_head(self) -> tuple[Any, Any] | None:
+        """(decoder, lm_head) of a plain causal LM on one process, else None (full forward). Under
+        DDP the wrapper's own forward must run (gradient hooks); a model that post-processes its
+        logits (soft-capping) or has no ``model``/``lm_head`` pair also takes the full forward."""
+        if self.accel.num_processes != 1:
+            return None
+        base = self.accel.unwrap_model(self.model)
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base
+        if getattr(base.config, "final_logit_softcapping", None) or not (hasattr(base, "model")
+                                                                        and hasattr(base, "lm_head")):
+            return None
+        return base.model, base.lm_head
 
     def train_step(self) -> float:
         """One optimizer step over ``grad_accum`` micro-batches; returns the mean token loss."""
@@ -290,9 +326,10 @@ class SFTTrainer:
         n_tok = self._global_sum(sum(self.train_feats[i].n_target for b in micro for i in b))
         scale = ddp_token_scale(int(n_tok), self.accel.num_processes)
         total = 0.0
-        for j, idx in enumerate(micro):
+        chunks = [c for idx in micro for c in self._chunks(idx)]
+        for j, idx in enumerate(chunks):
             batch = _collate([self.train_feats[i] for i in idx], pad, torch)
-            ctx = self.accel.no_sync(self.model) if j < len(micro) - 1 else contextlib.nullcontext()
+            ctx = self.accel.no_sync(self.model) if j < len(chunks) - 1 else contextlib.nullcontext()
             with ctx, self.accel.autocast():
                 loss, _ = self._loss_sum(batch)
                 self.accel.backward(loss * scale)
