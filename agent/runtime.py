@@ -438,6 +438,7 @@ class _Episode:
         """One model segment: yields TokenEvents, then (terminal event | None, hit_eos)."""
         t0 = time.perf_counter()
         ids: list[int] = []
+        n_lp = len(self.seq.logprobs)  # the backend appends one per sampled token
         detok = Detokenizer(self.backend)
         self.parser.reset()
         event, eos = None, False
@@ -465,6 +466,10 @@ class _Episode:
         if isinstance(event, MalformedEvent) and event.kind == "unclosed":
             event.close = event.close if eos else ""
         self._add("model", self.backend.decode(ids), ids, t0)
+        lps = self.seq.logprobs[n_lp:n_lp + len(ids)]
+        self.traj.segments[-1].logprobs = lps + [float("nan")] * (len(ids) - len(lps))
+        if self.seq.n_retokenized:
+            self.traj.meta["retokenized"] = self.seq.n_retokenized
         self.traj.meta["prefilled"] = self.seq.n_prefilled
         yield (event, eos)
 

@@ -4,11 +4,18 @@ Sources: ``prompt`` (chat template, system prompt, question; mask 0), ``forced``
 start of the answer; mask 0), ``model`` (sampled; mask 1,
 tool-call text included), ``result`` (spliced tool output and its tags; mask 0). The loss mask that
 SFT and GRPO train on is derived from the sources here and nowhere else.
+
+A ``model`` segment keeps the log-prob of each of its tokens as the backend sampled it
+(``Segment.logprobs``: the model's unscaled distribution, NaN where the backend cannot say; empty in
+records written before they were kept). ``sampled_logprobs()`` lines them up with ``completion_ids``.
+``meta["retokenized"]`` counts sampled tokens whose ids a server did not report, so they were
+re-encoded from its text (``token_exact`` is False then): such ids may differ from the sampled ones.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -40,10 +47,17 @@ class Segment:
     token_ids: list[int]
     t_start: float = 0.0
     t_end: float = 0.0
+    logprobs: list[float] = field(default_factory=list)  # model segments: one per token (NaN: unknown)
 
     @property
     def mask(self) -> int:
         return 0 if self.source in MASKED_SOURCES else 1
+
+    def token_logprobs(self) -> list[float]:
+        """One log-prob per token: the recorded ones, NaN where none was recorded."""
+        if len(self.logprobs) == len(self.token_ids):
+            return list(self.logprobs)
+        return [math.nan] * len(self.token_ids)
 
 
 @dataclass
@@ -107,6 +121,17 @@ class Trajectory:
     def completion_mask(self) -> list[int]:
         return self.loss_mask()[self.prompt_len:]
 
+    def sampled_logprobs(self, fill: float = math.nan) -> list[float]:
+        """One entry per token of ``completion_ids``: the sampled log-prob of a model token (NaN
+        where its backend could not say), ``fill`` for the masked ones (forced text, tool results)."""
+        out = [lp for s in self.segments for lp in (s.token_logprobs() if s.mask else [fill] * len(s.token_ids))]
+        return out[self.prompt_len:]
+
+    @property
+    def token_exact(self) -> bool:
+        """False when some sampled ids were re-encoded from a server's text (see the module docstring)."""
+        return not self.meta.get("retokenized")
+
     @property
     def n_generated(self) -> int:
         return sum(len(s.token_ids) for s in self.segments if s.source == "model")
@@ -122,6 +147,8 @@ class Trajectory:
     # -- (de)serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        for seg in d["segments"]:  # NaN is not JSON: unknown log-probs are written as null
+            seg["logprobs"] = [None if math.isnan(x) else x for x in seg["logprobs"]]
         d["n_generated"] = self.n_generated
         d["seconds"] = self.seconds
         return d
@@ -133,7 +160,9 @@ class Trajectory:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
         d = {k: v for k, v in d.items() if k not in ("n_generated", "seconds")}
-        d["segments"] = [Segment(**s) for s in d.get("segments", [])]
+        d["segments"] = [Segment(**{**s, "logprobs": [math.nan if x is None else float(x)
+                                                           for x in s.get("logprobs") or []]})
+                         for s in d.get("segments", [])]
         d["tool_calls"] = [ToolCall(**c) for c in d.get("tool_calls", [])]
         return cls(**d)
 

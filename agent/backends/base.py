@@ -3,8 +3,9 @@
 A backend owns the model and its decode state. Each episode holds a ``Sequence``: the token ids so
 far plus backend-private cache state (a KV cache, a slot). ``stream(seq, append, params)`` appends
 ``append`` to the sequence, prefills only the tokens the cache has not seen, then yields sampled
-token ids one at a time (each already appended to ``seq.ids``). The caller stops early by closing
-the iterator (``contextlib.aclosing``); the next ``stream`` call resumes on the same cache.
+token ids one at a time (each already appended to ``seq.ids``, its log-prob to ``seq.logprobs``).
+The caller stops early by closing the iterator (``contextlib.aclosing``); the next ``stream`` call
+resumes on the same cache.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ class Sequence:
     n_cached: int = 0  # tokens the cache already held when a stream call began, summed
     n_sampled: int = 0
     seed: int | None = None
+    # log-prob of each sampled token under the model's unscaled distribution (temperature 1, before
+    # top-k/top-p), appended by the backend right before it yields that token; NaN where a backend
+    # cannot say. One entry per sampled token, in order, across stream calls.
+    logprobs: list[float] = field(default_factory=list)
+    # sampled tokens whose ids a server did not report, so they were re-encoded from its text
+    n_retokenized: int = 0
 
 
 class Backend(abc.ABC):

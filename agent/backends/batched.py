@@ -51,7 +51,7 @@ class _SeqState:
 
 @dataclass(eq=False)
 class _Req:
-    """One ``stream`` call: tokens go to ``out`` (ints, then None; or an exception)."""
+    """One ``stream`` call: tokens go to ``out`` ((id, log-prob) pairs, then None; or an exception)."""
 
     seq: Sequence
     params: SamplingParams
@@ -180,9 +180,9 @@ class _Scheduler(DecodeLoop):
         r.seq.n_prefilled += len(r.todo)
         self.prefilling.append(r)
 
-    def _emit(self, r: _Req, tok: int) -> bool:
+    def _emit(self, r: _Req, tok: int, logprob: float) -> bool:
         """Hand a sampled token to the stream; False when the request is finished."""
-        r.out.put_nowait(tok)
+        r.out.put_nowait((tok, logprob))
         r.left -= 1
         if tok in self.eos or r.left <= 0:
             r.out.put_nowait(None)
@@ -203,46 +203,51 @@ class _Scheduler(DecodeLoop):
         r = self.prefilling[0]
         chunk, last = r.todo[: self.chunk], len(r.todo) <= self.chunk
         assert r.st.slot is not None
-        tok = await asyncio.to_thread(self._prefill_job, r, chunk, len(r.st.cached), last)
+        got = await asyncio.to_thread(self._prefill_job, r, chunk, len(r.st.cached), last)
         r.st.cached.extend(chunk)
         r.todo = r.todo[len(chunk):]
         if not last:
             return
         self.prefilling.popleft()
-        if tok is not None and not r.closed and self._emit(r, tok):
-            self._join(r, tok)
+        if got is not None and not r.closed and self._emit(r, *got):
+            self._join(r, got[0])
 
-    def _prefill_job(self, r: _Req, chunk: list[int], start: int, last: bool) -> int | None:
+    def _prefill_job(self, r: _Req, chunk: list[int], start: int, last: bool) -> tuple[int, float] | None:
         with torch.inference_mode():
             logits = self.runner.prefill(r.st.slot, chunk, start)
             if not last:
                 return None
             if r.params.greedy:
-                return int(logits.argmax())
-            return sample_token(logits.cpu().numpy(), r.params, _rng(r.st.key, start + len(chunk)))
+                tok = int(logits.argmax())
+            else:
+                tok = sample_token(logits.cpu().numpy(), r.params, _rng(r.st.key, start + len(chunk)))
+            return tok, float(torch.log_softmax(logits.float(), -1)[tok])
 
     async def _decode_step(self) -> None:
         n = max(self.decoding) + 1
         tok, pos, act = self.tok[:n].copy(), self.pos[:n].copy(), self.active[:n].copy()
         samplers = [(s, r.params, _rng(r.st.key, int(pos[s]) + 1))
                     for s, r in self.decoding.items() if not r.params.greedy]
-        new = await asyncio.to_thread(self._decode_job, tok, pos, act, samplers)
+        new, lps = await asyncio.to_thread(self._decode_job, tok, pos, act, samplers)
         self.steps += 1
         for s, r in list(self.decoding.items()):
             r.st.cached.append(int(tok[s]))  # fed this step: now in the cache
             self.pos[s] += 1
             self.tok[s] = new[s]
-            if r.closed or not self._emit(r, new[s]):
+            if r.closed or not self._emit(r, new[s], lps[s]):
                 self._leave(s)
 
     def _decode_job(self, tok: np.ndarray, pos: np.ndarray, act: np.ndarray,
-                    samplers: list[tuple[int, SamplingParams, np.random.Generator]]) -> list[int]:
+                    samplers: list[tuple[int, SamplingParams, np.random.Generator]]) -> tuple[list[int], list[float]]:
+        """The next id of every row and its log-prob (log-softmax of the raw logits)."""
         with torch.inference_mode():
             logits = self.runner.decode(tok, pos, act)
             ids = logits.argmax(-1).tolist()
             for s, params, rng in samplers:
                 ids[s] = sample_token(logits[s].cpu().numpy(), params, rng)
-        return ids
+            index = torch.tensor(ids, device=logits.device).unsqueeze(-1)
+            lps = torch.log_softmax(logits.float(), -1).gather(-1, index).squeeze(-1).tolist()
+        return ids, lps
 
 
 class BatchedTransformersBackend(TransformersBackend):
@@ -308,9 +313,11 @@ class BatchedTransformersBackend(TransformersBackend):
             while (item := await req.out.get()) is not None:
                 if isinstance(item, BaseException):
                     raise ModelError(f"batched decode failed: {type(item).__name__}: {item}") from item
-                seq.ids.append(item)
+                tok, logprob = item
+                seq.logprobs.append(logprob)
+                seq.ids.append(tok)
                 seq.n_sampled += 1
-                yield item
+                yield tok
         finally:
             sched.close(req)
 

@@ -17,8 +17,16 @@ The runtime speaks token ids; servers speak ``/v1/completions``. Choices made he
 * **Stops: the syntax's close tags.** Servers drop the matched stop string from the output, so the
   backend puts the close tag back (vLLM says which stop matched in ``stop_reason``; otherwise the
   close tag of the last unclosed open tag is used, and a stop with nothing open is EOS).
-* **Streaming**: SSE, text deltas re-encoded locally to ids (the text is exact; ids at a delta's
-  boundary can differ from the ids the server sampled).
+* **Sampled ids and log-probs: the server's.** Each request asks for ``logprobs`` and for the
+  sampled ids (vLLM's ``return_token_ids``). The ids come from the server where it says them: vLLM's
+  ``token_ids``, llama.cpp's ``logprobs.content[].id``, or (llama-cpp-python, which reports only
+  each token's text) a reported token text that is exactly one vocabulary entry. Only where none of
+  these is there is a text delta re-encoded locally (the text is exact; the ids can differ from the
+  sampled ones at a delta's boundary), and every such token is counted in
+  ``Sequence.n_retokenized`` (``Trajectory.token_exact`` is False then), never silently. A close tag
+  put back after a stop string is such a token too, unless the server's ids already hold it.
+  Log-probs go to ``Sequence.logprobs``; NaN where the server gave none for a token.
+* **Streaming**: SSE.
 
 One ``httpx.AsyncClient`` (keep-alive pool) serves every concurrent episode. Connection errors,
 timeouts, 429 and 5xx are retried with exponential backoff; a retry after tokens were already
@@ -31,9 +39,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -312,7 +321,8 @@ class OpenAIBackend(Backend):
         """The ``/v1/completions`` body; subclasses may add server extensions (grammar, ...)."""
         prompt: Any = list(seq.ids) if self.prompt_ids else text_prompt(self.tok, seq.ids)
         body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
-                                "temperature": params.temperature, "top_p": params.top_p}
+                                "temperature": params.temperature, "top_p": params.top_p,
+                                "logprobs": 1, "return_token_ids": True}
         pairs = params.stop_pairs or self.pairs
         if pairs:
             body["stop"] = [close for _, close in pairs]
@@ -381,31 +391,85 @@ class OpenAIBackend(Backend):
             attempt = 0 if st.left < before else attempt + 1  # a request that made progress resets
             await self._backoff(attempt, err)
 
+    def _piece_id(self, piece: Any) -> int | None:
+        """The id of a token the server reported only as text: the one vocabulary entry spelling it."""
+        if not isinstance(piece, str) or not piece:
+            return None
+        ids = self.encode(piece)
+        return ids[0] if len(ids) == 1 and self.tok.decode(ids) == piece else None
+
+    def _sampled(self, choice: dict[str, Any]) -> tuple[list[int] | None, list[float] | None]:
+        """The ids (None: not reported) and log-probs (None: not reported) of one streamed chunk."""
+        ids = choice.get("token_ids")  # vLLM return_token_ids
+        ids = [int(i) for i in ids] if isinstance(ids, list) else None
+        lp = choice.get("logprobs")
+        lps: list[float] | None = None
+        if isinstance(lp, dict) and isinstance(lp.get("content"), list):  # llama.cpp server, chat style
+            items = [c for c in lp["content"] if isinstance(c, dict)]
+            lps = [c.get("logprob") for c in items]
+            if ids is None and items and all(isinstance(c.get("id"), int) for c in items):
+                ids = [c["id"] for c in items]
+        elif isinstance(lp, dict) and isinstance(lp.get("token_logprobs"), list):  # completions style
+            lps = lp["token_logprobs"]
+            pieces = lp.get("tokens")
+            if ids is None and isinstance(pieces, list) and len(pieces) == len(lps) and pieces:
+                found = [self._piece_id(p) for p in pieces]
+                ids = [i for i in found if i is not None] if None not in found else None
+        if lps is not None:
+            lps = [float(x) if isinstance(x, (int, float)) else math.nan for x in lps]
+        return ids, lps
+
     async def _attempt(self, seq: Sequence, params: SamplingParams, st: _Progress) -> AsyncIterator[int]:
         """One request, resuming from ``seq``: yields ids (appended to ``seq``) as text arrives."""
         async with contextlib.aclosing(self._events(self.request_body(seq, params, st.left))) as events:
             async for choice in events:
                 delta = choice.get("text") or ""
                 st.text += delta
-                ids = self.encode(delta)
+                reported, lps = self._sampled(choice)
+                ids = reported if reported is not None else self.encode(delta)
+                sure = [reported is not None] * len(ids)  # False: re-encoded from text
+                if lps is None or len(lps) != len(ids):
+                    lps = [math.nan] * len(ids)
+                st.ids += ids
                 finish = choice.get("finish_reason")
                 if finish == "stop":
                     tag = self._close_tag(st.text, choice, params.stop_pairs)
-                    ids += self.encode(tag) if tag is not None else [min(self.eos_ids)]
-                for tok in ids[: st.left]:
+                    if tag is None:
+                        if not (st.ids and st.ids[-1] in self.eos_ids):  # EOS, not reported: the one EOS id
+                            ids, lps, sure = ids + [min(self.eos_ids)], lps + [math.nan], sure + [
+                                len(self.eos_ids) == 1]
+                    elif missing := self._missing_tag(st, tag):
+                        put_back = self.encode(missing)
+                        ids, lps, sure = ids + put_back, lps + [math.nan] * len(put_back), sure + [False] * len(
+                            put_back)
+                for k, tok in enumerate(ids[: st.left]):
+                    seq.logprobs.append(lps[k])
                     seq.ids.append(tok)
                     seq.n_sampled += 1
+                    seq.n_retokenized += not sure[k]
                     st.left -= 1
                     yield tok
                 if finish is not None:
                     st.finished = True
                     return
 
+    def _missing_tag(self, st: _Progress, tag: str) -> str:
+        """The part of the close tag the server cut from its text that its reported ids do not hold
+        (servers that report the stop tokens hold some or all of it)."""
+        extra = self.tok.decode(st.ids)[len(st.text):]
+        if tag in extra:
+            return ""
+        for k in range(len(tag), 0, -1):
+            if extra.endswith(tag[:k]):
+                return tag[k:]
+        return tag
+
 
 @dataclass
 class _Progress:
     left: int  # tokens still allowed in this stream call
     text: str = ""  # generated so far in this stream call
+    ids: list[int] = field(default_factory=list)  # ids of this stream call (reported or re-encoded)
     finished: bool = False
 
 

@@ -4,11 +4,15 @@ time. Token id = Unicode code point; id 0 is EOS. Not a model: never the only te
 With ``tokenizer=`` (anything with ``encode``/``decode``/``chat_prompt``/``eos_ids``, e.g. the GGUF
 vocabulary ``agent.backends.openai.GGUFVocab``) ids, special tokens and the chat template are the real
 model's, and each turn's text is "sampled" as that tokenizer's ids: for tests where token identity
-matters."""
+matters.
+
+``logprobs`` (a function of the ids so far and the token about to be "sampled") gives each token's
+log-prob in ``Sequence.logprobs``; without it they are NaN, since a script has no distribution."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,8 +30,10 @@ class ScriptedBackend(Backend):
     name = "scripted"
 
     def __init__(self, script: list[str] | Callable[[str], str], token_delay_s: float = 0.0,
-                 context_size: int = 100_000, tokenizer: Any = None):
+                 context_size: int = 100_000, tokenizer: Any = None,
+                 logprobs: Callable[[list[int], int], float] | None = None):
         self.script = script
+        self.logprobs = logprobs
         self.tokenizer = tokenizer
         self.token_delay_s = token_delay_s
         self.context_size = context_size
@@ -82,6 +88,7 @@ class ScriptedBackend(Backend):
                 await asyncio.sleep(self.token_delay_s)
             else:
                 await asyncio.sleep(0)
+            seq.logprobs.append(float(self.logprobs(seq.ids, tok)) if self.logprobs else math.nan)
             seq.ids.append(tok)
             seq.n_sampled += 1
             yield tok

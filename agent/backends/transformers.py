@@ -3,6 +3,8 @@
 Each sequence keeps its own ``DynamicCache``; a continuation after a splice runs the model only on
 the tokens the cache has not seen (the spliced result), never on the whole context again. A GGUF
 file is dequantised once and saved as safetensors under ``~/.cache/splice`` so later loads are fast.
+Each sampled token's log-prob (log-softmax of the raw logits, before temperature/top-k/top-p) goes to
+``Sequence.logprobs``.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class _State:
     cache: Any = None
     cached_ids: list[int] = field(default_factory=list)
     rng: np.random.Generator | None = None
+    logprobs: np.ndarray | None = None  # log-softmax of the last forward's logits (temperature 1)
 
 
 class TransformersBackend(Backend):
@@ -145,9 +148,11 @@ class TransformersBackend(Backend):
         with self._lock, torch.inference_mode():
             inp = torch.tensor([new], device=self.device)
             out = self.model(input_ids=inp, use_cache=True, **{self._cache_kw: st.cache})  # filled in place
+            row = out.logits[0, -1].float()
+            st.logprobs = torch.log_softmax(row, -1).cpu().numpy()
         st.cached_ids = list(ids)
         self.n_evaluated += len(new)
-        return out.logits[0, -1].float().cpu().numpy()
+        return row.cpu().numpy()
 
     def _step(self, seq: Sequence, params: SamplingParams, first: bool) -> int:
         st: _State = seq.state
@@ -164,6 +169,8 @@ class TransformersBackend(Backend):
         seq.n_cached += common_prefix(seq.state.cached_ids, seq.ids)
         for i in range(min(params.max_tokens, self.context_size - len(seq.ids))):
             tok = await asyncio.to_thread(self._step, seq, params, i == 0)
+            lp = seq.state.logprobs
+            seq.logprobs.append(float(lp[tok]) if lp is not None else float("nan"))
             seq.ids.append(tok)
             seq.n_sampled += 1
             yield tok
