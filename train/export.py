@@ -9,6 +9,9 @@ picks the first ``*.gguf`` in a dir). The GGUF writer covers Llama-architecture 
 byte-level BPE tokenizer (tokens, types, merges, special ids, chat template). A LoRA adapter can
 instead be written as a GGUF adapter (``general.type=adapter``) that llama.cpp applies to the base
 GGUF at load time (``lora_path``); that needs an unchanged vocabulary (no added tag tokens).
+
+``to_hf_dataset`` writes SFT data (``agent train data`` output) as a ``datasets.Dataset`` with
+``input_ids``/``labels`` for TRL's ``SFTTrainer`` (see docs/trl.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from agent.errors import ConfigError, ModelError, require
 
 __all__ = ["ExportConfig", "export", "load_trained", "merge_lora", "write_gguf", "write_lora_gguf",
-           "hf_to_gguf_name"]
+           "hf_to_gguf_name", "to_hf_dataset"]
 
 log = logging.getLogger("splice.train.export")
 
@@ -241,3 +244,36 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     if cfg.gguf:
         done["gguf"] = str(write_gguf(merged, tok, out / f"model-{cfg.dtype}.gguf", cfg.dtype, cfg.pre))
     return done
+
+
+# -- SFT data as a Hugging Face dataset ---------------------------------------------------------
+def to_hf_dataset(rows: Any, tokenizer: Any, *, syntax: str = "splice", tools: Any = ("python", "search"),
+                  max_result_tokens: int = 256, max_len: int = 0) -> Any:
+    """``agent train data`` output (a JSONL path or its rows) as a ``datasets.Dataset`` with
+    ``input_ids``, ``labels`` (-100 on the prompt and on spliced tool results: ``loss_mask`` 0) and
+    ``attention_mask``, rendered by ``train.render.ChatRenderer`` exactly as ``agent train sft``
+    renders it. TRL's ``SFTTrainer`` trains on it as is (it keeps a ``labels`` column). Rows longer
+    than ``max_len`` (when > 0) or with nothing to train on are left out, with a warning."""
+    datasets = require("datasets", "trl")
+    from train.render import ChatRenderer
+
+    if isinstance(rows, (str, Path)):
+        from train.data import read_jsonl
+
+        rows = read_jsonl(rows)
+    renderer = ChatRenderer(tokenizer, syntax, list(tools), max_result_tokens=max_result_tokens)
+    cols: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "attention_mask": []}
+    dropped = 0
+    for row in rows:
+        f = renderer.features(row)
+        if (max_len and len(f) > max_len) or f.n_target == 0:
+            dropped += 1
+            continue
+        cols["input_ids"].append(f.input_ids)
+        cols["labels"].append(f.labels)
+        cols["attention_mask"].append([1] * len(f))
+    if dropped:
+        log.warning("left out %d example(s): longer than max_len=%d or nothing to train on", dropped, max_len)
+    if not cols["input_ids"]:
+        raise ConfigError("no example to export: every row was too long or had no model tokens")
+    return datasets.Dataset.from_dict(cols)
