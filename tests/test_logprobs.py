@@ -169,6 +169,13 @@ async def test_openai_token_pieces_map_to_ids_and_a_reported_stop_token_is_not_d
     assert seq.n_retokenized == 0
 
 
+async def test_openai_reads_vllm_token_id_strings():
+    reply = _sse({"text": "hi", "logprobs": {"tokens": ["token_id:300", "token_id:301"],
+                                             "token_logprobs": [-0.5, -0.25]}, "finish_reason": "length"})
+    seq, toks = await _stream(_mock([], reply))
+    assert toks == [300, 301] and seq.logprobs == [-0.5, -0.25] and seq.n_retokenized == 0
+
+
 async def test_openai_flags_ids_it_had_to_re_encode():
     reply = _sse({"text": "<search_start>cats", "finish_reason": "stop"})  # no ids, no log-probs
     seq, toks = await _stream(_mock([], reply))

@@ -395,6 +395,8 @@ class OpenAIBackend(Backend):
         """The id of a token the server reported only as text: the one vocabulary entry spelling it."""
         if not isinstance(piece, str) or not piece:
             return None
+        if piece.startswith("token_id:") and piece[9:].isdigit():  # vLLM return_tokens_as_token_ids
+            return int(piece[9:])
         ids = self.encode(piece)
         return ids[0] if len(ids) == 1 and self.tok.decode(ids) == piece else None
 
