@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -351,10 +351,19 @@ class _Episode:
         self.traj = Trajectory(question=question, model=self.backend.model_id, syntax=self.syntax.name,
                                meta={"config": dump_config(self.cfg), "seed": seed})
         self.messages = agent.messages(question, history)
-        arg_names = {n: t.arg_name for n, t in agent.tools.items()}
-        self.parser = StreamParser(self.syntax, list(agent.tools), arg_names,
-                                   [n for n, t in agent.tools.items() if t.takes_object])
+        self.parser = self._new_parser()
         self.limit_warned = False
+
+    def _new_parser(self) -> StreamParser:
+        tools = self.agent.tools
+        return StreamParser(self.syntax, list(tools), {n: t.arg_name for n, t in tools.items()},
+                            [n for n, t in tools.items() if t.takes_object])
+
+    def _stopper(self) -> Callable[[int], bool]:
+        """The stop rule of ``_generate`` as a per-token check for a backend's model thread: a fresh
+        parser fed the same tokens stops at the same one (a call, a malformed call, an answer)."""
+        parser, detok = self._new_parser(), Detokenizer(self.backend)
+        return lambda tok: any(not isinstance(ev, TextEvent) for ev in parser.feed(detok.push(tok)))
 
     @property
     def context_limit(self) -> int:
@@ -443,7 +452,7 @@ class _Episode:
         self.parser.reset()
         event, eos = None, False
         eos_ids = self.backend.eos_ids
-        params = self.agent._sampling(budget, self.seq.seed)
+        params = replace(self.agent._sampling(budget, self.seq.seed), stopper=self._stopper)
         async with contextlib.aclosing(self.backend.stream(self.seq, append, params)) as toks:
             async for tok in toks:
                 ids.append(tok)

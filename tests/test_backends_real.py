@@ -166,10 +166,10 @@ async def test_agent_episode_on_real_model_runs_forced_call(llama_pair):
     assert len(t.token_ids) == len(t.loss_mask())
 
 
-async def test_llama_cpp_stopping_a_stream_draws_nothing_past_the_stop(llama_pair):
-    # the model thread evaluates ahead of the event loop but samples a token only once the loop has
-    # taken the previous one: a stream stopped after 8 tokens and resumed is the same sampled text as
-    # one uninterrupted stream (temperature 1, same seed), so seeds stay reproducible
+async def test_llama_cpp_stopping_a_stream_early_keeps_the_sampled_text_reproducible(llama_pair):
+    # the model thread samples ahead of a consumer that stops on its own (no stopper): what it drew
+    # past the stop is discarded, the RNG rewound and the cache cut, so a stream stopped after 8
+    # tokens and resumed is the same sampled text as one uninterrupted stream (temperature 1)
     import contextlib
 
     warm = llama_pair[0]
@@ -181,10 +181,39 @@ async def test_llama_cpp_stopping_a_stream_draws_nothing_past_the_stop(llama_pai
     async with contextlib.aclosing(warm.stream(seq, list(prompt), params)) as toks:
         async for t in toks:
             parts.append(t)
-            await asyncio.sleep(0.05 if len(parts) < 8 else 0.5)  # a slow consumer: a thread that ran
-            if len(parts) == 8:  # ahead would sample (and evaluate) meanwhile
+            if len(parts) == 8:  # a slow consumer: wait until the thread has sampled past this
+                for _ in range(600):
+                    if warm.n_evaluated - evaluated >= 1 + 8 + 3:
+                        break
+                    await asyncio.sleep(0.05)
                 break
-    assert len(seq.ids) == len(prompt) + 8
-    assert warm.n_evaluated - evaluated <= len(prompt) + 8  # nothing ran past the stop
+    assert len(seq.ids) == len(prompt) + 8 and warm.n_evaluated - evaluated >= 12
     parts += [t async for t in warm.stream(seq, [], SamplingParams(max_tokens=12, temperature=1.0))]
     assert parts == whole[: len(parts)] and len(whole) == 20
+
+
+async def test_llama_cpp_stopper_ends_the_segment_on_the_model_thread_at_that_token(llama_pair):
+    # the runtime passes its parser's stop rule (``SamplingParams.stopper``): the model thread stops
+    # at that token itself, with nothing sampled or evaluated past it, however slow the consumer
+    import dataclasses
+
+    warm = llama_pair[0]
+    prompt = warm.encode(warm.chat_prompt(QUESTION), special=True)
+    params = SamplingParams(max_tokens=30, temperature=1.0)
+    whole = [t async for t in warm.stream(warm.new_sequence(3), list(prompt), params)]
+
+    def stopper():
+        seen = []
+        return lambda tok: (seen.append(tok), len(seen) == 6)[1]
+
+    seq, got = warm.new_sequence(3), []
+    evaluated, sampled = warm.n_evaluated, []
+    warm.logits_trace = sampled
+    try:
+        async for t in warm.stream(seq, list(prompt), dataclasses.replace(params, stopper=stopper)):
+            got.append(t)
+            await asyncio.sleep(0.2)
+    finally:
+        warm.logits_trace = None
+    assert got == whole[:6] and len(sampled) == 6
+    assert warm.n_evaluated - evaluated == 1 + 6  # the prompt's last token (cached prefix), then 6

@@ -11,6 +11,7 @@ waiting on a slow tool leaves the batch to the others.
 import asyncio
 import time
 
+import numpy as np
 import pytest
 from test_backends_real import SPLICE, assert_matches_cold
 
@@ -209,3 +210,30 @@ def test_runtime_config_n_seq_reaches_the_llama_cpp_backend():
         assert backend.n_seq == 2
     finally:
         asyncio.run(backend.aclose())
+
+
+@pytest.mark.parametrize("n_seq", [1, 3])
+async def test_each_sampled_token_carries_the_models_own_log_prob(gguf, n_seq):
+    """``Sequence.logprobs``: one per sampled token, the log-softmax (temperature 1) of the very row
+    the token was drawn from, on the one-sequence path and the batched one, across a splice."""
+    from agent.backends.llama_cpp import LlamaCppBackend
+
+    b = LlamaCppBackend(gguf, n_ctx=512, n_seq=n_seq)
+    try:
+        rows: list[np.ndarray] = []
+        if n_seq == 1:
+            b.logits_trace = rows
+        else:
+            b.seq_traces = {}
+        seq = b.new_sequence(5)
+        params = SamplingParams(max_tokens=6, temperature=0.8)
+        toks = [t async for t in b.stream(seq, prompt_ids(b, "Name a fruit."), params)]
+        toks += [t async for t in b.stream(seq, b.encode(SPLICE), params)]
+        if n_seq > 1:
+            rows = b.seq_traces[id(seq)]
+        assert len(seq.logprobs) == len(toks) == len(rows) == 12
+        for tok, row, lp in zip(toks, rows, seq.logprobs):
+            want = row[tok] - row.max() - np.log(np.exp(row - row.max()).sum())
+            assert lp == pytest.approx(float(want), abs=1e-4) and lp <= 0
+    finally:
+        await b.aclose()

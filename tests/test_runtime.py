@@ -285,3 +285,29 @@ async def test_forced_prefix_runs_its_call_before_sampling():
     assert [s.source for s in t.segments] == ["prompt", "forced", "result", "model"]
     assert t.text.startswith("<echo_start>forced<echo_end>") and t.answer == "ok"
     assert sum(t.loss_mask()) == len("then <answer_start>ok<answer_end>")
+
+
+async def test_the_stopper_stops_where_the_parser_does():
+    """The runtime hands backends its stop rule (``SamplingParams.stopper``) so a model thread can end
+    a segment itself: fed the segment's tokens, it says stop at the token the parser stops at (the
+    call's closing tag, the answer's), never before, and each stream call gets a fresh one."""
+    seen: list[tuple[int, int]] = []  # (tokens streamed, index where the stopper said stop)
+
+    class Checked(ScriptedBackend):
+        async def stream(self, seq, append, params):
+            check, n, hit = params.stopper(), 0, -1
+            try:
+                async for tok in super().stream(seq, append, params):
+                    n += 1
+                    if hit < 0 and check(tok):
+                        hit = n
+                    yield tok
+            finally:  # (the runtime closes the stream at its stop)
+                seen.append((n, hit))
+
+    script = ["Let me see. <echo_start>hi<echo_end> never read", "So <answer_start>hi<answer_end> tail"]
+    t = await Agent(Checked(script), tools=[echo]).run("say hi")
+    assert t.answer == "hi" and len(seen) == 2
+    model = [s for s in t.segments if s.source == "model"]
+    assert [m.text for m in model] == ["Let me see. <echo_start>hi<echo_end>", "So <answer_start>hi<answer_end>"]
+    assert [hit for _, hit in seen] == [len(m.token_ids) for m in model]  # the parser's last token

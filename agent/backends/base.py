@@ -34,6 +34,10 @@ class SamplingParams:
     # (open, close) tags of the active syntax: servers that stop on strings stop at these closes;
     # local backends ignore them (the runtime's parser stops the stream).
     stop_pairs: tuple[tuple[str, str], ...] = ()
+    # the runtime's own stop rule, for backends that sample on another thread: ``stopper()`` makes a
+    # fresh ``check(token) -> bool`` per stream call (True: this token ends the segment), so the
+    # model thread stops at the same token as the event loop's parser without waiting for it
+    stopper: Callable[[], Callable[[int], bool]] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

@@ -28,6 +28,7 @@ import ctypes
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,7 @@ __all__ = ["LlamaCppBackend"]
 
 log = logging.getLogger("splice.backends.llama_cpp")
 N_BATCH = 512  # tokens per llama_decode call (prefill chunks and decode tokens together)
+HANDOVER_S = 0.02  # n_seq=1: the model thread wakes the event loop at most this often (plus first/last)
 
 
 class LlamaCppBackend(Backend):
@@ -143,11 +145,17 @@ class LlamaCppBackend(Backend):
         return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,))
 
     def _segment(self, seq: Sequence, ids: list[int], n: int, params: SamplingParams, rng: np.random.Generator,
-                 put: Callable[[object], None], ack: threading.Semaphore, stop: threading.Event) -> None:
-        """Model thread: prefill, then sample up to ``n`` tokens. Each token is handed over with
-        ``put`` and evaluated at once, while the event loop parses it; the next one is sampled only
-        after the loop acknowledges this one (``ack``), so nothing is sampled past a stop and the RNG
-        draws exactly the tokens the episode keeps. The cache ends holding every handed-over token."""
+                 out: deque, notify: Callable[[], None], stop: threading.Event,
+                 states: list[Any] | None) -> None:
+        """Model thread: prefill, then sample up to ``n`` tokens, each evaluated at once, without
+        waiting for the event loop. The stop rule runs here (``params.stopper``: the runtime's own
+        parser), so the segment ends at the same token the loop's parser stops at and nothing is
+        sampled past it. Tokens go to ``out``; the loop is woken for the first token, then at most
+        every ``HANDOVER_S`` and at the end: a wake per token costs a core-switch on a machine whose
+        cores the ggml threads keep busy. ``states`` (sampling only) gets the RNG state before each
+        draw, so a consumer that stops early without a stopper can rewind to what it kept."""
+        check = params.stopper() if params.stopper is not None else None
+        last = 0.0
         try:
             done = self._prefill(ids)
             seq.n_prefilled += done
@@ -156,21 +164,25 @@ class LlamaCppBackend(Backend):
                 logits = self._logits()
                 if self.logits_trace is not None:  # tests: the distribution each token came from
                     self.logits_trace.append(logits.copy())
+                if states is not None:
+                    states.append(rng.bit_generator.state)
                 tok = sample_token(logits, params, rng)
-                put(tok)
+                out.append((tok, _logprob(logits, tok)))
+                now = time.perf_counter()
+                if k == 0 or now - last >= HANDOVER_S:
+                    notify()
+                    last = now
                 if tok in self._eos:
                     break
                 self.llm.eval([tok])
                 self.n_evaluated += 1
-                if k == n - 1:
-                    break
-                ack.acquire()
-                if stop.is_set():
+                if stop.is_set() or (check is not None and check(tok)):
                     break
         except Exception as e:  # noqa: BLE001 - handed to the event loop, raised there as ModelError
-            put(e)
+            out.append(e)
         finally:
-            put(None)
+            out.append(None)
+            notify()
 
     async def stream(self, seq: Sequence, append: list[int], params: SamplingParams) -> AsyncIterator[int]:
         bad = [t for t in append if not 0 <= t < self._n_vocab]
@@ -189,23 +201,36 @@ class LlamaCppBackend(Backend):
             seq.state = make_rng(seq.seed)
         loop = asyncio.get_running_loop()
         async with self._lock:
-            queue: asyncio.Queue[object] = asyncio.Queue()
-            ack, stop = threading.Semaphore(0), threading.Event()
+            out: deque = deque()
+            ready, stop = asyncio.Event(), threading.Event()
+            states: list[Any] | None = None if params.greedy else []
             n = min(params.max_tokens, self.context_size - len(seq.ids))
             job = loop.run_in_executor(self._thread, self._segment, seq, list(seq.ids), n, params, seq.state,
-                                       lambda x: loop.call_soon_threadsafe(queue.put_nowait, x), ack, stop)
+                                       out, lambda: loop.call_soon_threadsafe(ready.set), stop, states)
+            taken = 0
             try:
-                while (tok := await queue.get()) is not None:
-                    if isinstance(tok, Exception):
-                        raise ModelError(f"llama.cpp failed: {tok}") from tok
-                    seq.ids.append(tok)
-                    seq.n_sampled += 1
-                    yield tok
-                    ack.release()
+                while True:
+                    await ready.wait()
+                    ready.clear()  # before draining: a token added meanwhile sets it again
+                    while out:
+                        tok = out.popleft()
+                        if tok is None:
+                            return
+                        if isinstance(tok, Exception):
+                            raise ModelError(f"llama.cpp failed: {tok}") from tok
+                        tok, lp = tok
+                        seq.ids.append(tok)
+                        seq.logprobs.append(lp)
+                        seq.n_sampled += 1
+                        taken += 1
+                        yield tok
             finally:
                 stop.set()
-                ack.release()
                 await asyncio.shield(job)  # the model thread is idle before the lock is released
+                if states is not None and taken < len(states):
+                    # stopped early without a stopper: rewind the RNG to the draws it kept (the cache's
+                    # extra tokens are cut by the next prefill, which keeps only the common prefix)
+                    seq.state.bit_generator.state = states[taken]
 
     # -- n_seq > 1: one decode loop for every running episode ---------------------------------------
     def _scheduler(self) -> "_MultiSeq":
@@ -233,9 +258,11 @@ class LlamaCppBackend(Backend):
             while (item := await req.out.get()) is not None:
                 if isinstance(item, BaseException):
                     raise ModelError(f"llama.cpp failed: {type(item).__name__}: {item}") from item
-                seq.ids.append(item)
+                tok, lp = item
+                seq.ids.append(tok)
+                seq.logprobs.append(lp)
                 seq.n_sampled += 1
-                yield item
+                yield tok
         finally:
             sched.close(req)
 
@@ -333,6 +360,12 @@ class _Req:
     left: int = 0  # tokens still to sample
     shared: bool = False  # _share_prefix has run for this request
     closed: bool = False
+
+
+def _logprob(logits: np.ndarray, tok: int) -> float:
+    """log-softmax of the raw logits (temperature 1) at ``tok``: the model's own log-prob of it."""
+    m = float(logits.max())
+    return float(logits[tok]) - m - float(np.log(np.exp(logits - m, dtype=np.float64).sum()))
 
 
 def _rng(key: int, index: int) -> np.random.Generator:
@@ -462,9 +495,9 @@ class _MultiSeq(DecodeLoop):
         r.seq.n_cached += best - keep
         r.seq.n_prefilled -= best - keep
 
-    def _emit(self, r: _Req, tok: int) -> bool:
-        """Hand a sampled token to the stream; False when the request is finished."""
-        r.out.put_nowait(tok)
+    def _emit(self, r: _Req, tok: int, lp: float) -> bool:
+        """Hand a sampled token (and its log-prob) to the stream; False when the request is finished."""
+        r.out.put_nowait((tok, lp))
         r.left -= 1
         if tok in self.b.eos_ids or r.left <= 0:
             r.out.put_nowait(None)
@@ -505,13 +538,15 @@ class _MultiSeq(DecodeLoop):
                 r.todo = r.todo[len(toks):]
             if tok is None:
                 continue
-            if r.closed or not self._emit(r, tok):
+            tok, lp = tok
+            if r.closed or not self._emit(r, tok, lp):
                 if r in self.running:
                     self.running.remove(r)
             else:
                 r.tok = tok
 
-    def _step_job(self, ops: list[tuple[Any, ...]], plan: list[tuple[_Req, list[int], bool]]) -> list[int | None]:
+    def _step_job(self, ops: list[tuple[Any, ...]], plan: list[tuple[_Req, list[int], bool]]
+                  ) -> list[tuple[int, float] | None]:
         """Model thread: edit the KV (drop stale tokens, share prefixes), run the batch, sample one
         token per finished row."""
         mc = self.mc
@@ -527,5 +562,6 @@ class _MultiSeq(DecodeLoop):
             logits = mc.logits(next(rows))
             if r.trace is not None:
                 r.trace.append(logits.copy())
-            out.append(sample_token(logits, r.params, _rng(r.st.key, len(r.st.cached) + len(toks))))
+            tok = sample_token(logits, r.params, _rng(r.st.key, len(r.st.cached) + len(toks)))
+            out.append((tok, _logprob(logits, tok)))
         return out
