@@ -50,7 +50,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                 "warmup_steps": 10, "epochs": 1.0, "eval_fraction": 0.02, "eval_every": 0,
                 "save_every": 25},
         "eval_per_family": 30,
-        "eval_max_new_tokens": 512,
+        "eval_base_per_family": 10,
+        "eval_max_new_tokens": 384,
     },
     # the whole pipeline in about two minutes on 2 cores (tests, and a check before a long run)
     "smoke": {
@@ -60,6 +61,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "sft": {"lora_r": 4, "lora_alpha": 8, "max_len": 1024, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1,
                 "max_steps": 2, "eval_fraction": 0.0, "eval_every": 0, "save_every": 1},
         "eval_per_family": 1,
+        "eval_base_per_family": 1,
         "eval_max_new_tokens": 40,
     },
 }
@@ -200,7 +202,8 @@ def _stage_eval(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
     heldout = sorted(Path(cfg.out, "data").glob("sft.heldout-*.json"))
     index = Path(cfg.out, "data", "index.sqlite")
     return run_recipe_eval(Path(cfg.out) / "eval", adapter_path(cfg), n, heldout, index if index.exists() else None,
-                           with_base=cfg.eval_base, max_new_tokens=RECIPES[cfg.recipe]["eval_max_new_tokens"])
+                           with_base=cfg.eval_base, max_new_tokens=RECIPES[cfg.recipe]["eval_max_new_tokens"],
+                           n_base=RECIPES[cfg.recipe]["eval_base_per_family"])
 
 
 def _stage_card(cfg: RecipeConfig, state: _State) -> dict[str, Any]:

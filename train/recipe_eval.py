@@ -79,13 +79,15 @@ def _tool_episode_rate(path: Path) -> dict[str, dict[str, float]]:
 
 
 def run_recipe_eval(out: Path, adapter: Path, n: int, heldout: list[Path], index: Path | None,
-                    with_base: bool = True, max_new_tokens: int = 512) -> dict[str, Any]:
+                    with_base: bool = True, max_new_tokens: int = 512, n_base: int = 0) -> dict[str, Any]:
+    """Evaluate the adapter on ``n`` questions per family and split, the base (the 'before' rows)
+    on ``n_base`` (default ``n``): the base rarely answers these, and rambles to the token limit."""
     from agent.evals import EvalConfig, run_eval
 
-    models = ([("base", None)] if with_base else []) + [("adapter", adapter)]
+    models = ([("base", None, n_base or n)] if with_base else []) + [("adapter", adapter, n)]
     summary: dict[str, Any] = {}
-    for model, path in models:
-        for s in suites(n, heldout, index):
+    for model, path, k in models:
+        for s in suites(k, heldout, index):
             cfg = EvalConfig(data=s["data"], limit=s["limit"], modes=s["modes"], out=str(out / model / s["name"]),
                              concurrency=CONCURRENCY, report=False,
                              runtime=_runtime(path, index, max_new_tokens))
@@ -100,16 +102,17 @@ def run_recipe_eval(out: Path, adapter: Path, n: int, heldout: list[Path], index
                        "by_family": {f: v["accuracy"] for f, v in m["by_family"].items()}}
                 for mode, m in res["modes"].items()}
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
-    md = table(summary, n)
+    md = table(summary, {m: k for m, _, k in models})
     (out / "eval.md").write_text(md)
     return {"summary": summary, "table": str(out / "eval.md")}
 
 
-def table(summary: dict[str, Any], n: int) -> str:
+def table(summary: dict[str, Any], n: dict[str, int]) -> str:
     """The before/after markdown table: rows family x phrasing, columns model x mode."""
     models = list(summary)
-    lines = [f"Greedy, llama.cpp, default Q4_1 model; {n} questions per family and phrasing split "
-             f"(eval seed {EVAL_SEED}). Accuracy; 'tool' = share of episodes with a tool call.", ""]
+    per = ", ".join(f"{m} {k}" for m, k in n.items())
+    lines = [f"Greedy, llama.cpp, default Q4_1 model; questions per family and phrasing split: {per} "
+             f"(eval seed {EVAL_SEED}). Accuracy per family; below, per suite.", ""]
     head = ["family", "phrasing"] + [f"{m} {mode}" for m in models for mode in ("python", "none")]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for split in ("train", "heldout"):
