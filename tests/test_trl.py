@@ -20,9 +20,12 @@ trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
 from agent.backends.transformers import TransformersBackend, load_hf
+from agent.errors import ConfigError
+from agent.evals.metrics import accuracy_reward
+from agent.trajectory import Segment, ToolCall, Trajectory
 from train.export import to_hf_dataset
 from train.render import IGNORE_INDEX, ChatRenderer
-from train.trl import SpliceRollout, trl_reward
+from train.trl import SpliceRollout, _question, rollout_fields, trl_reward
 
 pytestmark = [pytest.mark.filterwarnings("ignore::sandbox.SandboxDegraded"),
               pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -187,3 +190,39 @@ def test_sft_trainer_trains_on_exported_splice_data(tiny_model_dir, tmp_path):
             n = next((r for r in ds if r["input_ids"] == ids[:len(r["input_ids"])]), None)
             assert n is not None
             assert labels[:len(n["labels"])] == n["labels"]
+
+
+# -- the pieces, without a trainer -------------------------------------------------------------------
+def _episode(answer: str | None, result: str = "42") -> Trajectory:
+    return Trajectory("What is 6*7?", answer=answer, tool_calls=[ToolCall("python", "print(6*7)", result)],
+                      segments=[Segment("prompt", "p", [1, 2]), Segment("model", "m", [3], logprobs=[-0.5]),
+                                Segment("result", result, [4, 5]), Segment("model", "a", [6], logprobs=[-0.25])])
+
+
+def test_trl_reward_takes_keyword_columns_and_scores_the_models_answer():
+    trajs = [_episode("42"), _episode("41"), _episode(None, result="42")]  # the last never answered
+    for fn in ("accuracy", accuracy_reward):
+        reward = trl_reward(fn, answers="gold")
+        got = reward(prompts=["q"] * 3, completions=["x"] * 3, completion_ids=[[1]] * 3,
+                     gold=[["42"], ["42"], ["42"]], trajectory=trajs, trainer_state=None)
+        assert got[:2] == [1.0, 0.0]
+        assert reward.__name__ in ("accuracy", "accuracy_reward")
+    assert trl_reward("accuracy")(completions=["x"] * 3, answer=["42"] * 3, trajectory=trajs)[2] == 0.0
+    assert trl_reward("tool_cost")(completions=["x"] * 3, trajectory=trajs) == [-1.0] * 3
+    with pytest.raises(ConfigError, match="no 'answer' column"):
+        trl_reward("accuracy")(completions=["x"], trajectory=trajs[:1])
+    with pytest.raises(ConfigError, match="unknown reward"):
+        trl_reward("nope")
+
+
+def test_rollout_fields_align_masks_logprobs_and_stub_failed_episodes():
+    failed = Trajectory.failed("q", RuntimeError("boom"))
+    out = rollout_fields([_episode("42"), failed], prompt_ids=[[], [7, 8]], end_id=9)
+    assert out["prompt_ids"] == [[1, 2], [7, 8]]
+    assert out["completion_ids"] == [[3, 4, 5, 6], [9]]
+    assert out["env_mask"] == [[1, 0, 0, 1], [0]]
+    assert out["logprobs"] == [[-0.5, 0.0, 0.0, -0.25], [0.0]]
+    assert _question("hi") == ("hi", [])
+    assert _question([{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
+                      {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]) == (
+        "c", [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
