@@ -226,3 +226,21 @@ def test_rollout_fields_align_masks_logprobs_and_stub_failed_episodes():
     assert _question([{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
                       {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]) == (
         "c", [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+
+
+def test_agent_train_dataset_writes_a_dataset_trl_can_load(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from agent.cli import main
+    from train.data import write_jsonl
+
+    rows = sft_rows()
+    write_jsonl(rows, tmp_path / "sft.jsonl")
+    assert main(["train", "dataset", "--data", str(tmp_path / "sft.jsonl"), "--model", str(tiny_model_dir),
+                 "--out", str(tmp_path / "ds")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == len(rows)
+    ds = datasets.load_from_disk(str(tmp_path / "ds"))
+    tok = load_hf(tiny_model_dir, device="cpu")[1]
+    want = to_hf_dataset(rows, tok)
+    assert ds["input_ids"] == want["input_ids"] and ds["labels"] == want["labels"]
+    assert any(x == IGNORE_INDEX for x in ds["labels"][0]) and any(x != IGNORE_INDEX for x in ds["labels"][0])

@@ -23,7 +23,7 @@ __all__ = ["add_parser", "open_tools"]
 def add_parser(subparsers: Any) -> None:
     """Register ``train`` and its sub-subcommands on the ``agent`` subparsers."""
     from train.data import DataConfig
-    from train.export import ExportConfig
+    from train.export import DatasetConfig, ExportConfig
     from train.probe import ProbeConfig
     from train.recipe import RecipeConfig
     from train.sft import SFTConfig
@@ -36,6 +36,7 @@ def add_parser(subparsers: Any) -> None:
         ("probe", ProbeConfig, _cmd_probe, "knowledge probe: search/refuse where the model does not know"),
         ("sft", SFTConfig, _cmd_sft, "supervised fine-tuning (LoRA or full) with exact loss masks"),
         ("export", ExportConfig, _cmd_export, "merge LoRA, save a HF model, write GGUF (model or adapter)"),
+        ("dataset", DatasetConfig, _cmd_dataset, "export training JSONL as a HF datasets dataset (TRL's SFTTrainer)"),
         ("recipe", RecipeConfig, _cmd_recipe, "data, SFT, export, eval and card of the shipped adapter, resumable"),
     ):
         p = sub.add_parser(name, help=help_, description=importlib.import_module(cls.__module__).__doc__,
@@ -139,4 +140,11 @@ def _cmd_recipe(ns: argparse.Namespace) -> int:
 
     state = run_recipe(from_args(RecipeConfig, ns))
     print(json.dumps({k: state[k] for k in ("export", "card") if k in state}, default=str))
+    return 0
+
+
+def _cmd_dataset(ns: argparse.Namespace) -> int:
+    from train.export import DatasetConfig, export_dataset
+
+    print(json.dumps(export_dataset(from_args(DatasetConfig, ns))))
     return 0

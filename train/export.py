@@ -22,9 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.backends import resolve_model
+from agent.backends.transformers import load_hf
 from agent.errors import ConfigError, ModelError, require
+from train.data import read_jsonl
+from train.render import ChatRenderer
 
-__all__ = ["ExportConfig", "export", "load_trained", "merge_lora", "write_gguf", "write_lora_gguf",
+__all__ = ["DatasetConfig", "ExportConfig", "export", "export_dataset", "load_trained", "merge_lora", "write_gguf", "write_lora_gguf",
            "hf_to_gguf_name", "to_hf_dataset"]
 
 log = logging.getLogger("splice.train.export")
@@ -55,9 +59,6 @@ def _adapter_dir(src: Path) -> Path | None:
 
 def load_trained(src: str | Path, base: str = "") -> tuple[Any, Any, bool]:
     """(model, tokenizer, is_lora): a peft model over its base for an adapter dir, else a HF model."""
-    from agent.backends import resolve_model
-    from agent.backends.transformers import load_hf
-
     transformers = require("transformers", "torch")
     src = Path(src)
     adir = _adapter_dir(src)
@@ -255,11 +256,8 @@ def to_hf_dataset(rows: Any, tokenizer: Any, *, syntax: str = "splice", tools: A
     renders it. TRL's ``SFTTrainer`` trains on it as is (it keeps a ``labels`` column). Rows longer
     than ``max_len`` (when > 0) or with nothing to train on are left out, with a warning."""
     datasets = require("datasets", "trl")
-    from train.render import ChatRenderer
 
     if isinstance(rows, (str, Path)):
-        from train.data import read_jsonl
-
         rows = read_jsonl(rows)
     renderer = ChatRenderer(tokenizer, syntax, list(tools), max_result_tokens=max_result_tokens)
     cols: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "attention_mask": []}
@@ -277,3 +275,34 @@ def to_hf_dataset(rows: Any, tokenizer: Any, *, syntax: str = "splice", tools: A
     if not cols["input_ids"]:
         raise ConfigError("no example to export: every row was too long or had no model tokens")
     return datasets.Dataset.from_dict(cols)
+
+
+@dataclass
+class DatasetConfig:
+    data: str = field(default="", metadata={"help": "training JSONL from `agent train data` / `train probe`"})
+    out: str = field(default="out/dataset", metadata={"help": "dir for the datasets.Dataset (save_to_disk)"})
+    model: str = field(default="default", metadata={"help": "whose tokenizer: 'default', a .gguf file or a HF dir"})
+    syntax: str = field(default="splice", metadata={"help": "tag syntax the examples are rendered in"})
+    tools: list[str] = field(default_factory=lambda: ["python", "search"], metadata={"help": "tool names"})
+    max_len: int = field(default=0, metadata={"help": "leave out examples longer than this (0 = keep all)"})
+    max_result_tokens: int = field(default=256, metadata={"help": "tool result truncation (as the runtime)"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tools, str):
+            self.tools = [t for t in self.tools.split(",") if t]
+        if not self.data:
+            raise ConfigError("--data is required: a JSONL made by `agent train data`")
+
+
+def export_dataset(cfg: DatasetConfig) -> dict[str, Any]:
+    """``agent train dataset``: ``to_hf_dataset`` with the model's tokenizer, saved to ``cfg.out``."""
+    from agent.backends import resolve_model
+    from agent.backends.transformers import gguf_to_hf_dir
+
+    transformers = require("transformers", "torch")
+    path = resolve_model(cfg.model)
+    tok = transformers.AutoTokenizer.from_pretrained(str(gguf_to_hf_dir(path) if path.suffix == ".gguf" else path))
+    ds = to_hf_dataset(cfg.data, tok, syntax=cfg.syntax, tools=cfg.tools, max_result_tokens=cfg.max_result_tokens,
+                       max_len=cfg.max_len)
+    ds.save_to_disk(cfg.out)
+    return {"out": cfg.out, "rows": len(ds), "columns": ds.column_names}

@@ -44,7 +44,9 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 @dataclass
 class SFTConfig:
-    model: str = field(default="default", metadata={"help": "'default' (SmolLM2 GGUF), a .gguf file or a HF dir"})
+    model: str = field(default="default", metadata={
+        "help": "'default' or 'base' (the SmolLM2 GGUF's base weights, without the shipped adapter), a .gguf "
+                "file or a HF dir"})
     data: str = field(default="", metadata={"help": "training JSONL from `agent train data` / `train probe`"})
     out: str = field(default="out/sft", metadata={"help": "output dir (checkpoint, metrics, adapter/model)"})
     syntax: str = field(default="splice", metadata={"help": "tag syntax the examples are rendered in"})
