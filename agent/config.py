@@ -13,6 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tools.cli import HelpFormatter
+
 __all__ = ["HelpFormatter", "add_arguments", "from_args", "load_config", "dump_config", "show_default"]
 
 T = TypeVar("T")
@@ -20,16 +22,6 @@ T = TypeVar("T")
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Descriptions kept as written (module docstrings), defaults shown after each option's help
-    (unless the help states its own default, or the option is required)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.required or "(default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def show_default(value: Any) -> str:

@@ -1,5 +1,9 @@
 """The one exception tree of splice. Only the CLI turns these into user messages.
 
+Each layer owns its errors (``sandbox.errors``: the root, config, missing extras, sandbox;
+``tools.errors``: tools, search, data; this module: models) and this module re-exports them all, so
+``from agent.errors import X`` is the one place to get any of them.
+
 SpliceError
  +-- ConfigError          a bad option or config value (the message says how to fix it)
  +-- MissingDependency    an optional extra is not installed (the message names the pip extra)
@@ -12,6 +16,9 @@ SpliceError
 """
 
 from __future__ import annotations
+
+from sandbox.errors import ConfigError, MissingDependency, SandboxError, SpliceError, require
+from tools.errors import DataError, ModelError, SearchError, ToolError
 
 __all__ = [
     "SpliceError",
@@ -27,49 +34,5 @@ __all__ = [
 ]
 
 
-class SpliceError(Exception):
-    """Base class of every error splice raises on purpose."""
-
-
-class ConfigError(SpliceError, ValueError):
-    pass
-
-
-class MissingDependency(SpliceError, ImportError):
-    pass
-
-
-class ModelError(SpliceError):
-    pass
-
-
 class ModelNotFound(ModelError, FileNotFoundError):
     pass
-
-
-class ToolError(SpliceError, ValueError):
-    pass
-
-
-class SandboxError(SpliceError):
-    pass
-
-
-class SearchError(SpliceError):
-    pass
-
-
-class DataError(SpliceError, ValueError):
-    pass
-
-
-def require(module: str, extra: str):
-    """Import an optional dependency or raise MissingDependency naming the extra to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingDependency(
-            f"{module} is not installed: pip install 'splice[{extra}]'  ({e})"
-        ) from e

@@ -36,10 +36,33 @@ Not contained:
   what) and says so in ONE ``SandboxDegraded`` warning per missing layer.
 """
 
-from sandbox.config import SandboxConfig
-from sandbox.layers import SandboxDegraded
-from sandbox.pool import WorkerPool
-from sandbox.result import ExecResult
-from sandbox.session import Sandbox
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandbox.config import SandboxConfig
+    from sandbox.layers import SandboxDegraded
+    from sandbox.pool import WorkerPool
+    from sandbox.result import ExecResult
+    from sandbox.session import Sandbox
 
 __all__ = ["ExecResult", "Sandbox", "SandboxConfig", "SandboxDegraded", "WorkerPool"]
+
+# Loaded on first use: ``sandbox.errors`` holds the root of the project's error tree, so every
+# ``import agent`` runs this file, and the sandbox itself is only needed once code runs.
+_HOME = {"ExecResult": "sandbox.result", "Sandbox": "sandbox.session", "SandboxConfig": "sandbox.config",
+         "SandboxDegraded": "sandbox.layers", "WorkerPool": "sandbox.pool"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

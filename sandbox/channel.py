@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.errors import SandboxError
+from sandbox.errors import SandboxError
 
 __all__ = ["BOOTSTRAP", "ByteReader", "ProtocolError", "WorkerDied", "WorkerHandle", "worker_code",
            "worker_source"]

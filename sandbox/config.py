@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.errors import ConfigError
+from sandbox.errors import ConfigError
 
 __all__ = ["BACKENDS", "ISOLATION_MODES", "SandboxConfig"]
 

@@ -16,9 +16,9 @@ import base64
 import struct
 from typing import Any
 
-from agent.errors import SandboxError, require
 from sandbox.channel import WorkerHandle, worker_source
 from sandbox.config import SandboxConfig
+from sandbox.errors import SandboxError, require
 from sandbox.layers import seccomp_bpf, warn_missing
 
 __all__ = ["DemuxReader", "DockerBackend"]

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.errors import SandboxError
+from sandbox.errors import SandboxError
 
 __all__ = ["build_rootfs", "ensure_image", "import_image"]
 

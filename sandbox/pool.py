@@ -16,9 +16,11 @@ import logging
 from collections import deque
 from typing import Any
 
-from agent.errors import SandboxError
 from sandbox.channel import WorkerHandle
 from sandbox.config import SandboxConfig
+from sandbox.docker import DockerBackend
+from sandbox.errors import SandboxError
+from sandbox.process import ProcessBackend
 
 __all__ = ["WorkerPool", "make_backend"]
 
@@ -28,11 +30,7 @@ RETRY_S = 1.0
 
 def make_backend(config: SandboxConfig) -> Any:
     if config.backend == "docker":
-        from sandbox.docker import DockerBackend
-
         return DockerBackend(config)
-    from sandbox.process import ProcessBackend
-
     return ProcessBackend(config)
 
 

@@ -29,9 +29,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.errors import SandboxError
 from sandbox.channel import BOOTSTRAP, WorkerHandle, worker_code, worker_source
 from sandbox.config import SandboxConfig
+from sandbox.errors import SandboxError
 from sandbox.layers import HostLayers, probe_host, seccomp_bpf, shared_prefix, warn_missing
 
 __all__ = ["ProcessBackend"]

@@ -7,9 +7,9 @@ import dataclasses
 import time
 from typing import Any
 
-from agent.errors import SandboxError
 from sandbox.channel import ProtocolError, WorkerDied, WorkerHandle
 from sandbox.config import SandboxConfig
+from sandbox.errors import SandboxError
 from sandbox.pool import WorkerPool
 from sandbox.result import PROTOCOL_BROKEN, ExecResult, describe_exit
 

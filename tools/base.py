@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tools.errors import ConfigError, SpliceError, ToolError
 from tools.schema import (
     ArgumentError,
     check,
@@ -93,8 +94,6 @@ def as_output(value: Any, name: str) -> ToolOutput:
 
 def check_timeout(name: str, value: float | None, example: str) -> None:
     """A timeout is a finite number of seconds > 0 (nan and inf would never fire)."""
-    from agent.errors import ConfigError
-
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -363,8 +362,6 @@ def available_tools() -> list[str]:
 
 def _load_target(target: str, what: str) -> Any:
     mod_name, _, attr = target.partition(":")
-    from agent.errors import ToolError
-
     try:
         obj: Any = importlib.import_module(mod_name)
         for part in attr.split(".") if attr else ():
@@ -377,8 +374,6 @@ def _load_target(target: str, what: str) -> Any:
 def _from_object(obj: Any, spec: str, options: dict[str, Any], name: str | None = None) -> Tool:
     """A Tool from what an import path or entry point names. ``name``: a plugin's entry-point name,
     which a plain function takes and a Tool must already have (the model calls it by that name)."""
-    from agent.errors import ToolError
-
     if isinstance(obj, type) and issubclass(obj, Tool):
         obj = obj(**options)
     if isinstance(obj, Tool):
@@ -396,8 +391,6 @@ def _from_object(obj: Any, spec: str, options: dict[str, Any], name: str | None 
 def get_tool(spec: str | Tool, **options: Any) -> Tool:
     """A Tool from a registered name (``"python"``), a plugin's name, an import path
     (``"pkg.mod:obj"``) or a Tool. ``"mcp:CMD"`` specs give several tools: use ``get_tools``."""
-    from agent.errors import ToolError
-
     if isinstance(spec, Tool):
         return spec
     if spec.startswith("mcp:"):
@@ -423,7 +416,7 @@ def get_tool(spec: str | Tool, **options: Any) -> Tool:
 def get_tools(spec: str | Tool, **options: Any) -> list[Tool]:
     """The tools one spec gives: one, or every tool of an MCP server (``"mcp:python server.py"``)."""
     if isinstance(spec, str) and spec.startswith("mcp:"):
-        from tools.mcp import mcp_tools
+        from tools.mcp import mcp_tools  # lazy: cycle (MCPTool is a Tool; mcp also defers the optional mcp client)
 
         return list(mcp_tools(spec[len("mcp:"):], **options))
     return [get_tool(spec, **options)]
@@ -431,8 +424,6 @@ def get_tools(spec: str | Tool, **options: Any) -> list[Tool]:
 
 def _info_of(obj: Any, info: ToolInfo) -> ToolInfo:
     """Description and schema of a loaded catalog object, without building a Tool class."""
-    from agent.errors import ToolError
-
     if isinstance(obj, type) and issubclass(obj, Tool):
         if obj.name != info.name:
             raise ToolError(f"entry point {info.name!r} gives a tool named {obj.name!r}; make the names equal")
@@ -446,8 +437,6 @@ def _info_of(obj: Any, info: ToolInfo) -> ToolInfo:
 def tool_catalog(specs: list[str] | None = None) -> list[ToolInfo]:
     """Every available tool (or those ``specs`` name, MCP servers included) with its description and
     schema; a tool that cannot be loaded is listed with ``error`` set."""
-    from agent.errors import SpliceError
-
     if specs:
         out: list[ToolInfo] = []
         for spec in specs:

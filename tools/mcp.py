@@ -33,8 +33,8 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from agent.errors import ToolError, require
 from tools.base import Tool, ToolCallable, ToolOutput
+from tools.errors import ToolError, require
 
 __all__ = ["MCPServer", "MCPTool", "mcp_tools"]
 

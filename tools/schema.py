@@ -31,6 +31,8 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from tools.errors import ModelError
+
 __all__ = ["ArgumentError", "function_schema", "check", "signature_hint", "example_arguments",
            "template_accepts_tools", "render_chat", "is_single_string"]
 
@@ -320,8 +322,6 @@ def render_chat(template: str, messages: list[dict[str, Any]], tools: list[dict[
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
-        from agent.errors import ModelError
-
         raise ModelError(f"the chat template refused the prompt: {message}")
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])

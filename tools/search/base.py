@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from agent.errors import SearchError
+from tools.errors import SearchError
 
 __all__ = [
     "BadResponse",

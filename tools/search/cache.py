@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from agent.errors import SearchError
+from tools.errors import SearchError
 from tools.search.base import Passage
 
 __all__ = ["SearchCache"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from agent.config import HelpFormatter
+from tools.cli import HelpFormatter
+from tools.search.local import build_index
 
 __all__ = ["add_parser"]
 
@@ -26,8 +27,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_build(ns: argparse.Namespace) -> int:
-    from tools.search.local import build_index
-
     stats = build_index(ns.paths, ns.out, chunk_chars=ns.chunk_chars, overlap=ns.overlap,
                         progress=ns.progress)
     print(stats.summary(ns.out))

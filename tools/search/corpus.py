@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import DataError
+from tools.errors import DataError
 
 __all__ = ["CORPUS_SUFFIXES", "TEXT_SUFFIXES", "Document", "chunk_text", "iter_documents"]
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.errors import DataError, SearchError
+from tools.errors import DataError, SearchError
 from tools.search.base import Passage, SearchUnavailable
 from tools.search.corpus import Document, chunk_text, iter_documents
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from agent.errors import ConfigError
+from tools.errors import ConfigError
 from tools.search.base import BadResponse, Passage
 from tools.search.retry import MAX_BODY_BYTES, RetryPolicy, fetch_json, with_retries
 

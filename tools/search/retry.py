@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from agent.errors import ConfigError
+from tools.errors import ConfigError
 from tools.search.base import BadResponse, EngineTimeout, RateLimited
 
 __all__ = ["MAX_BODY_BYTES", "RetryPolicy", "TokenBucket", "check_http", "fetch_json", "http_call",

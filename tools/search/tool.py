@@ -13,12 +13,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.errors import ConfigError, SearchError
 from tools.base import Tool, ToolOutput
+from tools.errors import ConfigError, SearchError
 from tools.search.base import Passage, SearchBackend, SearchUnavailable, normalize_query
 from tools.search.cache import SearchCache
 from tools.search.format import DESCRIPTION, EXAMPLES, format_failure, format_results
+from tools.search.local import LocalBackend
+from tools.search.remote import HttpBackend
 from tools.search.retry import RetryPolicy
+from tools.search.web import WebBackend
 
 __all__ = ["SearchConfig", "SearchTool", "make_backend"]
 
@@ -72,20 +75,14 @@ def _clip_query(query: str) -> str:
 def make_backend(cfg: SearchConfig) -> SearchBackend:
     retry = RetryPolicy(attempts=cfg.retries)
     if cfg.backend == "local":
-        from tools.search.local import LocalBackend
-
         if not cfg.index:
             raise SearchError("the local search backend needs an index: build one with `agent index "
                               "build DOCS... -o index.db` and pass index='index.db' (--search-index), "
                               "or use backend='web'")
         return LocalBackend(cfg.index)
     if cfg.backend == "web":
-        from tools.search.web import WebBackend
-
         return WebBackend(cfg.engines or None, url=cfg.url or None, timeout_s=cfg.engine_timeout_s,
                           rate_per_s=cfg.rate_per_s, retry=retry)
-    from tools.search.remote import HttpBackend
-
     return HttpBackend(cfg.url, timeout_s=cfg.engine_timeout_s, retry=retry)
 
 

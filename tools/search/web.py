@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from agent.errors import ConfigError, MissingDependency
+from tools.errors import ConfigError, MissingDependency
 from tools.search.base import BadResponse, EngineTimeout, Passage, RateLimited, SearchUnavailable
 from tools.search.retry import RetryPolicy, TokenBucket, fetch_json, with_retries
 
