@@ -25,7 +25,11 @@ from typing import Any
 
 from agent.config import HelpFormatter, add_arguments, from_args
 from agent.errors import ConfigError, MissingDependency, SpliceError
-from agent.runtime import RuntimeConfig
+from agent.runtime import Agent, RuntimeConfig
+from agent.serve import ServeConfig, serve_forever
+from agent.ui import LivePrinter, NotUTF8, read_line
+from tools.base import tool_catalog
+from tools.schema import signature_hint
 
 __all__ = ["main", "build_parser", "configure_logging", "iter_parsers", "package_version"]
 
@@ -117,8 +121,6 @@ def _unavailable(sub: argparse._SubParsersAction, command: str, mod: str, e: Bas
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    from agent.serve import ServeConfig
-
     serve = sub.add_parser("serve", help="an OpenAI-compatible /v1/chat/completions endpoint running the tool "
                            "loop on the server", formatter_class=HelpFormatter,
                            description="Serve the configured model and tools at /v1/chat/completions. It runs "
@@ -130,8 +132,6 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
-    from agent.serve import ServeConfig, serve_forever
-
     scfg = from_args(ServeConfig, ns)  # validates host and key before a model loads
     return asyncio.run(serve_forever(_config(ns), scfg))
 
@@ -139,8 +139,6 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
 def _cmd_tools(ns: argparse.Namespace) -> int:
     import json
 
-    from tools.base import tool_catalog
-    from tools.schema import signature_hint
 
     infos = tool_catalog(ns.specs or None)
     for info in infos:
@@ -203,9 +201,6 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 
 
 async def _run(ns: argparse.Namespace) -> int:
-    from agent.runtime import Agent
-    from agent.ui import LivePrinter
-
     cfg = _config(ns)
     async with Agent(cfg.model, tools=cfg.tools, syntax=cfg.syntax, config=cfg) as agent:
         printer = LivePrinter(quiet=ns.json)
@@ -221,9 +216,6 @@ def _cmd_chat(ns: argparse.Namespace) -> int:
 
 
 async def _chat(ns: argparse.Namespace) -> int:
-    from agent.runtime import Agent
-    from agent.ui import LivePrinter, NotUTF8, read_line
-
     cfg = _config(ns)
     async with Agent(cfg.model, tools=cfg.tools, syntax=cfg.syntax, config=cfg) as agent:
         conv = agent.chat()

@@ -16,7 +16,8 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.backends.base import Backend, SamplingParams, Sequence
+from agent.backends import load_backend
+from agent.backends.base import Backend, SamplingParams, Sequence, encode_chat
 from agent.concurrency import map_bounded
 from agent.config import dump_config
 from agent.errors import ConfigError
@@ -206,7 +207,7 @@ class Agent:
 
     # -- prompt ---------------------------------------------------------------------------------
     def system_prompt(self) -> str:
-        from prompts import render
+        from prompts import render  # lazy: heavy (jinja2, loaded with the first prompt)
 
         docs = []
         for t in self.tools.values() if self.template_tools is None else ():  # else the template lists them
@@ -232,8 +233,6 @@ class Agent:
         it renders tools itself (``template_tools``)."""
         if self.template_tools is None:
             return self.backend.encode_chat(messages)
-        from agent.backends.base import encode_chat
-
         schemas = [{"type": "function", "function": t.schema()} for t in self.tools.values()]
         tok, template = getattr(self.backend, "tokenizer", None), self.template_tools
         if getattr(tok, "chat_template", None) == template and hasattr(tok, "apply_chat_template"):
@@ -574,6 +573,4 @@ def _special_tokens(backend: Backend) -> dict[str, str]:
 
 
 def _load_backend(cfg: RuntimeConfig) -> Backend:
-    from agent.backends import load_backend
-
     return load_backend(cfg)

@@ -48,7 +48,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.errors import ConfigError, SpliceError
+from agent.errors import ConfigError, SpliceError, require
 from agent.runtime import Agent, DoneEvent, RuntimeConfig, TokenEvent, ToolCallStarted, ToolResultEvent
 from agent.trajectory import ToolCall, Trajectory
 from tools.base import check_timeout
@@ -366,8 +366,6 @@ class Serving:
 @contextlib.asynccontextmanager
 async def serving(agent: Agent, cfg: ServeConfig) -> AsyncIterator[Serving]:
     """Serve ``agent`` while the block runs: ``async with serving(agent, cfg) as s: ... s.url``."""
-    from agent.errors import require
-
     uvicorn = require("uvicorn", "serve")
     require("starlette", "serve")
     host = cfg.host.strip("[]")

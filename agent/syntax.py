@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from agent.errors import ConfigError
 from agent.trajectory import scrub_surrogates
 
 __all__ = [
@@ -203,8 +204,6 @@ def get_syntax(spec: str | ToolSyntax) -> ToolSyntax:
     try:
         return PRESETS[spec]
     except KeyError:
-        from agent.errors import ConfigError
-
         raise ConfigError(f"unknown syntax {spec!r}; choose one of: {', '.join(PRESETS)}") from None
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.backends import resolve_model
-from agent.backends.transformers import load_hf
+from agent.backends.transformers import gguf_to_hf_dir, load_hf
 from agent.errors import ConfigError, ModelError, require
 from train.data import read_jsonl
 from train.render import ChatRenderer
@@ -296,9 +296,6 @@ class DatasetConfig:
 
 def export_dataset(cfg: DatasetConfig) -> dict[str, Any]:
     """``agent train dataset``: ``to_hf_dataset`` with the model's tokenizer, saved to ``cfg.out``."""
-    from agent.backends import resolve_model
-    from agent.backends.transformers import gguf_to_hf_dir
-
     transformers = require("transformers", "torch")
     path = resolve_model(cfg.model)
     tok = transformers.AutoTokenizer.from_pretrained(str(gguf_to_hf_dir(path) if path.suffix == ".gguf" else path))

@@ -37,9 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.backends import resolve_model
+from agent.backends.transformers import TransformersBackend, load_hf
 from agent.config import add_arguments, dump_config, from_args
 from agent.errors import ConfigError, require
+from agent.evals.data import load_examples
+from agent.evals.tasks import generate_mix
 from agent.runtime import Agent, RuntimeConfig
+from train.reward import RewardModel
 from train.rewards import RewardTerm, accuracy_reward, is_void, parse_rewards, score
 from train.rollout import Episode, MetricsLog, TraceWriter, pack, rollout_groups, rollout_mode
 from train.runlog import StepProgress
@@ -263,20 +268,13 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any | None = None) -> int
 def load_tasks(cfg: GRPOConfig) -> list[tuple[str, list[str]]]:
     """(question, gold aliases) pairs from a dataset file or generated task families."""
     if Path(cfg.tasks).is_file():
-        from agent.evals.data import load_examples
-
         examples = load_examples(cfg.tasks)
     else:
-        from agent.evals.tasks import generate_mix
-
         examples = generate_mix([f for f in cfg.tasks.split(",") if f], cfg.n_tasks, cfg.seed)
     return [(e.question, e.golds) for e in examples]
 
 
 def _load_policy(cfg: GRPOConfig) -> tuple[Any, Any]:
-    from agent.backends import resolve_model
-    from agent.backends.transformers import load_hf
-
     return load_hf(resolve_model(cfg.model), cfg.device, cfg.dtype)
 
 
@@ -291,12 +289,10 @@ def rollout_backend(cfg: GRPOConfig) -> Callable[[Any, Any], Any]:
     """A factory ``(policy, tokenizer) -> Backend`` over the live policy weights (never a copy)."""
 
     def single(model: Any, tokenizer: Any) -> Any:
-        from agent.backends.transformers import TransformersBackend
-
         return TransformersBackend(model=model, tokenizer=tokenizer)
 
     def batched(model: Any, tokenizer: Any) -> Any:
-        from agent.backends.batched import BatchedTransformersBackend
+        from agent.backends.batched import BatchedTransformersBackend  # lazy: heavy (torch)
 
         # The batched runner walks ``model.model.layers``; under peft that is the base model, whose
         # Linear modules now carry the LoRA branches. CUDA graphs stay off: they would have to be
@@ -312,8 +308,6 @@ def _reward_terms(cfg: GRPOConfig, device: Any) -> list[RewardTerm]:
     extra: dict[str, Any] = {}
     spec = cfg.rewards
     if cfg.reward_model:
-        from train.reward import RewardModel
-
         extra["reward_model"] = RewardModel.load(cfg.reward_model, device=str(device))
         spec = f"{spec},reward_model:{cfg.reward_model_weight}" if spec.strip() else \
             f"reward_model:{cfg.reward_model_weight}"

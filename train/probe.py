@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError, DataError
-from train.data import Plan, answer, call, text
+from agent.evals.data import read_records
+from agent.evals.metrics import is_correct, token_f1
+from agent.runtime import Agent, RuntimeConfig
+from train.data import Plan, _found, answer, call, synthesize, text, write_jsonl
 
 __all__ = ["ProbeConfig", "QAPair", "qa_pairs", "judge", "probe", "probe_plans"]
 
@@ -70,8 +73,6 @@ class QAPair:
 
 def qa_pairs(cfg: ProbeConfig) -> list[QAPair]:
     """QA pairs from ``cfg.qa`` or the MuSiQue hops, a seeded sample of ``cfg.n``."""
-    from agent.evals.data import read_records
-
     pairs: list[QAPair] = []
     if cfg.qa:
         for i, r in enumerate(read_records(cfg.qa)):
@@ -90,7 +91,6 @@ def musique_hops(path: Path, holdout: float = 0.0) -> list[QAPair]:
     held out by ``train.data`` (same id hash) are skipped."""
     import zlib
 
-    from agent.evals.data import read_records
 
     out = []
     for i, rec in enumerate(read_records(path)):
@@ -109,8 +109,6 @@ def musique_hops(path: Path, holdout: float = 0.0) -> list[QAPair]:
 
 
 def judge(pred: str | None, golds: Sequence[str], f1_threshold: float) -> bool:
-    from agent.evals.metrics import is_correct, token_f1
-
     return is_correct(pred, list(golds)) or token_f1(pred, list(golds)) >= f1_threshold
 
 
@@ -143,16 +141,11 @@ def probe_plans(pairs: Sequence[QAPair], scores: Sequence[float], threshold: flo
 
 
 def _found_any(golds: Sequence[str]):
-    from train.data import _found
-
     return lambda results: any(_found(g, r) for g in golds for r in results)
 
 
 async def run_probe(cfg: ProbeConfig, tools: dict[str, Any]) -> dict[str, Any]:
     """Probe the model, execute the target plans with the real tools, write ``cfg.out``."""
-    from agent.runtime import Agent, RuntimeConfig
-    from train.data import synthesize, write_jsonl
-
     pairs = qa_pairs(cfg)
     rcfg = RuntimeConfig(model=cfg.model, backend=cfg.backend, tools=[], syntax=cfg.syntax, seed=cfg.seed,
                          temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)

@@ -18,6 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agent.evals import EvalConfig, run_eval
+from agent.evals.tasks import TOOL_FAMILIES
+from agent.runtime import RuntimeConfig
+
 __all__ = ["run_recipe_eval", "suites", "table"]
 
 EVAL_SEED = 0
@@ -25,8 +29,6 @@ CONCURRENCY = 8  # episodes decoded together (llama.cpp multi-sequence batching)
 
 
 def suites(n: int, heldout: list[Path], index: Path | None) -> list[dict[str, Any]]:
-    from agent.evals.tasks import TOOL_FAMILIES
-
     k = len(TOOL_FAMILIES)
     plain_mode = "python+search" if index else "python"
     out = [
@@ -42,8 +44,6 @@ def suites(n: int, heldout: list[Path], index: Path | None) -> list[dict[str, An
 
 
 def _runtime(adapter: Path | None, index: Path | None, max_new_tokens: int) -> Any:
-    from agent.runtime import RuntimeConfig
-
     return RuntimeConfig(model="default", adapter=str(adapter) if adapter else "none", temperature=0.0,
                          seed=EVAL_SEED, n_seq=CONCURRENCY, search_index=str(index) if index else "",
                          max_new_tokens=max_new_tokens)
@@ -82,8 +82,6 @@ def run_recipe_eval(out: Path, adapter: Path, n: int, heldout: list[Path], index
                     with_base: bool = True, max_new_tokens: int = 512, n_base: int = 0) -> dict[str, Any]:
     """Evaluate the adapter on ``n`` questions per family and split, the base (the 'before' rows)
     on ``n_base`` (default ``n``): the base rarely answers these, and rambles to the token limit."""
-    from agent.evals import EvalConfig, run_eval
-
     models = ([("base", None, n_base or n)] if with_base else []) + [("adapter", adapter, n)]
     summary: dict[str, Any] = {}
     for model, path, k in models:

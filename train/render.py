@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.backends.base import encode_chat
+from agent.errors import DataError
 from agent.syntax import ToolSyntax, get_syntax
 from agent.trajectory import Segment, Trajectory
 from tools.base import truncate_tokens
@@ -42,8 +43,6 @@ def final_parts(example: dict[str, Any]) -> list[dict[str, Any]]:
     """The parts of the example's last (trained) assistant message."""
     last = example["messages"][-1]
     if last["role"] != "assistant":
-        from agent.errors import DataError
-
         raise DataError(f"example {example.get('id', '?')}: the last message must be the assistant's")
     content = last["content"]
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
@@ -161,7 +160,6 @@ class ChatRenderer:
             return s.render_call(part["tool"], part["arg"], part.get("arg_name", ARG_NAMES.get(part["tool"], "input")))
         if kind == "answer":
             return s.render_answer(part["text"])
-        from agent.errors import DataError
 
         raise DataError(f"unknown part type {kind!r}; use text, call, result or answer")
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.backends import resolve_model
+from agent.backends.transformers import gguf_to_hf_dir
 from agent.config import add_arguments, dump_config, from_args
 from agent.errors import ConfigError, DataError, ModelNotFound, require
 
@@ -104,9 +106,6 @@ def pairwise_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> flo
 
 
 def _hf_dir(model: str) -> Path:
-    from agent.backends import resolve_model
-    from agent.backends.transformers import gguf_to_hf_dir
-
     path = resolve_model(model)
     return gguf_to_hf_dir(path) if path.suffix == ".gguf" else path
 

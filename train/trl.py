@@ -40,11 +40,14 @@ from dataclasses import replace
 from typing import Any
 
 from agent.backends.base import Backend
+from agent.backends.openai import HFTokenizer, OpenAIBackend
+from agent.backends.transformers import TransformersBackend
 from agent.concurrency import map_bounded
 from agent.errors import ConfigError
 from agent.runtime import Agent, RuntimeConfig
 from agent.trajectory import Trajectory
 from train.rewards import REWARDS, RewardFn
+from train.rollout import rollout_mode
 
 __all__ = ["SpliceRollout", "TESTED_TRL", "rollout_fields", "trl_reward", "trainer_backend"]
 
@@ -108,12 +111,9 @@ def trainer_backend(trainer: Any) -> Backend:
         if getattr(args, "vllm_mode", "") != "server":
             raise ConfigError("splice rollouts reach vLLM over HTTP: use GRPOConfig(vllm_mode='server') with "
                               "`trl vllm-serve`, or pass SpliceRollout(backend=...)")
-        from agent.backends.openai import OpenAIBackend
-
         url = args.vllm_server_base_url or f"http://{args.vllm_server_host}:{args.vllm_server_port}"
         return OpenAIBackend(url.rstrip("/") + "/v1", tokenizer=_TokenizerOf(trainer.processing_class),
                              timeout_s=float(getattr(args, "vllm_server_timeout", 240.0)))
-    from agent.backends.transformers import TransformersBackend
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     return TransformersBackend(model=model, tokenizer=trainer.processing_class)
@@ -123,8 +123,6 @@ class _TokenizerOf:
     """The openai backend's local tokenizer from the trainer's own HF tokenizer object."""
 
     def __init__(self, tok: Any):
-        from agent.backends.openai import HFTokenizer
-
         tok = getattr(tok, "tokenizer", tok)  # a processor wraps its tokenizer
         self._hf = HFTokenizer.__new__(HFTokenizer)  # same methods, no loading
         self._hf.tok = tok
@@ -229,8 +227,6 @@ class SpliceRollout:
 
 
 def _rollout_mode(model: Any) -> Any:
-    from train.rollout import rollout_mode
-
     return rollout_mode(model)
 
 

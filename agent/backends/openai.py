@@ -147,7 +147,7 @@ class HFTokenizer:
 def load_tokenizer(spec: str | Path) -> LocalTokenizer:
     """``'default'`` (the embedded SmolLM2 GGUF), a ``.gguf`` file, or a HF tokenizer dir/name."""
     if str(spec) == "default":
-        from agent.backends import default_model_path
+        from agent.backends import default_model_path  # lazy: cycle (agent.backends loads this backend by name)
 
         return GGUFVocab(default_model_path())
     if str(spec).endswith(".gguf"):

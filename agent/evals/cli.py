@@ -23,6 +23,8 @@ from rich.progress import (
 from agent.config import HelpFormatter, add_arguments, from_args
 from agent.errors import ConfigError, DataError
 from agent.evals.config import EvalConfig, mode_name, parse_mode
+from agent.evals.report import compare_table, family_table, summary_table
+from agent.evals.runner import run_eval
 from agent.runtime import RuntimeConfig
 
 __all__ = ["add_parser", "config_from_args", "handler", "load_summary"]
@@ -93,17 +95,12 @@ def load_summary(path: str) -> dict[str, Any]:
 
 
 def _compare(paths: list[str], out: Console) -> int:
-    from agent.evals.report import compare_table
-
     a, b = (load_summary(p) for p in paths)
     out.print(compare_table(a, b, paths[0], paths[1]))
     return 0
 
 
 def _run(ns: argparse.Namespace, out: Console, err: Console) -> int:
-    from agent.evals.report import family_table, summary_table
-    from agent.evals.runner import run_eval
-
     cfg = config_from_args(ns)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())

@@ -192,7 +192,7 @@ def _musique(rec: dict[str, Any], i: int, names: FieldNames) -> Example:
 
 
 def _letters(rec: dict[str, Any], i: int, names: FieldNames) -> Example:
-    from agent.evals.tasks import count_question
+    from agent.evals.tasks import count_question  # lazy: cycle (tasks builds its items as data.Example)
 
     text = str(rec.get("word", rec.get("text", "")))
     letter = str(rec["letter"])

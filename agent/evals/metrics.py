@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from agent.syntax import extract_answer, get_syntax
+
 __all__ = [
     "accuracy_reward",
     "answer_key",
@@ -185,8 +187,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 # -- rewards (completions, answers, **kw) -> list[float] ---------------------------------------------
 def completion_answer(completion: Any, syntax: str = "splice") -> str | None:
     """The final answer of a completion: answer tags if present, else the whole text stripped."""
-    from agent.syntax import extract_answer, get_syntax
-
     if hasattr(completion, "answer") and hasattr(completion, "segments"):
         return completion.answer
     if isinstance(completion, list):  # chat messages

@@ -24,6 +24,7 @@ from rich.text import Text
 from agent.errors import MissingDependency, require
 from agent.evals.summary import compare, vote_question
 from agent.syntax import get_syntax
+from prompts import render
 
 __all__ = [
     "compare_table",
@@ -227,8 +228,6 @@ def _cards(records: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[
 
 def write_html(records: list[dict[str, Any]], summary: dict[str, Any], path: Path,
                plot: Path | None = None) -> Path:
-    from prompts import render
-
     plot_uri = ""
     if plot and Path(plot).exists():
         plot_uri = "data:image/png;base64," + base64.b64encode(Path(plot).read_bytes()).decode()

@@ -25,13 +25,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent.backends import load_backend
 from agent.backends.base import Backend
 from agent.concurrency import map_bounded
 from agent.config import dump_config
 from agent.errors import ConfigError, DataError
-from agent.evals import metrics
+from agent.evals import metrics, report
 from agent.evals.config import EvalConfig, parse_mode
 from agent.evals.data import Example, FieldNames, collect_passages, load_examples, write_corpus
+from agent.evals.summary import summarize
 from agent.evals.tasks import generate_mix, parse_spec
 from agent.runtime import Agent, RuntimeConfig
 from agent.trajectory import Trajectory
@@ -150,7 +152,7 @@ async def search_runtime(cfg: EvalConfig, every: list[Example], out: Path) -> Ru
     index = out / "index.sqlite"
     if not index.exists():
         source = cfg.corpus or _dataset_corpus(every, out)
-        from tools.search import build_index
+        from tools.search import build_index  # lazy: heavy (the search package: SQLite index, web clients)
 
         tmp = index.with_suffix(".partial")
         tmp.unlink(missing_ok=True)
@@ -210,8 +212,6 @@ async def _run_jobs(cfg: EvalConfig, agents: dict[str, Agent], jobs: list[Job], 
 async def _open_agents(cfg: EvalConfig, runtime: RuntimeConfig, backend: Backend | None,
                        stack: AsyncExitStack) -> dict[str, Agent]:
     if backend is None:
-        from agent.backends import load_backend
-
         backend = await asyncio.to_thread(load_backend, runtime)
         stack.push_async_callback(backend.aclose)
     agents = {}
@@ -227,8 +227,6 @@ async def evaluate(cfg: EvalConfig, backend: Backend | None = None, progress: Pr
                    ) -> dict[str, Any]:
     """Run (or resume) the eval ``cfg`` describes and return its summary (also written to disk).
     ``backend`` overrides ``cfg.runtime.model`` (tests pass a ScriptedBackend; the caller closes it)."""
-    from agent.evals.summary import summarize
-
     out = prepare_out_dir(cfg)
     examples, every = load_eval_examples(cfg)
     path = out / EPISODES
@@ -260,8 +258,6 @@ async def evaluate(cfg: EvalConfig, backend: Backend | None = None, progress: Pr
 def _write_outputs(cfg: EvalConfig, out: Path, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     files = {"episodes": str(out / EPISODES), "summary": str(out / SUMMARY)}
     if cfg.report:
-        from agent.evals import report
-
         plot = report.write_plot(summary, out / "plot.png")
         if plot:
             files["plot"] = str(plot)
