@@ -4,7 +4,7 @@ Every figure is an ``agent eval`` run (greedy, llama.cpp, the default Q4_1 model
 adapter), so each can be rerun alone from the commands in ``eval.md``. Suites:
 
 - ``tasks-train`` / ``tasks-heldout``: every tool family (``agent.evals.tasks.TOOL_FAMILIES``) in
-  training-style and held-out phrasings, with python and without tools;
+  training-style phrasings with python, and held-out phrasings with python and without tools;
 - ``plain-train`` / ``plain-heldout``: questions that need no tool, with the tools offered
   (python+search where a search index exists, else python): the tool-call rate is the figure;
 - ``multihop-*``: the held-out HotpotQA/MuSiQue questions with local search and closed-book.
@@ -32,7 +32,7 @@ def suites(n: int, heldout: list[Path], index: Path | None) -> list[dict[str, An
     k = len(TOOL_FAMILIES)
     plain_mode = "python+search" if index else "python"
     out = [
-        {"name": "tasks-train", "data": "gen:all@train", "limit": n * k, "modes": ["python", "none"]},
+        {"name": "tasks-train", "data": "gen:all@train", "limit": n * k, "modes": ["python"]},
         {"name": "tasks-heldout", "data": "gen:all@heldout", "limit": n * k, "modes": ["python", "none"]},
         {"name": "plain-train", "data": "gen:plain@train", "limit": 2 * n, "modes": [plain_mode]},
         {"name": "plain-heldout", "data": "gen:plain@heldout", "limit": 2 * n, "modes": [plain_mode]},
