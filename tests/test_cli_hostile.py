@@ -34,10 +34,12 @@ def run_cli(args: list[str | bytes], cwd: Path) -> subprocess.CompletedProcess:
 
 # -- --tools ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", ["os:getcwd", "json:loads", "builtins:print"])
-def test_import_path_that_is_not_a_tool(capsys, spec):
+@pytest.mark.parametrize("spec, why", [("os:sep", "is not a Tool, Tool class or function"),
+                                       ("json:loads", "is not usable as a tool"),  # untyped parameters
+                                       ("builtins:print", "is not usable as a tool")])  # *args
+def test_import_path_that_is_not_a_tool(capsys, spec, why):
     err = one_line_error(capsys, ["run", "q", "--tools", spec, *NO_MODEL])
-    assert f"{spec!r} is not usable as a tool" in err
+    assert f"{spec!r} {why}" in err
 
 
 def test_tool_module_that_raises_on_import(capsys, tmp_path, monkeypatch):
