@@ -1,7 +1,7 @@
 """Decode speed of the default model through splice vs raw llama-cpp-python, in one run.
 
 Baseline: llama-cpp-python's ``Llama.eval`` + greedy argmax, called from the thread that loaded the
-model, over the same prompt ids and the same number of tokens. Measured: ``Agent(model="default",
+model, over the same prompt ids and the same number of tokens. Measured: ``Agent(model="base",
 tools=[]).run(...)`` (greedy), the whole episode including its prefill, timed on both sides the same
 way. Goal (issue: speed where users run it): splice >= 0.95x raw.
 
@@ -44,7 +44,7 @@ def raw_tokens_per_s(prompt: list[int], n: int) -> float:
 
 
 async def splice_run(tokens: int) -> tuple[float, list[int], int]:
-    async with Agent(model="default", tools=[], max_new_tokens=tokens, temperature=0.0) as agent:
+    async with Agent(model="base", tools=[], max_new_tokens=tokens, temperature=0.0) as agent:
         await agent.run("Hi")  # warm-up (load, first prefill)
         t0 = time.perf_counter()
         traj = await agent.run(QUESTION)
@@ -66,7 +66,7 @@ def main() -> None:
     o, r = statistics.median(ours), statistics.median(raw)
     print(f"default model, {n} greedy tokens after a {len(prompt)}-token prompt, median of {args.reps}:")
     print(f"  raw llama-cpp-python (loading thread)  {r:7.1f} tok/s   1.00x")
-    print(f"  Agent(model='default', tools=[])       {o:7.1f} tok/s   {o / r:.2f}x   (goal >= 0.95x)")
+    print(f"  Agent(model='base', tools=[])          {o:7.1f} tok/s   {o / r:.2f}x   (goal >= 0.95x)")
 
 
 if __name__ == "__main__":
