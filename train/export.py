@@ -28,8 +28,8 @@ from agent.errors import ConfigError, ModelError, require
 from train.data import read_jsonl
 from train.render import ChatRenderer
 
-__all__ = ["DatasetConfig", "ExportConfig", "export", "export_dataset", "load_trained", "merge_lora", "write_gguf", "write_lora_gguf",
-           "hf_to_gguf_name", "to_hf_dataset"]
+__all__ = ["DatasetConfig", "ExportConfig", "export", "export_dataset", "load_trained", "merge_lora", "write_gguf",
+           "write_lora_gguf", "hf_to_gguf_name", "to_hf_dataset"]
 
 log = logging.getLogger("splice.train.export")
 

@@ -5,9 +5,9 @@ played ``group_size`` times with distinct seeds, concurrently through ``agent.co
 An episode that raises (a backend or tool bug) does not lose the batch: it comes back as a *failed*
 ``Episode`` (``error`` set, an empty trajectory, no loss, left out of its group's baseline) with a
 logged warning, and the others finish. ``pack`` turns the trajectories into right-padded tensors
-whose ``loss_mask`` is the Trajectory's own (model tokens 1; prompt and spliced tool results 0), shifted to the positions that
-predict each token. The records of a run live here too: ``TraceWriter`` keeps every episode as
-one JSON line, ``MetricsLog`` one CSV row per step (plus TensorBoard and a PNG).
+whose ``loss_mask`` is the Trajectory's own (model tokens 1; prompt and spliced tool results 0),
+shifted to the positions that predict each token. The records of a run live here too:
+``TraceWriter`` keeps every episode as one JSON line, ``MetricsLog`` one CSV row per step (plus TensorBoard and a PNG).
 """
 
 from __future__ import annotations
