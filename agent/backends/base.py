@@ -69,6 +69,12 @@ class Sequence:
     # sampled tokens whose ids a server did not report, so they were re-encoded from its text
     n_retokenized: int = 0
 
+    def record(self, tok: int, logprob: float) -> None:
+        """A token the backend sampled: its id, its log-prob, the count."""
+        self.ids.append(tok)
+        self.logprobs.append(logprob)
+        self.n_sampled += 1
+
 
 class Backend(abc.ABC):
     """Model backend. Implementations: llama_cpp, transformers, openai, scripted."""

@@ -18,6 +18,7 @@ however far the scheduler decoded past a closed stream. Design notes and numbers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 from collections import deque
@@ -308,18 +309,9 @@ class BatchedTransformersBackend(TransformersBackend):
             key = seq.seed if seq.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
             st = seq.state = _SeqState(owner=sched, key=key)
         req = _Req(seq, params, st)
-        sched.submit(req)
-        try:
-            while (item := await req.out.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise ModelError(f"batched decode failed: {type(item).__name__}: {item}") from item
-                tok, logprob = item
-                seq.logprobs.append(logprob)
-                seq.ids.append(tok)
-                seq.n_sampled += 1
+        async with contextlib.aclosing(sched.stream(req, "batched decode")) as toks:
+            async for tok in toks:
                 yield tok
-        finally:
-            sched.close(req)
 
     async def release(self, seq: Sequence) -> None:
         st, seq.state = seq.state, None

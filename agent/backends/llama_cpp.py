@@ -219,9 +219,7 @@ class LlamaCppBackend(Backend):
                         if isinstance(tok, Exception):
                             raise ModelError(f"llama.cpp failed: {tok}") from tok
                         tok, lp = tok
-                        seq.ids.append(tok)
-                        seq.logprobs.append(lp)
-                        seq.n_sampled += 1
+                        seq.record(tok, lp)
                         taken += 1
                         yield tok
             finally:
@@ -253,18 +251,9 @@ class LlamaCppBackend(Backend):
             st = seq.state = _SeqState(owner=sched, key=key)
         traces = self.seq_traces
         req = _Req(seq, params, st, trace=None if traces is None else traces.setdefault(id(seq), []))
-        sched.submit(req)
-        try:
-            while (item := await req.out.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise ModelError(f"llama.cpp failed: {type(item).__name__}: {item}") from item
-                tok, lp = item
-                seq.ids.append(tok)
-                seq.logprobs.append(lp)
-                seq.n_sampled += 1
+        async with contextlib.aclosing(sched.stream(req, "llama.cpp")) as toks:
+            async for tok in toks:
                 yield tok
-        finally:
-            sched.close(req)
 
     async def release(self, seq: Sequence) -> None:
         st, seq.state = seq.state, None

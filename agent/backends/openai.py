@@ -445,9 +445,7 @@ class OpenAIBackend(Backend):
                         ids, lps, sure = ids + put_back, lps + [math.nan] * len(put_back), sure + [False] * len(
                             put_back)
                 for k, tok in enumerate(ids[: st.left]):
-                    seq.logprobs.append(lps[k])
-                    seq.ids.append(tok)
-                    seq.n_sampled += 1
+                    seq.record(tok, lps[k])
                     seq.n_retokenized += not sure[k]
                     st.left -= 1
                     yield tok

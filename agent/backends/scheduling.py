@@ -55,6 +55,21 @@ class DecodeLoop:
         self.releasing.append(st)
         self.wake.set()
 
+    async def stream(self, req: Any, what: str) -> Any:
+        """Submit ``req`` and yield its tokens as they come (``req.out``: (id, log-prob) pairs, then
+        None; or an exception, raised as ModelError naming ``what``), recording each in ``req.seq``;
+        closing the iterator closes the request."""
+        self.submit(req)
+        try:
+            while (item := await req.out.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise ModelError(f"{what} failed: {type(item).__name__}: {item}") from item
+                tok, logprob = item
+                req.seq.record(tok, logprob)
+                yield tok
+        finally:
+            self.close(req)
+
     async def stop(self) -> None:
         self.stopping = True
         self.wake.set()

@@ -88,7 +88,5 @@ class ScriptedBackend(Backend):
                 await asyncio.sleep(self.token_delay_s)
             else:
                 await asyncio.sleep(0)
-            seq.logprobs.append(float(self.logprobs(seq.ids, tok)) if self.logprobs else math.nan)
-            seq.ids.append(tok)
-            seq.n_sampled += 1
+            seq.record(tok, float(self.logprobs(seq.ids, tok)) if self.logprobs else math.nan)
             yield tok

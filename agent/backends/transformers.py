@@ -170,9 +170,7 @@ class TransformersBackend(Backend):
         for i in range(min(params.max_tokens, self.context_size - len(seq.ids))):
             tok = await asyncio.to_thread(self._step, seq, params, i == 0)
             lp = seq.state.logprobs
-            seq.logprobs.append(float(lp[tok]) if lp is not None else float("nan"))
-            seq.ids.append(tok)
-            seq.n_sampled += 1
+            seq.record(tok, float(lp[tok]) if lp is not None else float("nan"))
             yield tok
             if tok in self._eos:
                 return
