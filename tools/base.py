@@ -41,6 +41,7 @@ from tools.schema import (
     example_arguments,
     function_schema,
     is_single_string,
+    jsonable,
     signature_hint,
 )
 
@@ -262,17 +263,9 @@ class FunctionTool(Tool):
         else:
             out = await asyncio.wrap_future(self.threads.submit(functools.partial(self.fn, **kwargs)))
         plain = isinstance(out, (ToolOutput, str, bytes, bytearray)) or out is None
-        if not plain and not isinstance(out, (int, float)) and _jsonable(out):
+        if not plain and not isinstance(out, (int, float)) and jsonable(out):
             out = json.dumps(out, ensure_ascii=False)  # a typed tool may return a dict or a list
         return as_output(out if plain else str(out), self.name)  # a plain function may return a number
-
-
-def _jsonable(v: Any) -> bool:
-    try:
-        json.dumps(v)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, timeout_s: float | None = None):

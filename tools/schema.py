@@ -73,7 +73,7 @@ def function_schema(fn: Callable[..., Any], name: str = "") -> tuple[str, dict[s
             required.append(p.name)
         else:
             default = p.default.value if isinstance(p.default, enum.Enum) else p.default
-            if _jsonable(default):
+            if jsonable(default):
                 prop["default"] = default
         props[p.name] = prop
         if conv is not None:
@@ -83,7 +83,8 @@ def function_schema(fn: Callable[..., Any], name: str = "") -> tuple[str, dict[s
     return description or name, schema, converters
 
 
-def _jsonable(v: Any) -> bool:
+def jsonable(v: Any) -> bool:
+    """Whether ``json.dumps`` can write ``v``."""
     try:
         json.dumps(v)
     except (TypeError, ValueError):
@@ -190,7 +191,7 @@ def _is(kind: str, v: Any) -> bool:
 
 
 def _show(v: Any) -> str:
-    text = json.dumps(v, ensure_ascii=False) if _jsonable(v) else repr(v)
+    text = json.dumps(v, ensure_ascii=False) if jsonable(v) else repr(v)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
