@@ -29,10 +29,10 @@ QUESTION = "Write a long story about a dragon who learns to count."
 
 
 def raw_tokens_per_s(prompt: list[int], n: int) -> float:
-    import llama_cpp
+    from agent.backends.llama_cpp import load_llama
 
-    llm = llama_cpp.Llama(model_path=str(default_model_path()), n_ctx=4096, n_threads=os.cpu_count(), n_batch=512,
-                          flash_attn=True, verbose=False)
+    llm = load_llama(model_path=str(default_model_path()), n_ctx=4096, n_threads=os.cpu_count(), n_batch=512,
+                     flash_attn=True, verbose=False)
     try:
         t0 = time.perf_counter()
         llm.eval(prompt)

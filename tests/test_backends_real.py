@@ -81,10 +81,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def assert_matches_cold(gguf, context: list[int], cont: list[int], logits: list[np.ndarray]) -> None:
     """Teacher-forced: each token of ``cont`` (sampled after ``context``) came from a distribution within
     KL_TOL of one cold batch's over the same tokens, and is within MARGIN_TOL of its argmax."""
-    import llama_cpp
+    from agent.backends.llama_cpp import load_llama
 
-    cold = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, n_batch=512, logits_all=True, flash_attn=True,
-                           verbose=False)
+    cold = load_llama(model_path=str(gguf), n_ctx=1024, n_batch=512, logits_all=True, flash_attn=True,
+                      verbose=False)
     try:
         cold.eval(context + cont)
         for i, (tok, w) in enumerate(zip(cont, logits)):

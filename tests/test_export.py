@@ -38,9 +38,11 @@ def _hf_logits(model) -> np.ndarray:
 
 
 def _llama_logits(path, lora=None) -> np.ndarray:
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False,
-                          lora_path=str(lora) if lora else None, n_threads=1)
+    pytest.importorskip("llama_cpp")
+    from agent.backends.llama_cpp import load_llama
+
+    llm = load_llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False,
+                     lora_path=str(lora) if lora else None, n_threads=1)
     llm.eval(PROMPT_IDS)
     out = np.array(llm.scores[: len(PROMPT_IDS)])
     llm.close()
@@ -63,8 +65,10 @@ def test_export_writes_hf_and_gguf_that_llama_cpp_runs(trained, tmp_path):
     hf, tok = load_hf(tmp_path / "m", device="cpu", dtype="float32")
     ref = _hf_logits(hf)
     np.testing.assert_allclose(_llama_logits(done["gguf"]), ref, rtol=2e-3, atol=2e-3)
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=done["gguf"], n_ctx=64, verbose=False, n_threads=1)
+    pytest.importorskip("llama_cpp")
+    from agent.backends.llama_cpp import load_llama
+
+    llm = load_llama(model_path=done["gguf"], n_ctx=64, verbose=False, n_threads=1)
     assert llm.tokenize(b"print(2+2)", add_bos=False) == tok("print(2+2)", add_special_tokens=False)["input_ids"]
     out = llm.create_completion("Let me compute", max_tokens=8, temperature=0.0)
     assert out["usage"]["completion_tokens"] > 0

@@ -17,6 +17,7 @@ from train.data import (
     call,
     execute,
     gsm8k_plan,
+    hop_plans,
     hotpot_plan,
     musique_plan,
     plain_plans,
@@ -117,6 +118,25 @@ async def test_multihop_plans_search_each_hop(tools):
     assert ex is not None and ex["answer"] == "G. Stanley Hall"
     bad = dict(rec, question_decomposition=[dict(rec["question_decomposition"][0], answer="Nobody Known")])
     assert await execute(musique_plan(bad, 0, random.Random(0)), tools, "S") is None
+
+
+async def test_hop_plans_ask_each_hop_alone(tools):
+    rec = {"id": "m1", "question": "unused", "answer": "G. Stanley Hall", "question_decomposition": [
+        {"id": 1, "question": "what company published Journal of Psychotherapy Integration",
+         "answer": "American Psychological Association"},
+        {"id": 2, "question": "Who was the first president of #1 ?", "answer": "G. Stanley Hall"}]}
+    plans = hop_plans(rec, 0, random.Random(0))
+    assert [p.question for p in plans] == [
+        "What company published Journal of Psychotherapy Integration?",
+        "Who was the first president of American Psychological Association?"]
+    assert all(p.family == "hop" and [q["arg"] for q in p.parts if q["type"] == "call"] == [p.question]
+               for p in plans)
+    assert [p.gold for p in plans] == ["American Psychological Association", "G. Stanley Hall"]
+    ex = await execute(plans[0], tools, "S")
+    assert ex is not None and ex["answer"] == "American Psychological Association"
+    wrong = hop_plans({"question_decomposition": [dict(rec["question_decomposition"][0], answer="Nobody Known")]},
+                      0, random.Random(0))
+    assert await execute(wrong[0], tools, "S") is None  # the search does not show the answer: dropped
 
 
 def test_hotpot_plan_shapes():

@@ -100,7 +100,7 @@ async def _data_rows(cfg: Any) -> list[dict[str, Any]]:
     from train.data import build_plans, family_limits, synthesize, write_jsonl
 
     plans = build_plans(cfg)
-    async with open_tools(cfg.syntax, cfg.index, cfg.multihop, need_search=cfg.n_multihop > 0) as tools:
+    async with open_tools(cfg.syntax, cfg.index, cfg.multihop, need_search=cfg.n_multihop + cfg.n_hop > 0) as tools:
         rows = await synthesize(plans, tools, cfg.syntax, cfg.concurrency, family_limits(cfg))
     write_jsonl(rows, cfg.out)
     return rows

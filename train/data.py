@@ -32,7 +32,7 @@ from agent.evals.data import write_jsonl
 from tools.base import Tool
 
 __all__ = ["DataConfig", "Plan", "execute", "synthesize", "build_plans", "system_prompt", "write_jsonl",
-           "read_jsonl", "arith_plans", "gsm8k_plan", "musique_plan", "hotpot_plan", "plain_plans",
+           "read_jsonl", "arith_plans", "gsm8k_plan", "musique_plan", "hop_plans", "hotpot_plan", "plain_plans",
            "text", "call", "answer", "TASK_FAMILIES"]
 
 log = logging.getLogger("splice.train.data")
@@ -55,6 +55,8 @@ class DataConfig:
     n_char: int = field(default=0, metadata={"help": "n-th character of a word (python)"})
     n_gsm8k: int = field(default=300, metadata={"help": "GSM8K train problems converted to code"})
     n_multihop: int = field(default=200, metadata={"help": "HotpotQA/MuSiQue questions as search calls"})
+    n_hop: int = field(default=0, metadata={
+        "help": "single-fact questions (the hops of the training MuSiQue decompositions) as one search each"})
     n_plain: int = field(default=150, metadata={"help": "questions answered without a tool"})
     n_identity: int = field(default=0, metadata={"help": "identity examples (needs --name)"})
     gsm8k: str = field(default="", metadata={"help": "GSM8K train JSONL (question, answer with <<e=v>>)"})
@@ -74,9 +76,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.n_gsm8k and not self.gsm8k:
             self.n_gsm8k = 0
-        if self.n_multihop and not self.multihop:
-            self.n_multihop = 0
-        if self.n_multihop and not self.index:
+        if not self.multihop:
+            self.n_multihop = self.n_hop = 0
+        if (self.n_multihop or self.n_hop) and not self.index:
             raise ConfigError("--n-multihop needs --index PATH (built from --multihop passages if missing)")
         if self.concurrency < 1:
             raise ConfigError("concurrency must be >= 1")
@@ -294,6 +296,26 @@ def musique_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None
                 tools=rng.choice(_SEARCH_TOOLS))
 
 
+def hop_plans(rec: dict[str, Any], i: int, rng: random.Random) -> list[Plan]:
+    """Each hop of a MuSiQue decomposition (``#k`` filled) as its own question: one search, then the
+    hop's answer, kept only if the search result shows it."""
+    out, answers = [], []
+    for k, hop in enumerate(rec.get("question_decomposition") or []):
+        q = hop["question"]
+        for j, a in enumerate(answers, 1):
+            q = q.replace(f"#{j}", a)
+        answers.append(hop["answer"])
+        if "#" in q or ">>" in q or not hop["answer"]:
+            continue
+        q = re.sub(r"\s*\?*$", "?", q[0].upper() + q[1:].strip(), count=1)
+        gold = hop["answer"]
+        parts = [text(rng.choice(("Let me search for this.\n", "I'll look this up.\n", ""))), call("search", q),
+                 text(f"The answer is {gold}.\n"), answer(gold)]
+        out.append(Plan(f"hop-{rec.get('id', i)}-{k}", "hop", q, parts, gold,
+                        lambda res, g=gold: _found(g, res[0]), tools=rng.choice(_SEARCH_TOOLS)))
+    return out
+
+
 def hotpot_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None:
     """Search the question, then the other supporting page by title; the answer must be found."""
     titles = list(dict.fromkeys(t for t, _ in rec.get("supporting_facts", [])))
@@ -375,12 +397,15 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
         recs = read_records(cfg.gsm8k)
         order = rng.sample(range(len(recs)), len(recs))
         plans += _take((gsm8k_plan(recs[j], j, rng) for j in order), cfg.n_gsm8k)
-    if cfg.n_multihop:
+    if cfg.n_multihop or cfg.n_hop:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         recs2 = multihop_records(cfg.multihop, cfg.multihop_holdout, Path(cfg.out).with_suffix(""))
         order = rng.sample(range(len(recs2)), len(recs2))
         make = {"hotpot": hotpot_plan, "musique": musique_plan}
         plans += _take((make[recs2[j][0]](recs2[j][1], j, rng) for j in order), cfg.n_multihop)
+        if cfg.n_hop:  # the same training records only: held-out questions' hops stay out too
+            hops = [p for j in order if recs2[j][0] == "musique" for p in hop_plans(recs2[j][1], j, rng)]
+            plans += _take(iter(hops), cfg.n_hop)
     plans += plain_plans(cfg.n_plain, cfg.seed, cfg.phrasing)
     if cfg.n_identity:
         from train.identity import identity_plans
@@ -424,7 +449,8 @@ async def synthesize(plans: Sequence[Plan], tools: Mapping[str, Tool], syntax: s
 
 def family_limits(cfg: DataConfig) -> dict[str, int]:
     lim = {f: getattr(cfg, f"n_{f}") for f in TASK_FAMILIES}
-    lim.update(gsm8k=cfg.n_gsm8k, multihop=cfg.n_multihop, plain=cfg.n_plain, identity=cfg.n_identity)
+    lim.update(gsm8k=cfg.n_gsm8k, multihop=cfg.n_multihop, hop=cfg.n_hop, plain=cfg.n_plain,
+               identity=cfg.n_identity)
     return lim
 
 

@@ -43,10 +43,54 @@ from agent.backends.sampling import make_rng, sample_token
 from agent.backends.scheduling import DecodeLoop
 from agent.errors import ModelError, ModelNotFound, require
 
-__all__ = ["LlamaCppBackend"]
+__all__ = ["LlamaCppBackend", "load_llama"]
 
 log = logging.getLogger("splice.backends.llama_cpp")
 N_BATCH = 512  # tokens per llama_decode call (prefill chunks and decode tokens together)
+_LOAD_LOCK = threading.Lock()
+
+
+def extra_buffers_allowed() -> bool:
+    """Whether llama.cpp may use its extra CPU weight buffers (AMX, repacked layouts).
+
+    Some virtual machines advertise AMX in CPUID (and the kernel grants the tile permission) but
+    trap the first tile instruction: ggml's AMX kernels then kill the process with SIGILL on the
+    first multi-token batch. So where the CPU advertises AMX they stay off unless
+    ``SPLICE_LLAMA_EXTRA_BUFTS=1`` says this host runs them; elsewhere they are on (for the default
+    Q4_1 model nothing else changes: the repacked layouts cover other quantisations).
+    """
+    env = os.environ.get("SPLICE_LLAMA_EXTRA_BUFTS")
+    if env is not None:
+        return env.strip() == "1"
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return True
+    return " amx_tile" not in flags
+
+
+def load_llama(**kwargs: Any) -> Any:
+    """``llama_cpp.Llama(**kwargs)``, with the extra CPU buffers off where they are not safe
+    (``extra_buffers_allowed``). The one place splice, its benchmarks and tests load a GGUF."""
+    llama_cpp = require("llama_cpp", "llama")
+    if extra_buffers_allowed():
+        return llama_cpp.Llama(**kwargs)
+    low = llama_cpp.llama.llama_cpp  # Llama.__init__ reads its model params from this module's defaults
+    with _LOAD_LOCK:
+        default = low.llama_model_default_params
+
+        def params() -> Any:
+            p = default()
+            p.use_extra_bufts = False  # llama_model_params field since llama.cpp b6000-ish (0.3.x)
+            return p
+
+        low.llama_model_default_params = params
+        try:
+            return llama_cpp.Llama(**kwargs)
+        finally:
+            low.llama_model_default_params = default
+
+
 HANDOVER_S = 0.02  # n_seq=1: the model thread wakes the event loop at most this often (plus first/last)
 
 
@@ -67,7 +111,7 @@ class LlamaCppBackend(Backend):
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="splice-llama")  # the model's one thread
         try:
             self.llm = self._thread.submit(
-                llama_cpp.Llama, model_path=str(path), n_ctx=n_ctx if n_seq == 1 else 64,  # n_seq > 1: own context
+                load_llama, model_path=str(path), n_ctx=n_ctx if n_seq == 1 else 64,  # n_seq > 1: own context
                 n_threads=n_threads or os.cpu_count(), n_batch=N_BATCH, verbose=verbose,
                 lora_path=str(adapter) if adapter else None,
                 flash_attn=True,  # faster decode on CPU; numerics stay batch-shape-dependent (ARCHITECTURE.md)

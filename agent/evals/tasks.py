@@ -5,9 +5,10 @@ and the first ``k`` of ``generate(f, n, s, p)`` are the same for every ``n >= k`
 extends a smaller one and ids stay stable). Training data synthesis uses the same API.
 
 Each family has at least 15 question templates. A fixed share of them (``HELDOUT``, about a quarter,
-listed by index below each family) never appears in training data: ``phrasing="train"`` draws only
-the others, ``phrasing="heldout"`` only those, ``"all"`` any. Reports give accuracy on the two apart;
-the held-out number is the one that says the model learnt the task and not the template.
+written ``_H(...)`` at the end of each family's table) never appears in training data:
+``phrasing="train"`` draws only the others, ``phrasing="heldout"`` only those, ``"all"`` any.
+Reports give accuracy on the two apart; the held-out number is the one that says the model learnt
+the task and not the template.
 ``agent eval gen:count@heldout`` selects a phrasing split (``gen:count`` is ``all``).
 
 Families (``meta`` holds what the answer is computed from; ``meta["template"]`` the template index):
@@ -85,6 +86,12 @@ _ITEMS = (("factory", "makes", "bolts", "day"), ("bakery", "bakes", "rolls", "we
 class _T:
     text: str
     kind: str = ""  # arith: the expression kind; compare: "larger"/"smaller"/"" (word picked)
+    held: bool = False  # a held-out template: never in training data
+
+
+def _H(text: str, kind: str = "") -> _T:
+    """A held-out template."""
+    return _T(text, kind, held=True)
 
 
 def _sentence(rng: random.Random) -> str:
@@ -126,19 +133,35 @@ _ARITH = (
     _T("What is {a} divided by {b}, rounded down to a whole number?", "floordiv"),
     _T("What is {p}% of {a}?", "percent"),
     _T("A shop takes {p}% off a price of {a} dollars. How many dollars is the discount?", "percent"),
-    # held out (see HELDOUT)
-    _T("What is the product of {a} and {b}?", "mul"),
-    _T("How much is {a} plus {b}?", "add"),
-    _T("What do you get if you take {b} away from {a}?", "sub"),
-    _T("A school buys {a} packs of {b} pencils and then gives away {c} pencils. How many pencils does it "
+    _T("Find {a} multiplied by {b}.", "mul"),
+    _T("A ticket costs {b} dollars. How much do {a} tickets cost?", "mul"),
+    _T("Find the sum of {a} and {b}.", "add"),
+    _T("A library keeps {a} books in one building and {b} in another. How many books does it have in all?", "add"),
+    _T("How much larger is {a} than {b}?", "sub"),
+    _T("A tank held {a} litres and {b} litres were drained. How many litres are left?", "sub"),
+    _T("A shelf holds {a} red books and {b} blue books, and there are {c} identical shelves. How many books "
+       "are on all the shelves?", "add_mul"),
+    _T("Each crate has {a} apples and {b} oranges. How many pieces of fruit are in {c} crates?", "add_mul"),
+    _T("Compute ({a} + {b}) times {c}.", "add_mul"),
+    _T("A {place} {verb} {a} {things} per {unit} for {b} {unit}s, and {c} of them are faulty. How many good "
+       "{things} are there?", "mul_sub"),
+    _T("How many groups of {b} can be made from {a} items?", "floordiv"),
+    _T("Calculate {p} percent of {a}.", "percent"),
+    # held out (``_H``: never in training)
+    _H("What is the product of {a} and {b}?", "mul"),
+    _H("How much is {a} plus {b}?", "add"),
+    _H("What do you get if you take {b} away from {a}?", "sub"),
+    _H("A school buys {a} packs of {b} pencils and then gives away {c} pencils. How many pencils does it "
        "keep?", "mul_sub"),
-    _T("Share {a} stickers equally among {b} children. How many whole stickers does each child get?",
+    _H("Share {a} stickers equally among {b} children. How many whole stickers does each child get?",
        "floordiv"),
-    _T("A town of {a} people grew by {p}% this year. How many new people is that?", "percent"),
-    _T("Two trucks carry {a} and {b} bricks, and {c} such pairs of trucks make the trip. How many bricks "
+    _H("A town of {a} people grew by {p}% this year. How many new people is that?", "percent"),
+    _H("Two trucks carry {a} and {b} bricks, and {c} such pairs of trucks make the trip. How many bricks "
        "arrive?", "add_mul"),
+    _H("A stadium sold {a} tickets on Friday and {b} on Saturday, each at {c} dollars. How many dollars did "
+       "the tickets bring in?", "add_mul"),
+    _H("If one crate weighs {a} grams, how many grams do {b} crates weigh?", "mul"),
 )
-_ARITH_HELD = tuple(range(19, 26))
 
 _ARITH_EXPR = {"mul": "{a} * {b}", "add": "{a} + {b}", "sub": "{a} - {b}", "mul_sub": "{a} * {b} - {c}",
                "add_mul": "({a} + {b}) * {c}", "floordiv": "{a} // {b}", "percent": "{a} * {p} / 100"}
@@ -193,13 +216,22 @@ _COUNT = (
     _T('Number of occurrences of "{l}" in "{t}"?'),
     _T("How many times is the letter {l} used in {t}?"),
     _T("Give the number of times {l} occurs in the word {t}."),
+    _T("How many {l}s are in the word {t}?"),
+    _T("Count the {l}s in {t}."),
+    _T("How many {l}'s does {t} have?"),
+    _T("Does {t} contain the letter {l}? If so, how many times?"),
+    _T("How many times can you find '{l}' in {t}?"),
+    _T("In {t}, count the occurrences of the letter {l}."),
+    _T("Spell out {t} and count the letter {l}."),
+    _T('How many "{l}"s are in "{t}"?'),
     # held out
-    _T("I'm spelling {t}. How many {l}'s will I write?"),
-    _T("Letter count: how many '{l}' in '{t}'?"),
-    _T('Can you count the {l}\'s in the word "{t}"?'),
-    _T("{t}: how many letter {l}s does it contain?"),
+    _H("I'm spelling {t}. How many {l}'s will I write?"),
+    _H("Letter count: how many '{l}' in '{t}'?"),
+    _H('Can you count the {l}\'s in the word "{t}"?'),
+    _H("{t}: how many letter {l}s does it contain?"),
+    _H("Quick question: the word {t} has how many {l}s in it?"),
+    _H('Find how many times {l} is in "{t}".'),
 )
-_COUNT_HELD = (12, 13, 14, 15)
 
 _COUNT_NAME = (
     _T('How many times does the letter "{l}" appear in the name "{t}"?'),
@@ -214,13 +246,20 @@ _COUNT_NAME = (
     _T("Our new colleague is called {t}. How many times does the letter {l} appear in that name?"),
     _T("How many times is the letter {l} used when writing the name {t}?"),
     _T("Give the number of {l}'s in {t}'s name."),
+    _T("How many {l}s are in the name {t}?"),
+    _T("Count the {l}s in the name {t}."),
+    _T("{t} is my friend's name. How many times does {l} appear in it?"),
+    _T("How many times does {l} occur in the name '{t}'?"),
+    _T("The customer's name is {t}. Count the letter {l} in it."),
+    _T('How many "{l}"s does the name "{t}" contain?'),
     # held out
-    _T("If I write out the name {t}, how many {l}'s do I write?"),
-    _T("Name: {t}. Letter: {l}. How many?"),
-    _T('The author is "{t}". Count the {l}\'s in the name.'),
-    _T("How many letter {l}s are in the person's name {t}?"),
+    _H("If I write out the name {t}, how many {l}'s do I write?"),
+    _H("Name: {t}. Letter: {l}. How many?"),
+    _H('The author is "{t}". Count the {l}\'s in the name.'),
+    _H("How many letter {l}s are in the person's name {t}?"),
+    _H("{t} signed the form. How many {l}'s are in that signature?"),
+    _H("Count {l} in the name {t}, ignoring case."),
 )
-_NAME_HELD = (12, 13, 14, 15)
 
 _COUNT_TEXT = (
     _T('How many times does the letter "{l}" appear in the sentence "{t}"?'),
@@ -235,13 +274,20 @@ _COUNT_TEXT = (
     _T("Text: {t}\nQuestion: how many times does the letter {l} appear in the text?"),
     _T("How many times is the letter {l} used in this sentence? {t}"),
     _T("Give the number of occurrences of {l} in the following: {t}"),
+    _T("How many {l}s are in this sentence: {t}"),
+    _T("Count the {l}s in the following text.\n\n{t}"),
+    _T('Here is a sentence: "{t}" How many times does {l} appear?'),
+    _T("{t}\n\nHow many times does the letter {l} appear above?"),
+    _T("Please count the letter {l} in the text below.\n{t}"),
+    _T('Count the occurrences of "{l}" in: {t}'),
     # held out
-    _T('My note says "{t}" How many {l}\'s did I write?'),
-    _T("Read this and count the letter {l}:\n\n{t}"),
-    _T("{t}\n\nIn the text above, how many {l}'s are there?"),
-    _T("Count the {l}s in the quote \"{t}\""),
+    _H('My note says "{t}" How many {l}\'s did I write?'),
+    _H("Read this and count the letter {l}:\n\n{t}"),
+    _H("{t}\n\nIn the text above, how many {l}'s are there?"),
+    _H("Count the {l}s in the quote \"{t}\""),
+    _H("The sign reads: {t} How many {l}s are on the sign?"),
+    _H("Text:\n{t}\nCount the letter {l} (any case)."),
 )
-_TEXT_HELD = (12, 13, 14, 15)
 
 
 def _word(rng: random.Random) -> str:
@@ -290,13 +336,17 @@ _COMPARE = (
     _T("What is the minimum of {a} and {b}?", "smaller"),
     _T("I have two numbers, {a} and {b}. Which is {w}?"),
     _T("Which is the {w} value: {a} or {b}?"),
+    _T("Which of {a} and {b} is {w}?"),
+    _T("{a} or {b}: which is {w}?"),
+    _T("Select the {w} of {a} and {b}."),
     # held out
-    _T("Tell me which of these two is {w}: {a}, {b}."),
-    _T("Look at {a} and {b}. Which of them is {w}?"),
-    _T("Out of {a} and {b}, name the {w} one."),
-    _T("Which should come first if we want the {w} number, {a} or {b}?"),
+    _H("Tell me which of these two is {w}: {a}, {b}."),
+    _H("Look at {a} and {b}. Which of them is {w}?"),
+    _H("Out of {a} and {b}, name the {w} one."),
+    _H("Which should come first if we want the {w} number, {a} or {b}?"),
+    _H("Here are two numbers: {a} and {b}. Tell me the {w}."),
+    _H("Decide which is {w}: {a} versus {b}."),
 )
-_COMPARE_HELD = (12, 13, 14, 15)
 
 
 def _decimal_pair(rng: random.Random) -> tuple[str, str]:
@@ -334,13 +384,17 @@ _LENGTH = (
     _T("Give the character count of the string '{s}'."),
     _T("Find the length, in characters, of {s}."),
     _T('The code "{s}" is how many characters long?'),
+    _T("How many characters long is {s}?"),
+    _T('Length of "{s}" in characters?'),
+    _T("What's the number of characters in '{s}'?"),
     # held out
-    _T("Count every character of this string: {s}"),
-    _T('"{s}" has how many characters?'),
-    _T("If I type {s}, how many characters have I typed?"),
-    _T("What is the character length of the text '{s}'?"),
+    _H("Count every character of this string: {s}"),
+    _H('"{s}" has how many characters?'),
+    _H("If I type {s}, how many characters have I typed?"),
+    _H("What is the character length of the text '{s}'?"),
+    _H("I need the character count for {s}."),
+    _H('Please tell me how many characters the string "{s}" contains.'),
 )
-_LENGTH_HELD = (12, 13, 14, 15)
 
 _REVERSE = (
     _T('Write the string "{s}" reversed (last character first).'),
@@ -355,13 +409,17 @@ _REVERSE = (
     _T("What is the string '{s}' reversed?"),
     _T("Flip the string {s} backwards."),
     _T('Print "{s}" reversed.'),
+    _T("Reverse the string {s}."),
+    _T('What is "{s}" written backwards?'),
+    _T("Give {s} backwards, character by character."),
     # held out
-    _T("Read {s} from right to left. What do you get?"),
-    _T('Take "{s}" and reverse it.'),
-    _T("If you write '{s}' backwards, what is the result?"),
-    _T("Backwards, {s} is what?"),
+    _H("Read {s} from right to left. What do you get?"),
+    _H('Take "{s}" and reverse it.'),
+    _H("If you write '{s}' backwards, what is the result?"),
+    _H("Backwards, {s} is what?"),
+    _H("Mirror the text '{s}'. What comes out?"),
+    _H('Write "{s}" from the last character to the first.'),
 )
-_REVERSE_HELD = (12, 13, 14, 15)
 
 _ORDINAL = {1: "1st", 2: "2nd", 3: "3rd"}
 _CHAR = (
@@ -377,13 +435,17 @@ _CHAR = (
     _T("Find the {o} character of the string {s}."),
     _T('Which letter is number {n} in "{s}"?'),
     _T("What is letter {n} of {s}?"),
+    _T("What is the {o} letter in {s}?"),
+    _T('Which letter is at position {n} of "{s}"?'),
+    _T("In {s}, what is the {o} character?"),
     # held out
-    _T("Look at the word {s}. Its {o} letter is what?"),
-    _T('In "{s}", what sits at position {n} (the first letter is position 1)?'),
-    _T("Name the {o} character of '{s}'."),
-    _T("The word is {s}. Which letter is {o}?"),
+    _H("Look at the word {s}. Its {o} letter is what?"),
+    _H('In "{s}", what sits at position {n} (the first letter is position 1)?'),
+    _H("Name the {o} character of '{s}'."),
+    _H("The word is {s}. Which letter is {o}?"),
+    _H("Position {n} of the word '{s}' holds which letter?"),
+    _H('Tell me which letter of "{s}" is {o}.'),
 )
-_CHAR_HELD = (12, 13, 14, 15)
 
 
 def _string(rng: random.Random) -> str:
@@ -444,13 +506,27 @@ _PLAIN = (  # (template, kind)
     _T("{g}", "greet"),
     _T("What is {a} + {b}?", "small_sum"),
     _T("What is {a} times {b}?", "small_mul"),
+    _T("Tell me the capital of {c}.", "capital"),
+    _T("Do you know the capital of {c}?", "capital"),
+    _T("What is {c}'s capital city?", "capital"),
+    _T("What's the opposite of {w}?", "opposite"),
+    _T("Tell me the day after {d}.", "day"),
+    _T("Which day comes right after {d}?", "day"),
+    _T("Can you explain what {x} is?", "define"),
+    _T("Define {x}.", "define"),
+    _T("What colour is {x}?", "color"),
+    _T("Which noise does {x} make?", "animal"),
+    _T("What does {x} say?", "animal"),
+    _T("Quick: {a} + {b} = ?", "small_sum"),
+    _T("What do you get when you multiply {a} by {b}?", "small_mul"),
     # held out
-    _T("Which city is the capital of {c}?", "capital"),
-    _T("Tell me what {x} is.", "define"),
-    _T("If today is {d}, what day is tomorrow?", "day"),
-    _T("What do you call the opposite of {w}?", "opposite"),
+    _H("Which city is the capital of {c}?", "capital"),
+    _H("Tell me what {x} is.", "define"),
+    _H("If today is {d}, what day is tomorrow?", "day"),
+    _H("What do you call the opposite of {w}?", "opposite"),
+    _H("I forgot: what is the capital of {c}?", "capital"),
+    _H("Describe {x} in a few words.", "define"),
 )
-_PLAIN_HELD = (12, 13, 14, 15)
 
 
 def _plain(rng: random.Random, t: _T) -> tuple[str, str, dict]:
@@ -488,20 +564,23 @@ def _plain(rng: random.Random, t: _T) -> tuple[str, str, dict]:
 @dataclass(frozen=True)
 class _Family:
     templates: tuple[_T, ...]
-    heldout: tuple[int, ...]
     make: Callable[[random.Random, _T], tuple[str, str, dict]]
+
+    @property
+    def heldout(self) -> tuple[int, ...]:
+        return tuple(i for i, t in enumerate(self.templates) if t.held)
 
 
 _REGISTRY: dict[str, _Family] = {
-    "arith": _Family(_ARITH, _ARITH_HELD, _arith),
-    "count": _Family(_COUNT, _COUNT_HELD, _counting(_word)),
-    "count_name": _Family(_COUNT_NAME, _NAME_HELD, _counting(_name)),
-    "count_text": _Family(_COUNT_TEXT, _TEXT_HELD, _counting(_paragraph)),
-    "compare": _Family(_COMPARE, _COMPARE_HELD, _compare),
-    "length": _Family(_LENGTH, _LENGTH_HELD, _length),
-    "reverse": _Family(_REVERSE, _REVERSE_HELD, _reverse),
-    "char": _Family(_CHAR, _CHAR_HELD, _char),
-    "plain": _Family(_PLAIN, _PLAIN_HELD, _plain),
+    "arith": _Family(_ARITH, _arith),
+    "count": _Family(_COUNT, _counting(_word)),
+    "count_name": _Family(_COUNT_NAME, _counting(_name)),
+    "count_text": _Family(_COUNT_TEXT, _counting(_paragraph)),
+    "compare": _Family(_COMPARE, _compare),
+    "length": _Family(_LENGTH, _length),
+    "reverse": _Family(_REVERSE, _reverse),
+    "char": _Family(_CHAR, _char),
+    "plain": _Family(_PLAIN, _plain),
 }
 FAMILIES: dict[str, int] = {name: len(f.templates) for name, f in _REGISTRY.items()}  # family -> templates
 HELDOUT: dict[str, tuple[int, ...]] = {name: f.heldout for name, f in _REGISTRY.items()}
