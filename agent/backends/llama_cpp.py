@@ -50,7 +50,7 @@ N_BATCH = 512  # tokens per llama_decode call (prefill chunks and decode tokens 
 _LOAD_LOCK = threading.Lock()
 
 
-def extra_buffers_allowed() -> bool:
+def extra_buffers_allowed(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether llama.cpp may use its extra CPU weight buffers (AMX, repacked layouts).
 
     Some virtual machines advertise AMX in CPUID (and the kernel grants the tile permission) but
@@ -63,7 +63,7 @@ def extra_buffers_allowed() -> bool:
     if env is not None:
         return env.strip() == "1"
     try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+        flags = Path(cpuinfo).read_text(errors="replace")
     except OSError:
         return True
     return " amx_tile" not in flags
