@@ -32,6 +32,7 @@ from agent.syntax import (
     get_syntax,
 )
 from agent.trajectory import Segment, ToolCall, Trajectory, describe_error, scrub_surrogates
+from prompts import message, render
 from tools.base import Tool, ToolCallable, ToolOutput, as_output, check_timeout, get_tools, truncate_tokens
 from tools.schema import ArgumentError, render_chat, template_accepts_tools
 
@@ -189,7 +190,7 @@ class Agent:
         self.backend = model if isinstance(model, Backend) else _load_backend(self.config)
         self._episode = 0
         # JSON-call syntaxes on a chat template that renders tools itself (apply_chat_template(tools=))
-        template = _chat_template(self.backend) if self.syntax.json_calls and self.tools else None
+        template = _chat_template(self.backend) if self.syntax.calls.native_template and self.tools else None
         self.template_tools = template if template_accepts_tools(template) else None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -207,7 +208,6 @@ class Agent:
 
     # -- prompt ---------------------------------------------------------------------------------
     def system_prompt(self) -> str:
-        from prompts import render  # lazy: heavy (jinja2, loaded with the first prompt)
 
         docs = []
         for t in self.tools.values() if self.template_tools is None else ():  # else the template lists them
@@ -236,12 +236,12 @@ class Agent:
         schemas = [{"type": "function", "function": t.schema()} for t in self.tools.values()]
         tok, template = getattr(self.backend, "tokenizer", None), self.template_tools
         if getattr(tok, "chat_template", None) == template and hasattr(tok, "apply_chat_template"):
-            def render(msgs: list[dict[str, Any]]) -> str:  # a HF tokenizer renders its own template
+            def chat(msgs: list[dict[str, Any]]) -> str:  # a HF tokenizer renders its own template
                 return tok.apply_chat_template(msgs, tools=schemas, tokenize=False, add_generation_prompt=True)
         else:
-            def render(msgs: list[dict[str, Any]]) -> str:
+            def chat(msgs: list[dict[str, Any]]) -> str:
                 return render_chat(template, msgs, schemas, **_special_tokens(self.backend))
-        return encode_chat(render, self.backend.encode, messages)
+        return encode_chat(chat, self.backend.encode, messages)
 
     def _sampling(self, max_tokens: int, seed: int | None) -> SamplingParams:
         c = self.config
@@ -488,8 +488,7 @@ class _Episode:
             if self.limit_warned:
                 return None, []
             self.limit_warned = True
-            out = ToolOutput(f"error: tool call limit ({self.cfg.max_tool_calls}) reached; give your final "
-                             "answer now", error=True)
+            out = ToolOutput(message("tool_limit", limit=self.cfg.max_tool_calls), error=True)
             call = ToolCall(getattr(ev, "tool", "?"), getattr(ev, "arg", ""), out.text, True, "limit")
         elif isinstance(ev, MalformedEvent):
             call = ToolCall("", ev.raw, ev.error, True, ev.kind)
@@ -524,11 +523,13 @@ class _Episode:
         except (Exception, KeyboardInterrupt, SystemExit) as e:  # the runtime never dies because a tool did
             crash = e
         if limit.expired():
-            return ToolOutput(f"error: {name} timed out after {timeout:g} s", error=True, meta={"timed_out": True})
+            return ToolOutput(message("timed_out", tool=name, seconds=f"{timeout:g}"), error=True,
+                              meta={"timed_out": True})
         if crash is not None:
             log.warning("tool %s crashed: %s", name, describe_error(crash), exc_info=crash)
             self.sessions.pop(name, None)
-            return ToolOutput(f"error: {name} failed: {describe_error(crash)}", error=True, meta={"crashed": True})
+            return ToolOutput(message("tool_failed", tool=name, error=describe_error(crash)), error=True,
+                              meta={"crashed": True})
         return as_output(value, name)
 
     async def _session_call(self, name: str, tool: Tool, arg: Any) -> Any:

@@ -1,7 +1,10 @@
 """The one token grammar: how a model writes tool calls, how results are spliced, how it answers.
 
 A ``ToolSyntax`` describes a convention; presets cover the common ones. Everything that needs tags
-(the runtime parser, the system prompt, SFT rendering, GRPO rewards) imports them from here.
+(the runtime parser, the system prompt, SFT rendering, GRPO rewards) imports them from here. How a
+call is written between the tags is the syntax's ``CallFormat``: ``TAGGED`` (one tag pair per tool,
+the argument as the body) or ``JSON`` (one tag pair, ``{"name": ..., "arguments": {...}}`` inside).
+A new syntax is one more ``PRESETS`` entry; a new call format is one more ``CallFormat`` subclass.
 
 ``StreamParser`` reads model text incrementally (tags may be split across tokens) and reports the
 first complete event: a tool call, a malformed call, or a final answer. It only ever sees text the
@@ -18,8 +21,15 @@ from dataclasses import dataclass, field
 
 from agent.errors import ConfigError
 from agent.trajectory import scrub_surrogates
+from prompts import message
 
 __all__ = [
+    "CallFormat",
+    "JsonCalls",
+    "Open",
+    "TaggedCalls",
+    "JSON",
+    "TAGGED",
     "ToolSyntax",
     "PRESETS",
     "get_syntax",
@@ -37,10 +47,152 @@ ZWSP = "\u200b"  # inserted into tags found inside tool output so they no longer
 
 
 @dataclass(frozen=True)
+class Open:
+    """What an opening tag starts: the ``answer``, a ``call`` of ``tool`` (None: a JSON call, whose
+    body names its tool), or an ``unknown`` call-shaped tag with tag word ``word``."""
+
+    kind: str  # "answer" | "call" | "unknown"
+    tool: str | None = None
+    word: str = ""
+
+
+@dataclass(frozen=True)
+class CallFormat:
+    """How a call is written between a syntax's tags: the tags that delimit calls, how a call is
+    rendered, and how a closed call body becomes an event. Subclasses: ``TaggedCalls``, ``JsonCalls``."""
+
+    name: str = ""
+    # call-shaped tags of tools that are not enabled are recognised (and escaped in tool output)
+    generic_tags: bool = False
+    # the model's own chat template renders the tool schemas (apply_chat_template(tools=...))
+    native_template: bool = False
+
+    def call_tags(self, s: ToolSyntax, tools: Iterable[str]) -> list[tuple[str, str]]:
+        """(open, close) literal tag pairs of calls."""
+        raise NotImplementedError
+
+    def opens(self, s: ToolSyntax, tools: Iterable[str]) -> dict[str, Open]:
+        """Literal opening tag -> what it starts, for the calls of ``tools``."""
+        raise NotImplementedError
+
+    def open_tag(self, s: ToolSyntax, tool: str) -> str:
+        """The tag a call of ``tool`` starts with."""
+        raise NotImplementedError
+
+    def close_for(self, s: ToolSyntax, op: Open) -> str:
+        raise NotImplementedError
+
+    def distinct_closes(self, s: ToolSyntax, tools: Iterable[str]) -> list[str]:
+        """Close tags of other calls that may wrongly end a call (``wrong_close``)."""
+        return []
+
+    def render(self, s: ToolSyntax, tool: str, arg: str | dict, arg_name: str) -> str:
+        raise NotImplementedError
+
+    def complete(self, p: StreamParser, op: Open, body: str, raw: str) -> ParseEvent:
+        """The event of a closed call (``op`` is a call or unknown opening)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TaggedCalls(CallFormat):
+    """One tag pair per tool around the argument: ``<code_start>print(1)<code_end>``."""
+
+    name: str = "tagged"
+    generic_tags: bool = True
+
+    def call_tags(self, s: ToolSyntax, tools: Iterable[str]) -> list[tuple[str, str]]:
+        return [(s.open_tag(t), s.close_tag(t)) for t in tools]
+
+    def opens(self, s: ToolSyntax, tools: Iterable[str]) -> dict[str, Open]:
+        return {s.open_tag(t): Open("call", t) for t in tools}
+
+    def open_tag(self, s: ToolSyntax, tool: str) -> str:
+        return s.open_tag(tool)
+
+    def close_for(self, s: ToolSyntax, op: Open) -> str:
+        return s.call_close.format(tag=op.word) if op.kind == "unknown" else s.close_tag(op.tool or "")
+
+    def distinct_closes(self, s: ToolSyntax, tools: Iterable[str]) -> list[str]:
+        return [s.close_tag(t) for t in tools]
+
+    def render(self, s: ToolSyntax, tool: str, arg: str | dict, arg_name: str) -> str:
+        if isinstance(arg, dict):
+            arg = json.dumps(arg, ensure_ascii=False)
+        sep = "\n" if s.call_open.endswith("\n") and not arg.endswith("\n") else ""
+        return f"{s.open_tag(tool)}{arg}{sep}{s.close_tag(tool)}"
+
+    def complete(self, p: StreamParser, op: Open, body: str, raw: str) -> ParseEvent:
+        if op.kind == "unknown" or op.tool is None:
+            return MalformedEvent(p._unknown_msg(op.word), raw, "unknown_tool")
+        if not body.strip():
+            return MalformedEvent(message("empty_call", tool=op.tool, what=p.arg_names.get(op.tool, "input")), raw,
+                                  "empty")
+        return CallEvent(op.tool, _strip_arg(body), raw)
+
+
+@dataclass(frozen=True)
+class JsonCalls(CallFormat):
+    """One tag pair for every call, a JSON object inside: ``<tool_call>{"name": ..., "arguments":
+    {...}}</tool_call>`` (Hermes/Qwen)."""
+
+    name: str = "json"
+    native_template: bool = True
+
+    def call_tags(self, s: ToolSyntax, tools: Iterable[str]) -> list[tuple[str, str]]:
+        return [(s.call_open, s.call_close)]
+
+    def opens(self, s: ToolSyntax, tools: Iterable[str]) -> dict[str, Open]:
+        return {s.call_open: Open("call", None)}
+
+    def open_tag(self, s: ToolSyntax, tool: str) -> str:
+        return s.call_open
+
+    def close_for(self, s: ToolSyntax, op: Open) -> str:
+        return s.call_close
+
+    def render(self, s: ToolSyntax, tool: str, arg: str | dict, arg_name: str) -> str:
+        args = arg if isinstance(arg, dict) else {arg_name: arg}
+        body = json.dumps({"name": tool, "arguments": args}, ensure_ascii=False)
+        return f"{s.call_open}{body}{s.call_close}"
+
+    def complete(self, p: StreamParser, op: Open, body: str, raw: str) -> ParseEvent:
+        try:
+            obj = json.loads(body)
+            name = obj["name"]
+            args = obj.get("arguments", {})
+            if isinstance(args, str):
+                args = json.loads(args)
+        except RecursionError:
+            return MalformedEvent(message("json_too_deep"), raw, "bad_json")
+        except (ValueError, KeyError, TypeError) as e:
+            return MalformedEvent(message("bad_json", error=f"{type(e).__name__}: {e}"), raw, "bad_json")
+        if name not in p.tools:
+            return MalformedEvent(p._unknown_msg(str(name)), raw, "unknown_tool")
+        if name in p.object_tools:  # the tool checks the arguments against its schema
+            text = scrub_surrogates(json.dumps(args, ensure_ascii=False))
+            return CallEvent(name, text, raw, json.loads(text))
+        key = p.arg_names.get(name, "input")
+        if isinstance(args, dict):
+            arg = args.get(key, next(iter(args.values()), "") if len(args) == 1 else "")
+        else:
+            arg = str(args)
+        if not str(arg).strip():
+            return MalformedEvent(message("empty_json_call", tool=name, key=key), raw, "empty")
+        return CallEvent(name, scrub_surrogates(str(arg)), raw)  # JSON escapes can spell lone surrogates
+
+
+ANSWER = Open("answer")
+TAGGED: CallFormat = TaggedCalls()
+JSON: CallFormat = JsonCalls()
+
+
+@dataclass(frozen=True)
 class ToolSyntax:
     """A tag convention. ``call_open``/``call_close`` are templates with ``{tag}``; ``tag_names`` maps
-    a tool name to the tag word it uses (the default is the tool name itself). JSON syntaxes
-    (``json_calls=True``) use one fixed pair of tags around ``{"name": ..., "arguments": {...}}``."""
+    a tool name to the tag word it uses (the default is the tool name itself). ``calls`` is how a
+    call is written between the tags (``TAGGED``, or ``JSON``: one fixed pair of tags around
+    ``{"name": ..., "arguments": {...}}``)."""
 
     name: str
     call_open: str
@@ -50,7 +202,7 @@ class ToolSyntax:
     answer_open: str
     answer_close: str
     tag_names: dict[str, str] = field(default_factory=dict)
-    json_calls: bool = False
+    calls: CallFormat = TAGGED
     special_tokens: bool = False  # tags are meant to be single special tokens (nanochat style)
     # a call-shaped tag of a tool that is not enabled is a malformed call (True) or plain text (False:
     # conventions whose models write other tags or fences as text, e.g. Search-R1's <think>)
@@ -76,11 +228,8 @@ class ToolSyntax:
     def all_tags(self, tools: Iterable[str]) -> list[str]:
         """Every literal tag of this syntax for these tools (for special tokens and escaping)."""
         tags = [self.result_open, self.result_close, self.answer_open, self.answer_close]
-        if self.json_calls:
-            tags += [self.call_open, self.call_close]
-        else:
-            for t in tools:
-                tags += [self.open_tag(t), self.close_tag(t)]
+        for pair in self.calls.call_tags(self, tools):
+            tags += pair
         out: list[str] = []
         for t in tags:
             if t and t not in out:
@@ -89,8 +238,7 @@ class ToolSyntax:
 
     def stop_pairs(self, tools: Iterable[str]) -> list[tuple[str, str]]:
         """(open, close) pairs whose close tag ends a model segment: tool calls and the answer."""
-        pairs = [(self.call_open, self.call_close)] if self.json_calls else \
-            [(self.open_tag(t), self.close_tag(t)) for t in tools]
+        pairs = self.calls.call_tags(self, tools)
         pairs.append((self.answer_open, self.answer_close))
         return [p for i, p in enumerate(pairs) if p[1] and p not in pairs[:i]]
 
@@ -99,14 +247,7 @@ class ToolSyntax:
         """A call as the model writes it. ``arg`` is the string of a one-string tool, or the
         argument object of a typed tool (JSON-call syntaxes put it in ``"arguments"``, tag syntaxes
         write it as JSON between the tags)."""
-        if self.json_calls:
-            args = arg if isinstance(arg, dict) else {arg_name: arg}
-            body = json.dumps({"name": tool, "arguments": args}, ensure_ascii=False)
-            return f"{self.call_open}{body}{self.call_close}"
-        if isinstance(arg, dict):
-            arg = json.dumps(arg, ensure_ascii=False)
-        sep = "\n" if self.call_open.endswith("\n") and not arg.endswith("\n") else ""
-        return f"{self.open_tag(tool)}{arg}{sep}{self.close_tag(tool)}"
+        return self.calls.render(self, tool, arg, arg_name)
 
     def render_result(self, text: str, tools: Iterable[str] = ()) -> str:
         return f"{self.result_open}{self.escape(text, tools)}{self.result_close}"
@@ -128,7 +269,7 @@ class ToolSyntax:
         while any(t in text for t in tags):  # to a fixpoint: adjacent tags can re-form one
             for t in tags:
                 text = text.replace(t, t[0] + ZWSP + t[1:])
-        if not self.json_calls:
+        if self.calls.generic_tags:
             text = self._generic_open_re().sub(lambda m: m.group(0)[0] + ZWSP + m.group(0)[1:], text)
         return text
 
@@ -192,7 +333,7 @@ PRESETS: dict[str, ToolSyntax] = {
         result_close="</tool_response>",
         answer_open="<answer>",
         answer_close="</answer>",
-        json_calls=True,
+        calls=JSON,
         description='Hermes/Qwen JSON calls: <tool_call>{"name": ..., "arguments": {...}}</tool_call>',
     ),
 }
@@ -253,24 +394,20 @@ class StreamParser:
         self._opens = self._build_opens()
         self._max_open = max(len(o) for o in self._opens) if self._opens else 1
         self._first_chars = {o[0] for o in self._opens if o} | {syntax.call_open[0]}
-        self._generic = None if syntax.json_calls or not syntax.unknown_calls else syntax._generic_open_re()
-        self._closes = [] if syntax.json_calls else [syntax.close_tag(t) for t in self.tools]
+        generic = syntax.calls.generic_tags and syntax.unknown_calls
+        self._generic = syntax._generic_open_re() if generic else None
+        self._closes = syntax.calls.distinct_closes(syntax, self.tools)
         self.reset()
 
-    def _build_opens(self) -> dict[str, str]:
-        """Literal opening tag -> tool name ('' for the JSON call tag, '\\0answer' for answers)."""
+    def _build_opens(self) -> dict[str, Open]:
+        """Literal opening tag -> what it starts (the answer, or a call)."""
         s = self.syntax
-        opens = {s.answer_open: "\0answer"}
-        if s.json_calls:
-            opens[s.call_open] = ""
-        else:
-            for t in self.tools:
-                opens[s.open_tag(t)] = t
-        return opens
+        return {s.answer_open: ANSWER, **s.calls.opens(s, self.tools)}
 
     def reset(self) -> None:
         self.buf = ""
         self.inside: str | None = None  # the open tag we are inside
+        self._opened: Open | None = None  # what that tag opened
         self.done = False
 
     # -- public -----------------------------------------------------------------------------
@@ -297,19 +434,19 @@ class StreamParser:
                 break
         return events
 
-    def _find_open(self) -> tuple[int, str, str | None]:
-        """Earliest opening tag in buf: (pos, tag, tool) or (-1, '', None)."""
-        best = (-1, "", None)
-        for tag, tool in self._opens.items():
+    def _find_open(self) -> tuple[int, str, Open | None]:
+        """Earliest opening tag in buf: (pos, tag, what it opens) or (-1, '', None)."""
+        best: tuple[int, str, Open | None] = (-1, "", None)
+        for tag, op in self._opens.items():
             i = self.buf.find(tag)
             if i >= 0 and (best[0] < 0 or i < best[0] or (i == best[0] and len(tag) > len(best[1]))):
-                best = (i, tag, tool)
+                best = (i, tag, op)
         if self._generic is not None:
             m = self._generic.search(self.buf)
             if m and (best[0] < 0 or m.start() < best[0]):
                 word = m.group(1)
                 tool = self.syntax.tool_for_word(word, self.tools)
-                best = (m.start(), m.group(0), tool if tool in self.tools else "\0unknown:" + word)
+                best = (m.start(), m.group(0), Open("call", tool) if tool in self.tools else Open("unknown", word=word))
         return best
 
     def _holdback(self) -> int:
@@ -337,7 +474,7 @@ class StreamParser:
         return len(word) <= 32 and post.startswith(after) and after != post
 
     def _scan_outside(self, events: list[ParseEvent], final: bool) -> bool:
-        pos, tag, tool = self._find_open()
+        pos, tag, op = self._find_open()
         if pos < 0:
             keep = 0 if final else self._holdback()
             text = self.buf[: len(self.buf) - keep]
@@ -352,22 +489,15 @@ class StreamParser:
             events.append(TextEvent(self.buf[:pos]))
         self.buf = self.buf[pos:]
         self.inside = tag
-        self._inside_tool = tool
+        self._opened = op
         return True
 
-    def _close_for(self, tool: str | None) -> str:
-        s = self.syntax
-        if tool == "\0answer":
-            return s.answer_close
-        if s.json_calls:
-            return s.call_close
-        if tool and tool.startswith("\0unknown:"):
-            return s.call_close.format(tag=tool.split(":", 1)[1])
-        return s.close_tag(tool or "")
+    def _close_for(self, op: Open) -> str:
+        return self.syntax.answer_close if op is ANSWER else self.syntax.calls.close_for(self.syntax, op)
 
     def _scan_inside(self, events: list[ParseEvent], final: bool) -> bool:
-        tag, tool = self.inside or "", self._inside_tool
-        close = self._close_for(tool)
+        tag, op = self.inside or "", self._opened
+        close = self._close_for(op)
         body_start = len(tag)
         ci = self.buf.find(close, body_start)
         nested = self._nested_open(body_start, ci)
@@ -376,91 +506,49 @@ class StreamParser:
             pos, bad = wrong
             raw, self.buf = self.buf[:pos + len(bad)], self.buf[pos + len(bad):]
             self._terminal(events, MalformedEvent(
-                f"error: {tag.strip()} was closed with {bad}; close it with {close.strip()}", raw, "wrong_close"))
+                message("wrong_close", tag=tag.strip(), bad=bad, close=close.strip()), raw, "wrong_close"))
             return False
         if nested is not None:
             raw = self.buf[:nested]
             self._terminal(events, MalformedEvent(
-                f"error: a new tag was opened inside {tag.strip()} before it was closed with "
-                f"{close.strip()}; close each call before opening another", raw, "nested", close))
+                message("nested_open", tag=tag.strip(), close=close.strip()), raw, "nested", close))
             return False
         if ci < 0:
             if final:
                 raw = self.buf
-                if tool == "\0answer":
+                if op is ANSWER:
                     self._terminal(events, AnswerEvent(raw[body_start:].strip(), raw))
                 else:
                     self._terminal(events, MalformedEvent(
-                        f"error: the call was not closed; end it with {close.strip()}", raw, "unclosed", close))
+                        message("unclosed", close=close.strip()), raw, "unclosed", close))
             return False
         raw = self.buf[: ci + len(close)]
         body = self.buf[body_start:ci]
         self.buf = self.buf[ci + len(close):]
-        self._terminal(events, self._complete(tool, body, raw))
+        event = AnswerEvent(body.strip(), raw) if op is ANSWER else self.syntax.calls.complete(self, op, body, raw)
+        self._terminal(events, event)
         return False
 
     def _nested_open(self, start: int, close_at: int) -> int | None:
         """Position of an opening tag inside the current call body (before its close), if any."""
-        if self._inside_tool == "\0answer":
+        if self._opened is ANSWER:
             return None
         end = close_at if close_at >= 0 else len(self.buf)
         body = self.buf[start:end]
         hits = [body.find(t) for t in self._opens if t and body.find(t) >= 0]
-        if self.syntax.json_calls and self.syntax.call_open in body:
-            hits.append(body.find(self.syntax.call_open))
         return start + min(hits) if hits else None
 
     def _wrong_close(self, start: int, close_at: int, close: str) -> tuple[int, str] | None:
         """(position, tag) of another tool's close tag inside the current call body, if any."""
-        if self._inside_tool == "\0answer":
+        if self._opened is ANSWER:
             return None
         body = self.buf[start:close_at if close_at >= 0 else len(self.buf)]
         hits = [(body.find(t), t) for t in self._closes if t != close and t in body]
         return (start + min(hits)[0], min(hits)[1]) if hits else None
 
-    def _complete(self, tool: str | None, body: str, raw: str) -> ParseEvent:
-        if tool == "\0answer":
-            return AnswerEvent(body.strip(), raw)
-        if self.syntax.json_calls:
-            return self._complete_json(body, raw)
-        if tool is None or tool.startswith("\0unknown:"):
-            word = (tool or "").split(":", 1)[-1]
-            return MalformedEvent(self._unknown_msg(word), raw, "unknown_tool")
-        if not body.strip():
-            return MalformedEvent(f"error: empty {tool} call; put the {self.arg_names.get(tool, 'input')} "
-                                  "between the tags", raw, "empty")
-        return CallEvent(tool, _strip_arg(body), raw)
-
-    def _complete_json(self, body: str, raw: str) -> ParseEvent:
-        try:
-            obj = json.loads(body)
-            name = obj["name"]
-            args = obj.get("arguments", {})
-            if isinstance(args, str):
-                args = json.loads(args)
-        except RecursionError:
-            return MalformedEvent('error: the tool call JSON is nested too deeply; write {"name": ..., '
-                                  '"arguments": {...}} with a plain string argument', raw, "bad_json")
-        except (ValueError, KeyError, TypeError) as e:
-            return MalformedEvent(f'error: the tool call is not valid JSON {{"name": ..., "arguments": {{...}}}} '
-                                  f"({type(e).__name__}: {e})", raw, "bad_json")
-        if name not in self.tools:
-            return MalformedEvent(self._unknown_msg(str(name)), raw, "unknown_tool")
-        if name in self.object_tools:  # the tool checks the arguments against its schema
-            text = scrub_surrogates(json.dumps(args, ensure_ascii=False))
-            return CallEvent(name, text, raw, json.loads(text))
-        key = self.arg_names.get(name, "input")
-        if isinstance(args, dict):
-            arg = args.get(key, next(iter(args.values()), "") if len(args) == 1 else "")
-        else:
-            arg = str(args)
-        if not str(arg).strip():
-            return MalformedEvent(f'error: empty {name} call; pass {{"{key}": ...}} in "arguments"', raw, "empty")
-        return CallEvent(name, scrub_surrogates(str(arg)), raw)  # JSON escapes can spell lone surrogates
-
     def _unknown_msg(self, word: str) -> str:
         avail = ", ".join(self.tools) or "none"
-        return f"error: unknown tool {word!r}; available tools: {avail}"
+        return message("unknown_tool", word=repr(word), available=avail)
 
     def _terminal(self, events: list[ParseEvent], ev: ParseEvent) -> None:
         events.append(ev)

@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from prompts import message
 from tools.errors import ConfigError, SpliceError, ToolError
 from tools.schema import (
     ArgumentError,
@@ -90,7 +91,7 @@ def as_output(value: Any, name: str) -> ToolOutput:
     if isinstance(value, (bytes, bytearray)):
         return ToolOutput(bytes(value).decode("utf-8", errors="replace"))
     kind = "no result (None)" if value is None else type(value).__name__
-    return ToolOutput(f"error: tool {name} returned {kind}; it must return a ToolOutput or str", error=True)
+    return ToolOutput(message("bad_return", tool=name, kind=kind), error=True)
 
 
 def check_timeout(name: str, value: float | None, example: str) -> None:
@@ -188,7 +189,7 @@ class Tool:
     def argument_error(self, e: ArgumentError) -> ToolOutput:
         """The result the model reads after a bad call."""
         hint = signature_hint(self.name, self.parameters or {})
-        return ToolOutput(f"error: bad arguments for {self.name}: {e}; call it as {hint}", error=True,
+        return ToolOutput(message("bad_arguments", tool=self.name, error=str(e), hint=hint), error=True,
                           meta={"bad_arguments": True})
 
     # -- system prompt ------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from prompts import message
 from tools.base import Tool, ToolCallable, ToolOutput
 from tools.errors import ToolError, require
 
@@ -178,7 +179,7 @@ class _Connection:
         except Exception as e:
             if not _is_protocol_error(e):
                 self.closed = True  # the transport broke: the next call starts a new process
-            return ToolOutput(f"error: {name} failed: {_describe(e)}", error=True)
+            return ToolOutput(message("tool_failed", tool=name, error=_describe(e)), error=True)
         return _to_output(result)
 
     async def aclose(self) -> None:
@@ -244,7 +245,7 @@ def _to_output(result: Any) -> ToolOutput:
         texts.append(json.dumps(structured, ensure_ascii=False))
     error = bool(getattr(result, "is_error", False) or getattr(result, "isError", False))
     text = "\n".join(texts + other)
-    return ToolOutput(f"error: {text}" if error and not text.startswith("error") else text, error=error)
+    return ToolOutput(message("tool_error", text=text) if error and not text.startswith("error") else text, error=error)
 
 
 class MCPTool(Tool):

@@ -19,7 +19,7 @@ out of their group's mean and std.
 
 Outputs under ``output_dir``: ``config.json``, ``metrics.csv`` (one row per step), ``rewards.png``,
 ``rollouts.jsonl`` (every episode), ``checkpoints/step-N/state.pt`` (trainable weights, optimizer,
-step; ``--resume`` continues at N+1), ``final/`` (``save_pretrained``), ``tb/`` if tensorboard is
+step; ``--resume`` continues at N+1), ``final/`` (``save_pretrained``), ``tensorboard/`` if tensorboard is
 installed. See docs/rl.md.
 """
 
@@ -44,10 +44,11 @@ from agent.errors import ConfigError, require
 from agent.evals.data import load_examples
 from agent.evals.tasks import generate_mix
 from agent.runtime import Agent, RuntimeConfig
+from train import checkpoint
 from train.reward import RewardModel
 from train.rewards import RewardTerm, accuracy_reward, is_void, parse_rewards, score
-from train.rollout import Episode, MetricsLog, TraceWriter, pack, rollout_groups, rollout_mode
-from train.runlog import StepProgress
+from train.rollout import METRIC_FIELDS, Episode, TraceWriter, pack, plot_rewards, rollout_groups, rollout_mode
+from train.runlog import MetricsLog, StepProgress
 
 __all__ = [
     "GRPOConfig",
@@ -55,11 +56,8 @@ __all__ = [
     "add_parser",
     "group_advantages",
     "grpo_loss",
-    "latest_checkpoint",
-    "load_checkpoint",
     "logprobs_from_logits",
     "rollout_backend",
-    "save_checkpoint",
     "train_grpo",
 ]
 
@@ -216,54 +214,6 @@ def grpo_loss(logp: Any, old_logp: Any, advantages: Any, mask: Any, *, clip_low:
     return loss, stats
 
 
-# -- checkpoints ----------------------------------------------------------------------------------
-def _trainable_state(model: Any) -> dict[str, Any]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(out_dir: Path, step: int, model: Any, optimizer: Any, cfg: GRPOConfig) -> Path:
-    """Write ``checkpoints/step-N/state.pt`` atomically (temp dir, then rename); prune old ones."""
-    import shutil
-
-    import torch
-
-    root = Path(out_dir) / "checkpoints"
-    path = root / f"step-{step:06d}"
-    tmp = root / f".step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({"step": step, "params": _trainable_state(model), "optimizer": optimizer.state_dict(),
-                "config": dump_config(cfg)}, tmp / "state.pt")
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-    for old in sorted(root.glob("step-*"))[: -cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = sorted((Path(out_dir) / "checkpoints").glob("step-*/state.pt"))
-    return found[-1].parent if found else None
-
-
-def load_checkpoint(path: Path, model: Any, optimizer: Any | None = None) -> int:
-    """Load trainable weights (and optimizer state) saved by ``save_checkpoint``; returns its step."""
-    import torch
-
-    state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
-    params = dict(model.named_parameters())
-    missing = [n for n in state["params"] if n not in params]
-    if missing:
-        raise ConfigError(f"checkpoint {path} does not fit this model ({len(missing)} unknown weights, e.g. "
-                          f"{missing[0]}); resume with the same --model and --lora settings")
-    with torch.no_grad():
-        for n, value in state["params"].items():
-            params[n].copy_(value.to(params[n].device, params[n].dtype))
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"])
-
-
 # -- tasks and model --------------------------------------------------------------------------------
 def load_tasks(cfg: GRPOConfig) -> list[tuple[str, list[str]]]:
     """(question, gold aliases) pairs from a dataset file or generated task families."""
@@ -353,15 +303,16 @@ class GRPOTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(json.dumps(dump_config(self.cfg), indent=2))
         done = 0
-        ckpt = latest_checkpoint(self.out) if self.cfg.resume else None
+        ckpt = checkpoint.latest(self.out / "checkpoints") if self.cfg.resume else None
         if ckpt is not None:
-            done = load_checkpoint(ckpt, self.model, self.optimizer)
+            done, _ = checkpoint.load(ckpt, self.model, self.optimizer)
             log.info("resumed from %s (step %d)", ckpt, done)
         self.start_step = done + 1
         self.traces = TraceWriter(self.out / "rollouts.jsonl")
         self.traces.truncate_after(done)
-        fields = [f"reward/{t.name}" for t in self.terms]
-        return MetricsLog(self.out, extra_fields=fields, keep_until=done)
+        fields = [*METRIC_FIELDS, *(f"reward/{t.name}" for t in self.terms)]
+        kept = [r for r in MetricsLog.read(self.out / "metrics.csv") if float(r["step"]) <= done]
+        return MetricsLog(self.out, fields, kept, prefix="grpo", png="rewards.png", plot=plot_rewards, plot_every=1)
 
     def _agent(self) -> Agent:
         backend = self.backend_factory(self.model, self.tokenizer)
@@ -386,12 +337,20 @@ class GRPOTrainer:
                     if self.on_step is not None:
                         self.on_step(step, row)
                     if step % self.cfg.save_every == 0 or step == last:
-                        save_checkpoint(self.out, step, self.model, self.optimizer, self.cfg)
+                        self.save_checkpoint(step)
             finally:
                 runner.run(agent.aclose())
                 runner.run(agent.backend.aclose())  # the Agent closes only a backend it loaded itself
         self.save_final()
         return rows
+
+    def save_checkpoint(self, step: int) -> Path:
+        """``checkpoints/step-N/`` (``train.checkpoint``); only the last ``keep_checkpoints`` stay."""
+        root = self.out / "checkpoints"
+        path = checkpoint.save(root / f"step-{step:06d}", step, checkpoint.trainable_state(self.model),
+                               self.optimizer, meta={"config": dump_config(self.cfg)})
+        checkpoint.prune(root, self.cfg.keep_checkpoints)
+        return path
 
     def save_final(self) -> Path:
         path = self.out / "final"

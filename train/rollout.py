@@ -7,7 +7,8 @@ An episode that raises (a backend or tool bug) does not lose the batch: it comes
 logged warning, and the others finish. ``pack`` turns the trajectories into right-padded tensors
 whose ``loss_mask`` is the Trajectory's own (model tokens 1; prompt and spliced tool results 0),
 shifted to the positions that predict each token. The records of a run live here too:
-``TraceWriter`` keeps every episode as one JSON line, ``MetricsLog`` one CSV row per step (plus TensorBoard and a PNG).
+``TraceWriter`` keeps every episode as one JSON line; ``plot_rewards`` draws the reward curve that
+``train.runlog.MetricsLog`` keeps beside ``metrics.csv``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any
 from agent.concurrency import map_bounded
 from agent.runtime import Agent
 from agent.trajectory import Trajectory
-from train.runlog import open_tensorboard
 
-__all__ = ["Episode", "MetricsLog", "Packed", "TraceWriter", "pack", "rollout_groups", "rollout_mode"]
+__all__ = ["METRIC_FIELDS", "Episode", "Packed", "TraceWriter", "pack", "plot_rewards", "rollout_groups",
+           "rollout_mode"]
 
 log = logging.getLogger("splice.rollout")
 
@@ -155,82 +156,32 @@ class TraceWriter:
         tmp.replace(self.path)
 
 
-# -- run records: metrics ----------------------------------------------------------------------------------------
-class MetricsLog:
-    """``metrics.csv`` (one row per step), TensorBoard scalars when tensorboard is installed, and
-    ``rewards.png`` (reward and accuracy over steps) redrawn after every step. On resume, rows of
-    steps after ``keep_until`` (written after the checkpoint) are dropped first."""
+# -- run records: the reward curve ------------------------------------------------------------------------
+METRIC_FIELDS = ("step", "reward_mean", "reward_std", "accuracy", "tool_calls", "tool_errors", "response_len",
+                 "void_frac", "failed", "zero_std_groups", "loss", "kl", "clip_frac", "grad_norm", "rollout_s",
+                 "step_s")
 
-    BASE = ("step", "reward_mean", "reward_std", "accuracy", "tool_calls", "tool_errors", "response_len",
-            "void_frac", "failed", "zero_std_groups", "loss", "kl", "clip_frac", "grad_norm", "rollout_s", "step_s")
 
-    def __init__(self, out_dir: Path, extra_fields: Sequence[str] = (), keep_until: int = 0):
-        self.out = Path(out_dir)
-        self.csv = self.out / "metrics.csv"
-        self.fields = [*self.BASE, *extra_fields]
-        self.rows = [r for r in self.read(self.csv) if float(r["step"]) <= keep_until]
-        self._rewrite()
-        self.tb = open_tensorboard(self.out / "tb")
+def plot_rewards(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Reward (mean and std band) and accuracy against step (``train.runlog.MetricsLog``'s PNG)."""
+    import matplotlib
 
-    @staticmethod
-    def read(path: Path) -> list[dict[str, Any]]:
-        import csv
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-        if not Path(path).exists():
-            return []
-        with Path(path).open(newline="") as f:
-            return [{k: v for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
-
-    def _rewrite(self) -> None:
-        import csv
-
-        with self.csv.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.rows)
-
-    def append(self, row: dict[str, Any]) -> None:
-        import csv
-
-        self.rows.append(row)
-        with self.csv.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step":
-                    self.tb.add_scalar(k, v, int(row["step"]))
-        self.plot()
-
-    def plot(self) -> Path | None:
-        """Reward (mean and std band) and accuracy against step, as ``rewards.png``."""
-        if not self.rows:
-            return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-
-        steps = [float(r["step"]) for r in self.rows]
-        mean = [float(r["reward_mean"]) for r in self.rows]
-        std = [float(r.get("reward_std", 0.0)) for r in self.rows]
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-        ax.plot(steps, mean, marker="o", label="reward (mean)")
-        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-        ax.plot(steps, [float(r["accuracy"]) for r in self.rows], marker="s", label="accuracy")
-        ax.set_xlabel("step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(loc="best")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = self.out / "rewards.png"
-        fig.savefig(path)
-        plt.close(fig)
-        return path
-
-    def __enter__(self) -> MetricsLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.tb is not None:
-            self.tb.close()
+    steps = [float(r["step"]) for r in rows]
+    mean = [float(r["reward_mean"]) for r in rows]
+    std = [float(r.get("reward_std", 0.0)) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, mean, marker="o", label="reward (mean)")
+    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.plot(steps, [float(r["accuracy"]) for r in rows], marker="s", label="accuracy")
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -32,8 +32,9 @@ from typing import Any
 from agent.backends.transformers import cache_kwarg
 from agent.config import dump_config
 from agent.errors import ConfigError, DataError
+from train import checkpoint
 from train.render import IGNORE_INDEX, ChatRenderer, Features, add_tag_tokens
-from train.runlog import StepProgress, open_tensorboard
+from train.runlog import MetricsLog, StepProgress
 
 __all__ = ["SFTConfig", "SFTTrainer", "train_sft", "split_examples", "length_grouped_batches", "ddp_token_scale"]
 
@@ -371,24 +372,22 @@ class SFTTrainer:
         return self.out / "checkpoint"
 
     def trainable_state(self) -> dict[str, Any]:
-        model = self.accel.unwrap_model(self.model)
-        return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return checkpoint.trainable_state(self.accel.unwrap_model(self.model))
 
     def save_checkpoint(self) -> Path:
         """Trainable weights, optimizer, scheduler, RNG and step; written then renamed (atomic)."""
         self.accel.wait_for_everyone()
         if self.accel.is_main_process:
-            save_checkpoint(self.ckpt_dir, self.trainable_state(), self.opt, self.sched,
-                            {"step": self.step, "history": self.history, "config": dump_config(self.cfg)})
+            checkpoint.save(self.ckpt_dir, self.step, self.trainable_state(), self.opt, self.sched,
+                            meta={"history": self.history, "config": dump_config(self.cfg)}, rng=True)
         self.accel.wait_for_everyone()
         return self.ckpt_dir
 
     def maybe_resume(self) -> bool:
-        if not (self.cfg.resume and (self.ckpt_dir / "state.json").exists()):
+        if not (self.cfg.resume and (self.ckpt_dir / "state.pt").exists()):
             return False
-        model = self.accel.unwrap_model(self.model)
-        state = load_checkpoint(self.ckpt_dir, model, self.opt, self.sched)
-        self.step, self.history = int(state["step"]), list(state.get("history", []))
+        self.step, meta = checkpoint.load(self.ckpt_dir, self.accel.unwrap_model(self.model), self.opt, self.sched)
+        self.history = list(meta.get("history", []))
         log.info("resumed from %s at step %d", self.ckpt_dir, self.step)
         return True
 
@@ -399,7 +398,8 @@ class SFTTrainer:
         log.info("sft config: %s", json.dumps(dump_config(cfg)))
         (self.out / "config.json").write_text(json.dumps(dump_config(cfg), indent=2))
         self.maybe_resume()
-        metrics = MetricsLog(self.out, self.history, enabled=self.accel.is_main_process)
+        metrics = MetricsLog(self.out, ("step", "loss", "eval_loss", "lr", "seconds"), self.history, prefix="sft",
+                             png="loss.png", plot=plot_loss, enabled=self.accel.is_main_process)
         t0, start_step, stopped = time.perf_counter(), self.step, False
         with StepProgress("sft", self.total_steps, self.step, cfg.progress and self.accel.is_main_process) as bar:
             while self.step < self.total_steps:
@@ -408,7 +408,7 @@ class SFTTrainer:
                        "seconds": time.perf_counter() - t0}
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     row["eval_loss"] = self.evaluate()
-                metrics.add(row)
+                metrics.append(row)
                 bar(self.step, f"loss {loss:.3f}")
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
@@ -419,7 +419,7 @@ class SFTTrainer:
         if self.history and self.history[-1].get("eval_loss") is None and self.history[-1]["step"] == self.step:
             self.history[-1]["eval_loss"] = final_eval
         else:
-            metrics.add({"step": self.step, "eval_loss": final_eval, "seconds": time.perf_counter() - t0})
+            metrics.append({"step": self.step, "eval_loss": final_eval, "seconds": time.perf_counter() - t0})
         self.save_checkpoint()
         saved = self.save_final()
         metrics.close()
@@ -458,85 +458,7 @@ def _seed_everything(seed: int, torch: Any) -> None:
     torch.manual_seed(seed)
 
 
-# -- checkpoint files -------------------------------------------------------------------------------
-def save_checkpoint(path: Path, weights: dict[str, Any], opt: Any, sched: Any, state: dict[str, Any]) -> None:
-    """Write ``path`` atomically: weights.pt, optimizer.pt, scheduler.pt, rng.pt, state.json."""
-    import shutil
-
-    import numpy as np
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(weights, tmp / "weights.pt")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    torch.save(sched.state_dict(), tmp / "scheduler.pt")
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(path: Path, model: Any, opt: Any, sched: Any) -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    weights = torch.load(path / "weights.pt", map_location="cpu")
-    missing = set(weights) - {n for n, _ in model.named_parameters()}
-    if missing:
-        raise DataError(f"checkpoint {path} does not match the model (unknown: {sorted(missing)[:3]}); "
-                        "use a fresh --out or --no-resume")
-    model.load_state_dict(weights, strict=False)
-    opt.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "state.json").read_text())
-
-
-# -- metrics: CSV, TensorBoard (if installed), PNG curve, progress bar ----------------------------------
-class MetricsLog:
-    COLUMNS = ("step", "loss", "eval_loss", "lr", "seconds")
-
-    def __init__(self, out: Path, history: list[dict[str, Any]], enabled: bool = True):
-        self.out, self.history, self.enabled = out, history, enabled
-        self.tb = None
-        if enabled:
-            self.tb = open_tensorboard(out / "tensorboard")
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.history.append(row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and v is not None:
-                    self.tb.add_scalar(f"sft/{k}", v, row["step"])
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        import csv
-
-        with (self.out / "metrics.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.history)
-        plot_loss(self.history, self.out / "loss.png")
-        if self.tb is not None:
-            self.tb.close()
-
-
+# -- the loss curve (train.runlog.MetricsLog draws it) -------------------------------------------------
 def plot_loss(history: list[dict[str, Any]], path: Path) -> Path | None:
     try:
         import matplotlib

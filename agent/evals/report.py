@@ -168,7 +168,7 @@ def _call_start(text: str, call: dict[str, Any], syntax_name: str) -> int:
         return -1
     if call.get("malformed"):
         return text.rfind(call["arg"]) if call["arg"] else -1
-    tag = syntax.call_open if syntax.json_calls else syntax.open_tag(call["tool"])
+    tag = syntax.calls.open_tag(syntax, call["tool"])
     return text.rfind(tag)
 
 
