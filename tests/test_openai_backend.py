@@ -37,8 +37,8 @@ def server(tmp_path_factory):
     from agent.backends import default_model_path
 
     port, log = _free_port(), tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--interrupt_requests", "false"]
+    cmd = [sys.executable, "-m", "agent.backends.llama_server", "--model", str(default_model_path()),  # AMX guard
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--interrupt_requests", "false"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": ""})
     url = f"http://127.0.0.1:{port}"

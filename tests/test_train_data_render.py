@@ -9,6 +9,7 @@ pytest.importorskip("transformers")
 
 from agent.backends.transformers import TransformersBackend, load_hf  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
+from agent.syntax import PRESETS  # noqa: E402
 from tools.base import FunctionTool, ToolOutput  # noqa: E402
 from train.render import IGNORE_INDEX, ChatRenderer, add_tag_tokens  # noqa: E402
 
@@ -52,15 +53,18 @@ class ForcedBackend(TransformersBackend):
             yield t
 
 
+@pytest.mark.parametrize("syntax", list(PRESETS))
 @pytest.mark.parametrize("result", [RESULT, "word " * 400])
-async def test_rendered_example_equals_runtime_trajectory(tiny, result):
+async def test_rendered_example_equals_runtime_trajectory(tiny, result, syntax):
+    """SFT's rendering and the runtime give the same ids and mask, for every syntax: both tokenise
+    through the same adapter (agent.backends.tokenizer) and splice through ToolSyntax.splice_pieces."""
     model, tok = tiny
-    renderer = ChatRenderer(tok, "splice", ["python"], max_result_tokens=64, eos=False)
-    probe = Agent(ForcedBackend(model, tok, []), tools=[_python_tool()], syntax="splice", max_result_tokens=64)
+    renderer = ChatRenderer(tok, syntax, ["python"], max_result_tokens=64, eos=False)
+    probe = Agent(ForcedBackend(model, tok, []), tools=[_python_tool()], syntax=syntax, max_result_tokens=64)
     ex = _example(probe.system_prompt(), result)
     want = renderer.trajectory(ex)
     scripted = [s.token_ids for s in want.segments if s.source == "model"]
-    agent = Agent(ForcedBackend(model, tok, scripted), tools=[_python_tool(result)], syntax="splice",
+    agent = Agent(ForcedBackend(model, tok, scripted), tools=[_python_tool(result)], syntax=syntax,
                   max_result_tokens=64)
     got = await agent.run("What is 23 * 47?")
     assert got.stop_reason == "answer" and got.answer == "1081"

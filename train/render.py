@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.backends.base import encode_chat
+from agent.backends.tokenizer import HFTokenizer
 from agent.errors import DataError
 from agent.syntax import ToolSyntax, get_syntax
 from agent.trajectory import Segment, Trajectory
@@ -79,20 +80,19 @@ class ChatRenderer:
     def __init__(self, tokenizer: Any, syntax: str | ToolSyntax = "splice", tools: Sequence[str] = DEFAULT_TOOLS,
                  *, max_result_tokens: int = 256, eos: bool = True):
         self.tok = tokenizer
+        self.vocab = HFTokenizer(tokenizer)  # the runtime's tokenizer adapter (agent.backends.tokenizer)
         self.syntax = get_syntax(syntax)
         self.tools = list(tools)
         self.max_result_tokens = max_result_tokens
         self.eos = eos
         self._eot = self._end_of_turn() if eos else []
 
-    # -- tokenizer, the same calls as TransformersBackend -----------------------------------------
+    # -- tokenizer: the adapter TransformersBackend uses ---------------------------------------------
     def encode(self, text: str, special: bool = False) -> list[int]:
-        if not text:
-            return []
-        return self.tok(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+        return self.vocab.encode(text, special=special) if text else []
 
     def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=False)
+        return self.vocab.decode(ids)
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
         return self._template([{"role": m["role"], "content": _plain(m["content"], self.syntax)} for m in messages])
@@ -111,9 +111,7 @@ class ChatRenderer:
         return encode_chat(self._template, self.encode, msgs)
 
     def _template(self, msgs: list[dict[str, str]]) -> str:
-        if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
+        return self.vocab.chat_prompt(msgs)
 
     def _end_of_turn(self) -> list[int]:
         """Ids the template puts after an assistant message, up to and including the EOS id."""

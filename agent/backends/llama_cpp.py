@@ -41,9 +41,10 @@ import numpy as np
 from agent.backends.base import Backend, SamplingParams, Sequence, common_prefix
 from agent.backends.sampling import make_rng, sample_token
 from agent.backends.scheduling import DecodeLoop
+from agent.backends.tokenizer import GGUFTokenizer
 from agent.errors import ModelError, ModelNotFound, require
 
-__all__ = ["LlamaCppBackend", "load_llama"]
+__all__ = ["LlamaCppBackend", "disable_unsafe_extra_buffers", "load_llama"]
 
 log = logging.getLogger("splice.backends.llama_cpp")
 N_BATCH = 512  # tokens per llama_decode call (prefill chunks and decode tokens together)
@@ -69,26 +70,41 @@ def extra_buffers_allowed(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return " amx_tile" not in flags
 
 
+def _safe_model_defaults(llama_cpp: Any) -> tuple[Any, Any]:
+    """(module, its original ``llama_model_default_params``) after swapping in one that turns the
+    extra buffers off. ``Llama.__init__`` reads its model params from that module's defaults."""
+    low = llama_cpp.llama.llama_cpp
+    default = low.llama_model_default_params
+
+    def params() -> Any:
+        p = default()
+        p.use_extra_bufts = False  # a llama_model_params field (see the bound in pyproject.toml)
+        return p
+
+    low.llama_model_default_params = params
+    return low, default
+
+
 def load_llama(**kwargs: Any) -> Any:
     """``llama_cpp.Llama(**kwargs)``, with the extra CPU buffers off where they are not safe
     (``extra_buffers_allowed``). The one place splice, its benchmarks and tests load a GGUF."""
     llama_cpp = require("llama_cpp", "llama")
     if extra_buffers_allowed():
         return llama_cpp.Llama(**kwargs)
-    low = llama_cpp.llama.llama_cpp  # Llama.__init__ reads its model params from this module's defaults
     with _LOAD_LOCK:
-        default = low.llama_model_default_params
-
-        def params() -> Any:
-            p = default()
-            p.use_extra_bufts = False  # llama_model_params field since llama.cpp b6000-ish (0.3.x)
-            return p
-
-        low.llama_model_default_params = params
+        low, default = _safe_model_defaults(llama_cpp)
         try:
             return llama_cpp.Llama(**kwargs)
         finally:
             low.llama_model_default_params = default
+
+
+def disable_unsafe_extra_buffers() -> None:
+    """For this whole process, where ``extra_buffers_allowed`` says no: for code that constructs
+    ``llama_cpp.Llama`` itself, e.g. ``python -m llama_cpp.server`` started through
+    ``python -m agent.backends.llama_server``."""
+    if not extra_buffers_allowed():
+        _safe_model_defaults(require("llama_cpp", "llama"))
 
 
 HANDOVER_S = 0.02  # n_seq=1: the model thread wakes the event loop at most this often (plus first/last)
@@ -128,11 +144,8 @@ class LlamaCppBackend(Backend):
         self._lock = asyncio.Lock()
         self._sched: _MultiSeq | None = None
         self._n_vocab = self.llm.n_vocab()
-        self._formatter = self._make_formatter(llama_cpp)
-        self._eos = {self.llm.token_eos()}
-        eot = self.llm._model.token_eot()
-        if eot >= 0:
-            self._eos.add(eot)
+        self.tok = GGUFTokenizer(self.llm)
+        self._eos = self.tok.eos_ids
         self.n_evaluated = 0  # tokens run through llama_decode, for measurement
         self.logits_trace: list[np.ndarray] | None = None  # set to [] to record each sampling row
         # n_seq > 1, tests: set to {} to record, per sequence (``id(seq)``), the row of each token
@@ -141,30 +154,15 @@ class LlamaCppBackend(Backend):
     def _new_context(self, n_ctx: int, verbose: bool) -> "_MultiContext":
         return _MultiContext(self.llm, n_ctx, self.n_seq, verbose)
 
-    def _make_formatter(self, llama_cpp):  # noqa: ANN001
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        meta = self.llm.metadata
-        template = meta.get("tokenizer.chat_template")
-        if not template:
-            return None
-        def tok(key: str) -> str:
-            i = int(meta.get(key, -1))
-            return self.llm._model.token_get_text(i) if i >= 0 else ""
-        return Jinja2ChatFormatter(template, eos_token=tok("tokenizer.ggml.eos_token_id"),
-                                   bos_token=tok("tokenizer.ggml.bos_token_id"))
-
-    # -- text <-> tokens ----------------------------------------------------------------------
+    # -- text <-> tokens (agent.backends.tokenizer) ----------------------------------------------
     def encode(self, text: str, *, special: bool = False) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        return self.tok.encode(text, special=special)
 
     def decode(self, ids: list[int]) -> str:
-        return self.llm.detokenize([i for i in ids if i not in self._eos]).decode("utf-8", errors="replace")
+        return self.tok.decode(ids)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        if self._formatter is None:
-            return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
-        return self._formatter(messages=messages).prompt
+        return self.tok.chat_prompt(messages)
 
     @property
     def eos_ids(self) -> set[int]:

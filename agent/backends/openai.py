@@ -44,11 +44,13 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from agent.backends.base import Backend, SamplingParams, Sequence
+from agent.backends.llama_cpp import load_llama
+from agent.backends.tokenizer import GGUFTokenizer, HFTokenizer, LocalTokenizer
 from agent.errors import ConfigError, ModelError, require
 from agent.syntax import ToolSyntax, get_syntax
 
@@ -66,82 +68,21 @@ _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 ZWSP = "\u200b"
 
 
-class LocalTokenizer(Protocol):
-    eos_ids: set[int]
-
-    def special_tokens(self) -> dict[int, str]: ...
-    def encode(self, text: str, *, special: bool = False) -> list[int]: ...
-    def decode(self, ids: list[int], *, special: bool = False) -> str: ...
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
-
-
-class GGUFVocab:
+class GGUFVocab(GGUFTokenizer):
     """Tokenizer and chat template of a GGUF file, read with llama.cpp ``vocab_only`` (no weights)."""
 
     def __init__(self, path: str | Path):
-        llama_cpp = require("llama_cpp", "llama")
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        self.llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-        self._special: dict[int, str] | None = None
-        meta = self.llm.metadata
-        self.eos_ids = {self.llm.token_eos()}
-        eot = self.llm._model.token_eot()
-        if eot >= 0:
-            self.eos_ids.add(eot)
-
-        def tok(key: str) -> str:
-            i = int(meta.get(key, -1))
-            return self.llm._model.token_get_text(i) if i >= 0 else ""
-
-        template = meta.get("tokenizer.chat_template")
-        self._fmt = Jinja2ChatFormatter(template, eos_token=tok("tokenizer.ggml.eos_token_id"),
-                                        bos_token=tok("tokenizer.ggml.bos_token_id")) if template else None
-
-    def encode(self, text: str, *, special: bool = False) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
-
-    def decode(self, ids: list[int], *, special: bool = False) -> str:
-        ids = ids if special else [i for i in ids if i not in self.eos_ids]
-        return self.llm.detokenize(ids, special=special).decode("utf-8", errors="replace")
-
-    def special_tokens(self) -> dict[int, str]:
-        """Control tokens: ids whose text is written only when detokenizing with ``special=True``."""
-        if self._special is None:
-            det = self.llm.detokenize
-            self._special = {i: det([i], special=True).decode("utf-8", "replace") for i in range(self.llm.n_vocab())
-                             if not det([i], special=False) and det([i], special=True)}
-        return self._special
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        if self._fmt is None:
-            return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
-        return self._fmt(messages=messages).prompt
+        require("llama_cpp", "llama")
+        super().__init__(load_llama(model_path=str(path), vocab_only=True, verbose=False))
 
 
-class HFTokenizer:
+def _hf_tokenizer(name: str | Path) -> HFTokenizer:
     """A Hugging Face tokenizer from a local directory or the local HF cache (no downloads)."""
-
-    def __init__(self, name: str | Path):
-        transformers = require("transformers", "torch")
-        try:
-            self.tok = transformers.AutoTokenizer.from_pretrained(str(name), local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise ModelError(f"no local tokenizer {name!r} ({e}); pass tokenizer= a GGUF file or HF dir") from e
-        self.eos_ids = {self.tok.eos_token_id} if self.tok.eos_token_id is not None else set()
-
-    def encode(self, text: str, *, special: bool = False) -> list[int]:
-        return self.tok(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
-
-    def decode(self, ids: list[int], *, special: bool = False) -> str:
-        ids = ids if special else [i for i in ids if i not in self.eos_ids]
-        return self.tok.decode(ids, skip_special_tokens=False)
-
-    def special_tokens(self) -> dict[int, str]:
-        return {i: t.content for i, t in self.tok.added_tokens_decoder.items() if t.special}
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    transformers = require("transformers", "torch")
+    try:
+        return HFTokenizer(transformers.AutoTokenizer.from_pretrained(str(name), local_files_only=True))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"no local tokenizer {name!r} ({e}); pass tokenizer= a GGUF file or HF dir") from e
 
 
 def load_tokenizer(spec: str | Path) -> LocalTokenizer:
@@ -152,7 +93,7 @@ def load_tokenizer(spec: str | Path) -> LocalTokenizer:
         return GGUFVocab(default_model_path())
     if str(spec).endswith(".gguf"):
         return GGUFVocab(Path(spec).expanduser())
-    return HFTokenizer(spec)
+    return _hf_tokenizer(spec)
 
 
 def text_prompt(tok: LocalTokenizer, ids: list[int]) -> str:

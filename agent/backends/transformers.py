@@ -23,6 +23,7 @@ import numpy as np
 
 from agent.backends.base import Backend, SamplingParams, Sequence, common_prefix
 from agent.backends.sampling import make_rng, sample_token
+from agent.backends.tokenizer import HFTokenizer
 from agent.errors import ModelError, ModelNotFound, require
 
 __all__ = ["TransformersBackend", "load_hf", "gguf_to_hf_dir", "cache_kwarg"]
@@ -113,21 +114,20 @@ class TransformersBackend(Backend):
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         self._eos = eos
+        self.tok = HFTokenizer(tokenizer, eos)
         self._lock = threading.Lock()  # one forward at a time on this model
         self._cache_kw = cache_kwarg(model)
         self.n_evaluated = 0
 
     # -- text <-> tokens ----------------------------------------------------------------------
     def encode(self, text: str, *, special: bool = False) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+        return self.tok.encode(text, special=special)
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode([i for i in ids if i not in self._eos], skip_special_tokens=False)
+        return self.tok.decode(ids)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+        return self.tok.chat_prompt(messages)
 
     @property
     def eos_ids(self) -> set[int]:
