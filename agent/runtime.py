@@ -20,7 +20,7 @@ from agent.backends import load_backend
 from agent.backends.base import Backend, SamplingParams, Sequence, encode_chat
 from agent.concurrency import map_bounded
 from agent.config import dump_config
-from agent.errors import ConfigError
+from agent.errors import ConfigError, SandboxError
 from agent.syntax import (
     AnswerEvent,
     CallEvent,
@@ -162,9 +162,11 @@ class Agent:
     A backend passed in as ``model`` belongs to the caller: ``aclose`` closes only one the Agent loaded.
 
     Tool failures of every kind (an exception, even ``SystemExit``/``KeyboardInterrupt`` raised by tool
-    code, a wrong return type, a timeout) become error results. A user's Ctrl-C still stops the
-    program: under ``asyncio.run`` (the CLI, ``run_sync``) it arrives as cancellation, which is never
-    caught. A timeout cancels an async tool; a sync tool's thread cannot be killed and runs on in the
+    code, a wrong return type, a timeout) become error results: the model caused them and can react.
+    Infrastructure failures raise instead (``SandboxError``: the sandbox cannot start or its engine is
+    unreachable), so a broken host stops a run rather than scoring every episode as a tool error.
+    A user's Ctrl-C still stops the program: under ``asyncio.run`` (the CLI, ``run_sync``) it arrives
+    as cancellation, which is never caught. A timeout cancels an async tool; a sync tool's thread cannot be killed and runs on in the
     tool's own bounded pool of daemon threads (``FunctionTool``), which neither blocks other work nor
     keeps the process alive."""
 
@@ -266,7 +268,8 @@ class Agent:
     async def run_many(self, questions: Seq[str], concurrency: int = 32) -> list[Trajectory]:
         """One trajectory per question, in order. An episode that raises is recorded in its own slot
         (``Trajectory.failed``: ``stop_reason="error"``, the error in ``meta["error"]``) and the others
-        finish; cancellation still cancels them all."""
+        finish; cancellation still cancels them all. A ``SandboxError`` (a broken host) is raised once
+        they are done."""
         first_seed = self.config.seed + self._episode
         self._episode += len(questions)
 
@@ -274,6 +277,9 @@ class Agent:
             return await self.run(item[1], seed=first_seed + item[0])
 
         out = await map_bounded(one, enumerate(questions), concurrency)
+        broken = next((r for r in out if isinstance(r, SandboxError)), None)
+        if broken is not None:
+            raise broken  # infrastructure: every episode would fail the same way
         return [r if isinstance(r, Trajectory) else self.failed(q, r, first_seed + i)
                 for i, (q, r) in enumerate(zip(questions, out))]
 
@@ -520,6 +526,8 @@ class _Episode:
         try:
             async with limit:
                 value = await self._session_call(name, tool, bound)
+        except SandboxError:
+            raise  # infrastructure, not the model's doing: the caller must know (class docstring)
         except (Exception, KeyboardInterrupt, SystemExit) as e:  # the runtime never dies because a tool did
             crash = e
         if limit.expired():

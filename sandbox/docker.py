@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import struct
 from typing import Any
 
@@ -72,15 +73,22 @@ class DockerBackend:
                          "profile applies (pip install 'splice[sandbox]')")
 
     def _connect(self, docker: Any) -> Any:
+        host = self.config.docker_host or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        if host.startswith("unix://") and not os.path.exists(host.removeprefix("unix://")):
+            # the SDK would open a socket, fail to connect and leave it unclosed
+            raise docker.errors.DockerException(f"no socket at {host.removeprefix('unix://')}")
         client = docker.DockerClient(base_url=self.config.docker_host) if self.config.docker_host \
             else docker.from_env()
-        client.ping()
         try:
+            client.ping()
             client.images.get(self.config.image)
         except docker.errors.ImageNotFound as e:
             client.close()
             raise SandboxError(f"sandbox image {self.config.image!r} not found: build it with "
                                f"`python -m sandbox.image --tag {self.config.image}`") from e
+        except BaseException:
+            client.close()  # an unreachable engine: no socket left open
+            raise
         return client
 
     async def start_worker(self) -> WorkerHandle:

@@ -17,6 +17,7 @@ from agent import (
     Trajectory,
 )
 from agent.errors import ConfigError
+from agent.runtime import RuntimeConfig
 from tools import Tool, ToolOutput, tool
 
 
@@ -311,3 +312,40 @@ async def test_the_stopper_stops_where_the_parser_does():
     model = [s for s in t.segments if s.source == "model"]
     assert [m.text for m in model] == ["Let me see. <echo_start>hi<echo_end>", "So <answer_start>hi<answer_end>"]
     assert [hit for _, hit in seen] == [len(m.token_ids) for m in model]  # the parser's last token
+
+
+# -- error policy: model-caused failures are results, a broken host raises ------------------------------
+BROKEN_DOCKER = "unix:///nonexistent/splice-test/docker.sock"  # a real docker sandbox that cannot start
+
+
+def _broken_python():
+    from tools.python import PythonTool
+
+    pytest.importorskip("docker")
+    return PythonTool(backend="docker", docker_host=BROKEN_DOCKER)
+
+
+async def test_a_broken_sandbox_raises_instead_of_becoming_a_tool_result():
+    from agent.errors import SandboxError
+
+    a = agent_with(["<code_start>print(1)<code_end>", "<answer_start>1<answer_end>"], [_broken_python()])
+    with pytest.raises(SandboxError, match="Docker API"):
+        await a.run("q")
+    a = agent_with(["<code_start>print(1)<code_end>", "<answer_start>1<answer_end>"] * 3, [_broken_python()])
+    with pytest.raises(SandboxError):
+        await a.run_many(["q1", "q2", "q3"], concurrency=2)
+
+
+async def test_an_eval_on_a_broken_sandbox_stops_instead_of_scoring_tool_errors(tmp_path, monkeypatch):
+    from agent.errors import SandboxError
+    from agent.evals import EvalConfig, evaluate
+
+    pytest.importorskip("docker")
+    monkeypatch.setenv("DOCKER_HOST", BROKEN_DOCKER)
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question": "What is 2+3?", "answer": "5"}\n', encoding="utf-8")
+    backend = ScriptedBackend(["<code_start>print(2+3)<code_end>", "<answer_start>5<answer_end>"])
+    cfg = EvalConfig(data=str(data), out=str(tmp_path / "run"), modes=["python"], report=False,
+                     runtime=RuntimeConfig(sandbox="docker"))
+    with pytest.raises(SandboxError, match="Docker API"):
+        await evaluate(cfg, backend=backend)

@@ -29,7 +29,7 @@ from agent.backends import load_backend
 from agent.backends.base import Backend
 from agent.concurrency import map_bounded
 from agent.config import dump_config
-from agent.errors import ConfigError, DataError
+from agent.errors import ConfigError, DataError, SandboxError
 from agent.evals import metrics, report
 from agent.evals.config import EvalConfig, parse_mode
 from agent.evals.data import Example, FieldNames, collect_passages, load_examples, write_corpus
@@ -188,13 +188,16 @@ def score_episode(job: Job, traj: Trajectory) -> dict[str, Any]:
 async def _run_jobs(cfg: EvalConfig, agents: dict[str, Agent], jobs: list[Job], path: Path,
                     on_record: Callable[[dict[str, Any]], None]) -> None:
     """Run every job, appending its record as it finishes. An episode that raises is recorded as an
-    error (``stop_reason="error"``, ``error``: the message; scored as wrong) and the others finish.
+    error (``stop_reason="error"``, ``error``: the message; scored as wrong) and the others finish,
+    except a ``SandboxError`` (the host's sandbox is broken), which is raised once they are done.
     A failure outside the episodes (writing the file) is raised once every job is done."""
 
     async def one(job: Job) -> None:
         agent = agents[job.mode]
         try:
             traj = await agent.run(job.example.question, seed=job.seed)
+        except SandboxError:
+            raise  # a broken host, not a wrong answer: the eval stops with it (after the running jobs)
         except Exception as exc:  # noqa: BLE001 - one bad episode must not lose the run
             traj = agent.failed(job.example.question, exc, job.seed)
         rec = score_episode(job, traj)
