@@ -166,9 +166,9 @@ class Agent:
     Infrastructure failures raise instead (``SandboxError``: the sandbox cannot start or its engine is
     unreachable), so a broken host stops a run rather than scoring every episode as a tool error.
     A user's Ctrl-C still stops the program: under ``asyncio.run`` (the CLI, ``run_sync``) it arrives
-    as cancellation, which is never caught. A timeout cancels an async tool; a sync tool's thread cannot be killed and runs on in the
-    tool's own bounded pool of daemon threads (``FunctionTool``), which neither blocks other work nor
-    keeps the process alive."""
+    as cancellation, which is never caught. A timeout cancels an async tool; a sync tool's thread
+    cannot be killed and runs on in the tool's own bounded pool of daemon threads (``FunctionTool``),
+    which neither blocks other work nor keeps the process alive."""
 
     def __init__(self, model: str | Backend | None = None, tools: Iterable[str | Tool] | None = None,
                  syntax: str | ToolSyntax | None = None, *, config: RuntimeConfig | None = None, **overrides: Any):
