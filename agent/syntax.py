@@ -124,7 +124,7 @@ class TaggedCalls(CallFormat):
 
     def complete(self, p: StreamParser, op: Open, body: str, raw: str) -> ParseEvent:
         if op.kind == "unknown" or op.tool is None:
-            return MalformedEvent(p._unknown_msg(op.word), raw, "unknown_tool")
+            return MalformedEvent(p.unknown_message(op.word), raw, "unknown_tool")
         if not body.strip():
             return MalformedEvent(message("empty_call", tool=op.tool, what=p.arg_names.get(op.tool, "input")), raw,
                                   "empty")
@@ -168,7 +168,7 @@ class JsonCalls(CallFormat):
         except (ValueError, KeyError, TypeError) as e:
             return MalformedEvent(message("bad_json", error=f"{type(e).__name__}: {e}"), raw, "bad_json")
         if name not in p.tools:
-            return MalformedEvent(p._unknown_msg(str(name)), raw, "unknown_tool")
+            return MalformedEvent(p.unknown_message(str(name)), raw, "unknown_tool")
         if name in p.object_tools:  # the tool checks the arguments against its schema
             text = scrub_surrogates(json.dumps(args, ensure_ascii=False))
             return CallEvent(name, text, raw, json.loads(text))
@@ -546,7 +546,8 @@ class StreamParser:
         hits = [(body.find(t), t) for t in self._closes if t != close and t in body]
         return (start + min(hits)[0], min(hits)[1]) if hits else None
 
-    def _unknown_msg(self, word: str) -> str:
+    def unknown_message(self, word: str) -> str:
+        """The notice for a call of a tool that is not enabled (for ``CallFormat.complete``)."""
         avail = ", ".join(self.tools) or "none"
         return message("unknown_tool", word=repr(word), available=avail)
 
