@@ -28,7 +28,7 @@ from agent.errors import ConfigError, MissingDependency, SpliceError
 from agent.runtime import Agent, RuntimeConfig
 from agent.serve import ServeConfig, serve_forever
 from agent.ui import LivePrinter, NotUTF8, read_line
-from tools.base import tool_catalog
+from tools.registry import tool_catalog
 from tools.schema import signature_hint
 
 __all__ = ["main", "build_parser", "configure_logging", "iter_parsers", "package_version"]

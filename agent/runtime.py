@@ -13,15 +13,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from agent.backends import load_backend
+from agent.backends import BackendConfig, load_backend
 from agent.backends.base import Backend, SamplingParams, Sequence, encode_chat
 from agent.concurrency import map_bounded
 from agent.config import dump_config
 from agent.errors import ConfigError, SandboxError
 from agent.syntax import (
+    PRESETS,
     AnswerEvent,
     CallEvent,
     MalformedEvent,
@@ -33,7 +34,8 @@ from agent.syntax import (
 )
 from agent.trajectory import Segment, ToolCall, Trajectory, describe_error, scrub_surrogates
 from prompts import message, render
-from tools.base import Tool, ToolCallable, ToolOutput, as_output, check_timeout, get_tools, truncate_tokens
+from tools.base import Tool, ToolCallable, ToolOutput, as_output, check_timeout, truncate_tokens
+from tools.registry import get_tools, tool_options_class
 from tools.schema import ArgumentError, render_chat, template_accepts_tools
 
 __all__ = ["RuntimeConfig", "Agent", "Conversation", "Event", "TokenEvent", "ToolCallStarted",
@@ -46,43 +48,34 @@ log = logging.getLogger("splice.runtime")
 class RuntimeConfig:
     model: str = field(default="default", metadata={
         "help": "'default' (embedded SmolLM2 with the shipped tool-use adapter), 'base' (the same model "
-                "without it), a .gguf file or a HF model dir"})
-    adapter: str = field(default="", metadata={
-        "help": "llama_cpp: a LoRA adapter GGUF applied over the model (default: the shipped one for "
-                "--model default; 'none' for no adapter)"})
-    backend: str = field(default="auto", metadata={"help": "auto | llama_cpp | transformers | batched | openai"})
+                "without it), a .gguf file, a HF model dir, a server URL or a served model name"})
     tools: list[str] = field(default_factory=lambda: ["python", "search"],
                              metadata={"help": "tools to enable: names or module:attr import paths"})
-    syntax: str = field(default="splice", metadata={"help": "tag syntax: splice, search-r1, nanochat, tora, hermes"})
+    tool_config: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
+        "tool_options": True,
+        "help": "options per tool, {name: {option: value}}: each built-in's own dataclass (Tool.options: "
+                "SandboxConfig for python, SearchConfig for search); flags --<tool>-<option>"})
+    llm: BackendConfig = field(default_factory=BackendConfig, metadata={
+        "flatten": True, "help": "how the model is loaded (agent.backends.BackendConfig); flags at top level"})
+    syntax: str = field(default="splice", metadata={"help": f"tag syntax: {', '.join(PRESETS)}"})
     system: str = field(default="", metadata={"help": "identity line put first in the system prompt"})
     max_tool_calls: int = field(default=8, metadata={"help": "tool calls per episode before it is stopped"})
     max_new_tokens: int = field(default=512, metadata={"help": "model tokens per episode (tool results excluded)"})
     max_context: int = field(default=0, metadata={"help": "context budget in tokens (0 = the model's context size)"})
     max_result_tokens: int = field(default=256, metadata={"help": "tool output kept per call (head+tail)"})
-    tool_timeout_s: float = field(default=10.0, metadata={"help": "seconds per tool call"})
+    tool_timeout_s: float = field(default=10.0, metadata={
+        "help": "seconds per tool call (a tool's own timeout_s option, when given, wins)"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
     seed: int = field(default=0, metadata={"help": "sampling seed (episode i uses seed + i)"})
-    search_backend: str = field(default="auto", metadata={"help": "auto (local with --search-index, http with "
-                                "--search-url, else web) | local | web | http"})
-    search_index: str = field(default="", metadata={"help": "local search index (SQLite) path"})
-    search_url: str = field(default="", metadata={"help": "http retriever URL (Search-R1 /retrieve)"})
-    sandbox: str = field(default="process", metadata={"help": "python sandbox backend: process | docker"})
-    device: str = field(default="auto", metadata={"help": "transformers device: auto | cpu | cuda"})
-    n_ctx: int = field(default=4096, metadata={"help": "context size (llama.cpp n_ctx; batched slot length)"})
-    n_seq: int = field(default=1, metadata={"help": "llama_cpp: concurrent episodes decoded in one batch (n_ctx each)"})
-    max_batch: int = field(default=8, metadata={"help": "batched backend: concurrent sequences (slots)"})
-    base_url: str = field(default="", metadata={"help": "openai backend: server URL when --model is a model name "
-                          "(else OPENAI_BASE_URL)"})
-    api_key: str = field(default="", metadata={"help": "openai backend: API key (else OPENAI_API_KEY)"})
-    tokenizer: str = field(default="", metadata={"help": "openai backend: local tokenizer: 'default', a .gguf or "
-                           "a HF dir"})
 
     def __post_init__(self) -> None:
         tools = self.tools.split(",") if isinstance(self.tools, str) else self.tools
         self.tools = [t.strip() for t in tools if t and t.strip() != "none"]
+        if isinstance(self.llm, dict):
+            self.llm = BackendConfig(**self.llm)
         get_syntax(self.syntax)
-        for name in ("max_new_tokens", "max_result_tokens", "n_ctx", "n_seq"):
+        for name in ("max_new_tokens", "max_result_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
         if self.max_tool_calls < 0:
@@ -90,21 +83,31 @@ class RuntimeConfig:
         check_timeout("tool_timeout_s", self.tool_timeout_s, "--tool-timeout-s 10")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+        for name, opts in self.tool_config.items():
+            options = tool_options_class(name)
+            if options is not None and opts:
+                known = {f.name for f in fields(options)}
+                if set(opts) - known:
+                    raise ConfigError(f"unknown {name} option(s) {', '.join(sorted(set(opts) - known))}; "
+                                      f"known: {', '.join(sorted(known))}")
+                options(**opts)  # bad values fail here, before a model loads
 
     def tool_options(self, name: str) -> dict[str, Any]:
-        if name == "search":
-            backend = self.search_backend
-            if backend == "auto":
-                backend = "local" if self.search_index else "http" if self.search_url else "web"
-            opts: dict[str, Any] = {"backend": backend}
-            if self.search_index:
-                opts["index"] = self.search_index
-            if self.search_url:
-                opts["url"] = self.search_url
-            return opts | {"timeout_s": self.tool_timeout_s}
-        if name == "python":
-            return {"backend": self.sandbox, "timeout_s": self.tool_timeout_s}
-        return {}
+        """The keyword options tool ``name`` is built with: ``tool_config[name]``, plus the runtime's
+        ``tool_timeout_s`` for a built-in with a ``timeout_s`` option that was not given."""
+        opts = dict(self.tool_config.get(name, {}))
+        options = tool_options_class(name)
+        if options is not None and "timeout_s" in {f.name for f in fields(options)}:
+            opts.setdefault("timeout_s", self.tool_timeout_s)
+        return opts
+
+    def with_overrides(self, **overrides: Any) -> RuntimeConfig:
+        """A copy with fields replaced; ``BackendConfig`` fields (``n_ctx=``, ``n_seq=``...) go to ``llm``."""
+        backend_names = {f.name for f in fields(BackendConfig)}
+        llm = {k: overrides.pop(k) for k in list(overrides) if k in backend_names}
+        if llm:
+            overrides["llm"] = replace(overrides.get("llm", self.llm), **llm)
+        return replace(self, **overrides)
 
 
 # -- events streamed to callers -----------------------------------------------------------------
@@ -180,7 +183,7 @@ class Agent:
             cfg_over["model"] = model
         if isinstance(syntax, str):
             cfg_over["syntax"] = syntax
-        self.config = replace(base, tools=names, **cfg_over)
+        self.config = base.with_overrides(tools=names, **cfg_over)
         self.syntax = get_syntax(syntax if syntax is not None else self.config.syntax)
         self.tools: dict[str, Tool] = {}  # tools first: a bad tool name fails before a model loads
         for spec in tool_specs:
@@ -582,4 +585,4 @@ def _special_tokens(backend: Backend) -> dict[str, str]:
 
 
 def _load_backend(cfg: RuntimeConfig) -> Backend:
-    return load_backend(cfg)
+    return load_backend(cfg.model, cfg.llm, syntax=cfg.syntax, tools=cfg.tools)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.backends import load_backend  # noqa: E402
+from agent.backends import BackendConfig, load_backend  # noqa: E402
 from agent.evals.config import EvalConfig  # noqa: E402
 from agent.evals.runner import EPISODES, evaluate, load_episodes  # noqa: E402
 from agent.runtime import RuntimeConfig  # noqa: E402
@@ -31,13 +31,13 @@ from agent.runtime import RuntimeConfig  # noqa: E402
 
 def run(out: Path, a: argparse.Namespace, concurrency: int) -> tuple[float, dict[str, tuple[str, bool]]]:
     """(questions/s, id -> (predicted answer, correct)) of one eval run."""
-    runtime = RuntimeConfig(model=a.model, tools=a.tools, max_new_tokens=a.max_new_tokens, n_ctx=a.n_ctx,
-                            n_seq=concurrency, temperature=0.0)
+    runtime = RuntimeConfig(model=a.model, tools=a.tools, max_new_tokens=a.max_new_tokens, temperature=0.0,
+                            llm=BackendConfig(n_ctx=a.n_ctx, n_seq=concurrency))
     cfg = EvalConfig(data=a.data, out=str(out), limit=a.limit, concurrency=concurrency, modes=["+".join(a.tools)
                      or "none"], report=False, runtime=runtime)
 
     async def go() -> float:
-        backend = await asyncio.to_thread(load_backend, runtime)
+        backend = await asyncio.to_thread(load_backend, runtime.model, runtime.llm)
         try:
             t0 = time.perf_counter()
             await evaluate(cfg, backend=backend)

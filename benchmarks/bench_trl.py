@@ -76,7 +76,8 @@ def own_grpo(model_dir: Path, out: Path, a: argparse.Namespace) -> dict[str, flo
 
     cfg = GRPOConfig(model="unused", output_dir=str(out), steps=a.steps + 1, prompts_per_step=a.prompts,
                      group_size=a.group, epochs=1, micro_batch=a.prompts * a.group, lr=1e-4, kl_coef=0.0,
-                     lora=False, tools=["python"], max_new_tokens=a.tokens, max_tool_calls=1, rewards="accuracy:1",
+                     lora=False, rollout={"tools": ["python"], "max_new_tokens": a.tokens, "max_tool_calls": 1},
+                     rewards="accuracy:1",
                      concurrency=a.prompts * a.group, progress=False, save_every=10**6, device="cpu", seed=0)
     model, tok = load_hf(model_dir, "cpu")
     GRPOTrainer(cfg, model=model, tokenizer=tok, tasks=TASKS, backend_factory=ForcedCall, on_step=tick).train()

@@ -9,9 +9,8 @@ from importlib.metadata import version
 
 import pytest
 
-from agent.backends import choose_backend
+from agent.backends import BackendConfig, choose_backend
 from agent.cli import build_parser, configure_logging, iter_parsers, main
-from agent.runtime import RuntimeConfig
 
 
 def _command_paths() -> list[list[str]]:
@@ -108,14 +107,14 @@ def test_verbose_flag_shows_info_logs_of_a_command(tmp_path, capsys, where):
 def test_auto_backend_precedence(tmp_path, model, base_url, env, expected):
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     model = {"LOCAL_GGUF": str(tmp_path / "m.gguf"), "LOCAL_DIR": str(tmp_path)}.get(model, model)
-    assert choose_backend(RuntimeConfig(model=model, base_url=base_url), env=env) == expected
+    assert choose_backend(model, BackendConfig(base_url=base_url), env=env) == expected
 
 
 def test_auto_backend_name_without_a_server_is_not_found():
     from agent.errors import ModelNotFound
 
     with pytest.raises(ModelNotFound, match="OPENAI_BASE_URL"):
-        choose_backend(RuntimeConfig(model="qwen2.5-7b"), env={})
+        choose_backend("qwen2.5-7b", BackendConfig(), env={})
 
 
 def test_help_lists_commands(capsys):

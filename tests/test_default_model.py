@@ -44,8 +44,7 @@ async def test_default_applies_the_adapter_and_base_does_not():
 
 
 def test_an_adapter_on_a_backend_that_cannot_apply_it_is_a_clear_error():
-    from agent.backends import load_backend
-    from agent.runtime import RuntimeConfig
+    from agent.backends import BackendConfig, load_backend
 
     with pytest.raises(ConfigError, match="llama_cpp backend only"):
-        load_backend(RuntimeConfig(model="default", backend="transformers"))
+        load_backend("default", BackendConfig(backend="transformers"))

@@ -192,7 +192,7 @@ def search_script(ctx: str) -> str:
 
 async def test_search_mode_indexes_the_datasets_own_passages(tmp_path, monkeypatch):
     fake = types.ModuleType("tools.search")
-    fake.build_index, fake.SearchTool = fake_build_index, FakeSearch
+    fake.build_index, fake.SearchTool, fake.TOOL = fake_build_index, FakeSearch, FakeSearch
     monkeypatch.setitem(sys.modules, "tools.search", fake)
     cfg = EvalConfig(data=str(FIX / "hotpotqa.json"), out=str(tmp_path / "hp"), modes=["search"], report=False)
     summary = await evaluate(cfg, backend=ScriptedBackend(search_script))

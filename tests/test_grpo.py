@@ -25,7 +25,7 @@ from agent import Agent
 from agent.backends.sampling import sample_token
 from agent.backends.transformers import TransformersBackend, load_hf
 from train import grpo
-from train.grpo import GRPOConfig, GRPOTrainer, grpo_loss, logprobs_from_logits
+from train.grpo import GRPOConfig, GRPOTrainer, grpo_loss, logprobs_from_logits, rollout_config
 from train.rollout import pack
 
 pytestmark = pytest.mark.filterwarnings("ignore::sandbox.SandboxDegraded")
@@ -79,7 +79,9 @@ def config(tmp_path, **kw) -> GRPOConfig:
             "group_size": 4, "epochs": 2, "micro_batch": 3, "lr": 5e-3, "kl_coef": 0.05, "lora": True,
             "lora_r": 4, "lora_alpha": 8, "tools": ["python"], "max_new_tokens": 48, "max_tool_calls": 2,
             "save_every": 1, "concurrency": 8, "rewards": "accuracy:1,format:0.2", "progress": False, "seed": 3}
-    return GRPOConfig(**{**base, **kw})
+    kw = {**base, **kw}
+    rollout = {k: kw.pop(k) for k in ('tools', 'max_new_tokens', 'max_tool_calls', 'syntax', 'temperature', 'top_p', 'max_result_tokens', 'tool_timeout_s') if k in kw}
+    return GRPOConfig(rollout=rollout_config(**rollout), **kw)
 
 
 def trainer(cfg, model_dir, **kw) -> GRPOTrainer:

@@ -180,7 +180,7 @@ def test_config_validation_says_how_to_fix():
     with pytest.raises(ConfigError, match="unknown reward"):
         GRPOConfig(rewards="accuracy,typo")
     assert GRPOConfig(steps=500, reward_model="rm").total_steps == 50
-    assert GRPOConfig(tools="python,search").tools == ["python", "search"]
+    assert GRPOConfig(rollout={"tools": "python,search"}).rollout.tools == ["python", "search"]
 
 
 # -- rollouts: one crash does not lose the batch -------------------------------------------------------

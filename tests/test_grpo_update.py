@@ -19,7 +19,7 @@ pytest.importorskip("peft")
 
 from agent import Agent
 from agent.backends.transformers import TransformersBackend, load_hf
-from train.grpo import GRPOConfig, GRPOTrainer, logprobs_from_logits
+from train.grpo import GRPOConfig, GRPOTrainer, logprobs_from_logits, rollout_config
 from train.rollout import TraceWriter, pack, rollout_groups
 
 PICK, SEVEN = "Pick a number.", "Say seven."
@@ -53,7 +53,9 @@ def config(tmp_path, **kw) -> GRPOConfig:
             "group_size": 4, "epochs": 1, "micro_batch": 8, "lr": 1e-2, "kl_coef": 0.0, "lora": True,
             "lora_r": 4, "lora_alpha": 8, "tools": [], "max_new_tokens": 24, "rewards": "accuracy:1",
             "progress": False, "seed": 0, "concurrency": 8}
-    return GRPOConfig(**{**base, **kw})
+    kw = {**base, **kw}
+    rollout = {k: kw.pop(k) for k in ('tools', 'max_new_tokens', 'max_tool_calls', 'syntax', 'temperature', 'top_p', 'max_result_tokens', 'tool_timeout_s') if k in kw}
+    return GRPOConfig(rollout=rollout_config(**rollout), **kw)
 
 
 def make_trainer(cfg, model_dir, tasks, **model_kw) -> GRPOTrainer:

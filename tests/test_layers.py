@@ -3,10 +3,9 @@
     sandbox (imports nothing of the project) <- tools <- agent <- train;  prompts: a leaf anyone imports
 
 Every import of a project module counts: at module level, under ``if TYPE_CHECKING:`` and inside
-functions. An import inside a function must say why on its line: ``# lazy: heavy (...)`` (it defers an
-optional heavy dependency, so ``import agent`` works without torch) or ``# lazy: cycle (...)`` (it
-breaks a circle that ``FUNCTION_LOCAL_CYCLES`` below lists). A new circle or an unexplained lazy
-import fails here; so does an allow-list entry that no longer applies.
+functions. There is no circle of any kind, between packages or inside one, function-local imports
+included; an import inside a function must say why on its line, ``# lazy: heavy (...)``: it defers an
+optional heavy dependency, so ``import agent`` works without torch. No allow-lists.
 """
 
 from __future__ import annotations
@@ -22,57 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"sandbox": 0, "tools": 1, "agent": 2, "train": 3}
 LEAVES = ("prompts",)
-LAZY_TAG = re.compile(r"#\s*lazy:\s*(heavy|cycle)\b")
-
-# Circles that exist only through a function-local import: (importer, imported) of the import that
-# closes each one, with why the two modules need each other. Keep it short; a new entry needs a reason.
-FUNCTION_LOCAL_CYCLES = {
-    ("tools.base", "tools.mcp"):
-        "get_tools('mcp:CMD') builds MCPTools, and an MCPTool is a tools.base.Tool",
-    ("agent.backends", "agent.backends.openai"):
-        "load_backend picks the openai backend by name; its load_tokenizer('default') needs default_model_path",
-    ("agent.backends.openai", "agent.backends"): "the same circle, from the other side",
-    ("agent.evals.data", "agent.evals.tasks"):
-        "a letters dataset row is phrased by tasks.count_question; tasks builds its items as data.Example",
-    ("train.data", "train.identity"):
-        "identity examples are built from data's Plan helpers, and data mixes them into its plans",
-    ("train.cli", "train.recipe"): "the CLI registers `agent train recipe`",
-    ("train.recipe", "train.cli"): "the recipe's data stage reuses the CLI's _data_rows",
-}
-
-# Function-local project imports from before the rule, in files other people were editing when it
-# came in: (importer, imported) -> how many statements. Shrink it as they get a tag or move to the top.
-UNTAGGED_BEFORE_THE_RULE = collections.Counter({
-    ("agent.backends", "agent.backends.batched"): 1,
-    ("agent.backends", "agent.backends.llama_cpp"): 1,
-    ("agent.backends", "agent.backends.openai"): 1,
-    ("agent.backends", "agent.backends.transformers"): 1,
-    ("train.cli", "agent.errors"): 1,
-    ("train.cli", "tools.base"): 1,
-    ("train.cli", "tools.search"): 1,
-    ("train.cli", "train.data"): 4,
-    ("train.cli", "train.export"): 3,
-    ("train.cli", "train.probe"): 3,
-    ("train.cli", "train.recipe"): 2,
-    ("train.cli", "train.sft"): 2,
-    ("train.data", "agent.backends.scripted"): 1,
-    ("train.data", "agent.evals.data"): 2,
-    ("train.data", "agent.evals.metrics"): 2,
-    ("train.data", "agent.evals.tasks"): 2,
-    ("train.data", "agent.runtime"): 1,
-    ("train.data", "train.identity"): 1,
-    ("train.recipe", "agent"): 1,
-    ("train.recipe", "agent.backends"): 2,
-    ("train.recipe", "train.cli"): 1,
-    ("train.recipe", "train.data"): 1,
-    ("train.recipe", "train.export"): 1,
-    ("train.recipe", "train.recipe_eval"): 1,
-    ("train.recipe", "train.sft"): 2,
-    ("train.sft", "agent.backends"): 2,
-    ("train.sft", "agent.backends.transformers"): 1,
-    ("train.sft", "train.data"): 1,
-})
-
+LAZY_TAG = re.compile(r"#\s*lazy:\s*heavy\b")
 
 @dataclass(frozen=True)
 class Edge:
@@ -198,21 +147,6 @@ def _cycles(edges: list[Edge]) -> list[list[str]]:
     return found
 
 
-def _reaches(edges: list[Edge], start: str, goal: str) -> bool:
-    graph = collections.defaultdict(set)
-    for e in edges:
-        graph[e.src].add(e.dst)
-    seen, todo = {start}, [start]
-    while todo:
-        for nxt in graph[todo.pop()]:
-            if nxt == goal:
-                return True
-            if nxt not in seen:
-                seen.add(nxt)
-                todo.append(nxt)
-    return False
-
-
 def test_the_walk_sees_the_project():
     srcs = {e.src for e in EDGES}
     assert {"sandbox.session", "tools.base", "agent.runtime", "train.sft"} <= srcs
@@ -236,29 +170,15 @@ def test_no_cycle_among_module_level_imports():
 
 
 def test_function_local_imports_say_why():
-    untagged = collections.Counter()
-    where = []
-    for e in {(e.src, e.line, e.dst): e for e in EDGES if e.local}.values():
-        if not LAZY_TAG.search(e.comment):
-            untagged[(e.src, e.dst)] += 1
-            where.append(e.where())
-    new = untagged - UNTAGGED_BEFORE_THE_RULE
-    assert not new, ("a function-local project import needs '# lazy: heavy (...)' or '# lazy: cycle (...)' "
-                     "on its line, or a move to the top of the module:\n" + "\n".join(
-                         w for w in sorted(where) if any(w.startswith(f"{s}:") and w.endswith(f" {d}")
-                                                         for s, d in new)))
-    stale = UNTAGGED_BEFORE_THE_RULE - untagged
-    assert not stale, f"tagged or moved since: shrink UNTAGGED_BEFORE_THE_RULE by {dict(stale)}"
+    untagged = sorted({e.where() for e in EDGES if e.local and not LAZY_TAG.search(e.comment)})
+    assert not untagged, ("a function-local project import must defer an optional heavy dependency and say "
+                          "so on its line ('# lazy: heavy (torch)'), or move to the top of the module:\n"
+                          + "\n".join(untagged))
 
 
-def test_function_local_cycles_are_the_listed_ones():
-    runtime = [e for e in EDGES if not e.type_only]
-    closing = {(e.src, e.dst) for e in runtime if e.local and _reaches(runtime, e.dst, e.src)}
-    assert closing == set(FUNCTION_LOCAL_CYCLES), (
-        f"new: {sorted(closing - set(FUNCTION_LOCAL_CYCLES))}; gone: {sorted(set(FUNCTION_LOCAL_CYCLES) - closing)}")
-    for e in runtime:
-        if e.local and (e.src, e.dst) in FUNCTION_LOCAL_CYCLES and (e.src, e.dst) not in UNTAGGED_BEFORE_THE_RULE:
-            assert "lazy: cycle" in e.comment, f"{e.where()}: say '# lazy: cycle (...)' on the line"
+def test_no_cycle_at_all_function_local_imports_included():
+    cycles = _cycles(list(EDGES))
+    assert not cycles, f"import circles (function-local and TYPE_CHECKING imports count): {cycles}"
 
 
 def test_agent_errors_re_exports_each_layers_own_classes():

@@ -16,7 +16,7 @@ import pytest
 from test_backends_real import SPLICE, assert_matches_cold
 
 from agent import Agent
-from agent.backends import SamplingParams, common_prefix, default_model_path
+from agent.backends import BackendConfig, SamplingParams, common_prefix, default_model_path
 from agent.errors import ModelError
 from tools import tool
 
@@ -203,9 +203,9 @@ async def test_bad_token_ids_fail_their_episode_only(multi):
 
 
 def test_runtime_config_n_seq_reaches_the_llama_cpp_backend():
-    from agent import RuntimeConfig, load_backend
+    from agent import load_backend
 
-    backend = load_backend(RuntimeConfig(model="default", backend="llama_cpp", n_seq=2, n_ctx=512))
+    backend = load_backend("default", BackendConfig(backend="llama_cpp", n_seq=2, n_ctx=512))
     try:
         assert backend.n_seq == 2
     finally:

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent import Agent, RuntimeConfig, load_backend
+from agent import Agent, load_backend
+from agent.backends import BackendConfig
 from agent.backends.base import SamplingParams
 from agent.backends.openai import OpenAIBackend, stop_pairs
 from agent.errors import ConfigError, ModelError
@@ -281,8 +282,8 @@ async def test_token_id_prompt_rejected_falls_back_to_text():
 def test_from_config_reads_the_url_from_model(monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(ConfigError, match="server URL"):
-        load_backend(RuntimeConfig(backend="openai", model="some-model"))
+        load_backend("some-model", BackendConfig(backend="openai"))
     pytest.importorskip("llama_cpp")
-    b = load_backend(RuntimeConfig(backend="openai", model="http://127.0.0.1:9/v1", tools=["search"]))
+    b = load_backend("http://127.0.0.1:9/v1", BackendConfig(backend="openai"), tools=["search"])
     assert isinstance(b, OpenAIBackend) and b.base_url == "http://127.0.0.1:9"
     assert ("<search_start>", "<search_end>") in b.pairs

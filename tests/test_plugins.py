@@ -4,10 +4,10 @@ the same way; a subcommand whose package fails to import says so instead of vani
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import textwrap
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ import pytest
 from agent import Agent, ScriptedBackend
 from agent.cli import build_parser, main
 from agent.errors import ToolError
-from tools import BUILTIN_TOOLS, ENTRY_POINT_GROUP, available_tools, get_tool, tool_catalog
+from tools import BUILTIN_TOOLS, ENTRY_POINT_GROUP, Tool, available_tools, get_tool, tool_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,14 +76,30 @@ def plugin_dist(tmp_path, monkeypatch):
         sys.modules.pop(mod, None)
 
 
-def test_builtins_are_declared_as_entry_points_the_same_way():
-    tomllib = pytest.importorskip("tomllib")
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][ENTRY_POINT_GROUP]
-    assert declared == BUILTIN_TOOLS
-    installed = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.dist.name == "splice"}
-    if installed:  # pip install -e . writes them; a bare checkout relies on BUILTIN_TOOLS
-        assert installed == BUILTIN_TOOLS
+def test_builtins_are_the_tool_modules_of_the_package():
+    assert BUILTIN_TOOLS == {"python": "tools.python:TOOL", "search": "tools.search:TOOL"}
+    for name, target in BUILTIN_TOOLS.items():
+        mod, _, attr = target.partition(":")
+        cls = getattr(importlib.import_module(mod), attr)
+        assert issubclass(cls, Tool) and cls.name == name and cls.options is not None
     assert {"python", "search"} <= set(available_tools())
+
+
+def test_a_new_tool_module_is_a_builtin(tmp_path, monkeypatch):
+    """Adding a built-in is one file under tools/: ``builtin_tools`` reads the package's modules."""
+    import tools.registry as base
+
+    pkg = tmp_path / "tools"
+    pkg.mkdir()
+    (pkg / "clock.py").write_text("class Clock: ...\nTOOL = Clock\n")
+    (pkg / "helpers.py").write_text("X = 1  # no TOOL line: not a tool\n")
+    monkeypatch.setattr(base, "__file__", str(pkg / "base.py"))
+    base.builtin_tools.cache_clear()
+    try:
+        assert base.builtin_tools() == {"clock": "tools.clock:TOOL"}
+    finally:
+        monkeypatch.undo()
+        base.builtin_tools.cache_clear()
 
 
 def test_a_plugin_tool_is_listed_with_its_schema(plugin_dist, capsys):

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("recipe")
-    state = run_recipe(RecipeConfig(recipe="smoke", out=str(out), eval_base=False, progress=False))
+    state = run_recipe(RecipeConfig(recipe="smoke", output_dir=str(out), eval_base=False, progress=False))
     return out, state
 
 
@@ -53,7 +53,7 @@ def test_training_data_holds_no_held_out_phrasing(smoke):
 
 def test_a_rerun_skips_finished_stages_and_a_changed_data_file_is_refused(smoke):
     out, state = smoke
-    again = run_recipe(RecipeConfig(recipe="smoke", out=str(out), eval_base=False, progress=False))
+    again = run_recipe(RecipeConfig(recipe="smoke", output_dir=str(out), eval_base=False, progress=False))
     assert again["export"]["sha256"] == state["export"]["sha256"]
     assert again["sft"]["seconds"] == state["sft"]["seconds"]  # skipped, not rerun
     data = out / "data" / "sft.jsonl"
@@ -67,7 +67,7 @@ def _redo(out, stage):
     state = json.loads((out / "recipe.json").read_text())
     state.pop(stage)
     (out / "recipe.json").write_text(json.dumps(state))
-    return RecipeConfig(recipe="smoke", out=str(out), stages=[stage], progress=False)
+    return RecipeConfig(recipe="smoke", output_dir=str(out), stages=[stage], progress=False)
 
 
 def test_bad_recipe_names_are_clear_errors():

@@ -346,6 +346,6 @@ async def test_an_eval_on_a_broken_sandbox_stops_instead_of_scoring_tool_errors(
     data.write_text('{"question": "What is 2+3?", "answer": "5"}\n', encoding="utf-8")
     backend = ScriptedBackend(["<code_start>print(2+3)<code_end>", "<answer_start>5<answer_end>"])
     cfg = EvalConfig(data=str(data), out=str(tmp_path / "run"), modes=["python"], report=False,
-                     runtime=RuntimeConfig(sandbox="docker"))
+                     runtime=RuntimeConfig(tool_config={"python": {"backend": "docker"}}))
     with pytest.raises(SandboxError, match="Docker API"):
         await evaluate(cfg, backend=backend)

@@ -166,7 +166,7 @@ def test_missing_or_bad_index_raises_at_construction(tmp_path):
     with pytest.raises(SearchError, match="agent index build"):
         SearchTool(index=str(tmp_path / "nope.db"))
     with pytest.raises(SearchError, match="needs an index"):
-        SearchTool()
+        SearchTool(backend="local")
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
     with pytest.raises(SearchError, match="not a splice search index"):
         LocalIndex(tmp_path / "junk.db")

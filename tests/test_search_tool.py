@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from agent.errors import ConfigError
-from tools.base import get_tool
+from tools.registry import get_tool
 from tools.search import (
     Passage,
     SearchCache,

@@ -28,7 +28,7 @@ def make_rows(n: int = 12) -> list[dict]:
 
 
 def cfg_for(tiny_model_dir, out, **kw) -> SFTConfig:
-    base = dict(model=str(tiny_model_dir), out=str(out), tools=["python"], batch_size=2, grad_accum=2,
+    base = dict(model=str(tiny_model_dir), output_dir=str(out), tools=["python"], batch_size=2, grad_accum=2,
                 max_steps=6, lr=5e-3, warmup_steps=1, eval_fraction=0.2, eval_every=3, save_every=0,
                 progress=False, lora_r=4, lora_alpha=8, seed=3, threads=1)
     base.update(kw)

@@ -184,7 +184,7 @@ def test_probe_targets():
 @pytest.mark.filterwarnings("ignore::sandbox.layers.SandboxDegraded")  # an optional layer may be missing here
 async def test_real_python_tool_runs_a_plan():
     """The real sandboxed python tool (the one `agent train data` uses) executes a generated plan."""
-    from tools.base import get_tool
+    from tools.registry import get_tool
 
     py = get_tool("python")
     try:

@@ -25,17 +25,16 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
-import importlib
 import inspect
 import json
 import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from prompts import message
-from tools.errors import ConfigError, SpliceError, ToolError
+from tools.errors import ConfigError
 from tools.schema import (
     ArgumentError,
     check,
@@ -53,18 +52,11 @@ __all__ = [
     "FunctionTool",
     "tool",
     "register",
-    "get_tool",
-    "available_tools",
     "truncate_middle",
     "truncate_tokens",
     "as_output",
     "check_timeout",
     "ToolThreads",
-    "get_tools",
-    "tool_catalog",
-    "ToolInfo",
-    "BUILTIN_TOOLS",
-    "ENTRY_POINT_GROUP",
 ]
 
 
@@ -148,6 +140,9 @@ class Tool:
     arg_name: str = "input"  # the JSON argument name for JSON-call syntaxes (hermes)
     parameters: dict[str, Any] | None = None  # JSON schema of the arguments; None = one string (arg_name)
     examples: tuple[tuple[Any, str], ...] = ()  # (argument, result) pairs shown in the system prompt
+    # The dataclass of the keyword options the class is built with (``SandboxConfig`` for python):
+    # ``RuntimeConfig.tool_config[name]`` is checked against it and the CLI gets ``--<name>-<option>``.
+    options: ClassVar[type | None] = None
     timeout_s: float | None = None  # the runtime's limit per call; None = RuntimeConfig.tool_timeout_s.
     # Tools that enforce their own limit set it a little above theirs, so their clearer message wins.
 
@@ -295,173 +290,12 @@ class _Factory(Protocol):
     def __call__(self, **options: Any) -> Tool: ...
 
 
-# -- the registry -------------------------------------------------------------------------------
-# Tools come from three places, looked up in this order:
-#   registered   ``register(name, factory)`` / ``@tool`` in this process (tests, notebooks)
-#   built-ins    ``BUILTIN_TOOLS``: the same ``module:attr`` targets pyproject.toml declares as this
-#                distribution's ``splice.tools`` entry points (a test keeps the two equal), so a
-#                checkout that is not pip-installed still has them
-#   plugins      every other distribution's ``splice.tools`` entry points: ``name = "pkg.mod:obj"``,
-#                obj a Tool, a Tool class (built with the tool's options) or a plain function
-# A plugin that fails to import, or that takes a built-in's name, is reported by name (``agent
-# tools``, and a ToolError naming the distribution when it is asked for), never dropped silently.
-ENTRY_POINT_GROUP = "splice.tools"
-BUILTIN_TOOLS: dict[str, str] = {"python": "tools.python:PythonTool", "search": "tools.search:SearchTool"}
+# -- tools registered in this process (``register`` / ``@tool``); ``tools.registry`` looks them up ----
 _REGISTRY: dict[str, _Factory] = {}
-
-
-@dataclass
-class ToolInfo:
-    """One entry of the catalog ``agent tools`` prints."""
-
-    name: str
-    source: str  # "built-in" | "registered" | "plugin <distribution>" | "mcp <command>"
-    target: str = ""  # module:attr
-    description: str = ""
-    parameters: dict[str, Any] | None = None
-    error: str = ""  # why it cannot be loaded (a broken plugin)
 
 
 def register(name: str, factory: _Factory) -> None:
     _REGISTRY[name] = factory
-
-
-def _plugins() -> tuple[dict[str, ToolInfo], list[ToolInfo]]:
-    """``splice.tools`` entry points of installed distributions (not imported yet): the usable
-    ones by name, and those rejected because their name is taken (with ``error`` saying by whom)."""
-    from importlib.metadata import entry_points
-
-    found: dict[str, ToolInfo] = {}
-    rejected: list[ToolInfo] = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        dist = getattr(getattr(ep, "dist", None), "name", None) or "unknown distribution"
-        if BUILTIN_TOOLS.get(ep.name) == ep.value:
-            continue  # splice's own entry point for a built-in
-        info = ToolInfo(ep.name, f"plugin {dist}", ep.value)
-        if ep.name in BUILTIN_TOOLS:
-            info.error = f"its name is taken by the built-in tool {ep.name!r}; rename the entry point"
-        elif ep.name in found:
-            info.error = f"its name is taken by {found[ep.name].source} ({found[ep.name].target})"
-        if info.error:
-            rejected.append(info)
-        else:
-            found[ep.name] = info
-    return found, rejected
-
-
-def available_tools() -> list[str]:
-    """Names of every tool that can be asked for by name (nothing is imported)."""
-    return sorted(set(_REGISTRY) | set(BUILTIN_TOOLS) | set(_plugins()[0]))
-
-
-def _load_target(target: str, what: str) -> Any:
-    mod_name, _, attr = target.partition(":")
-    try:
-        obj: Any = importlib.import_module(mod_name)
-        for part in attr.split(".") if attr else ():
-            obj = getattr(obj, part)
-    except Exception as e:  # ImportError, AttributeError, or whatever the module raises on import
-        raise ToolError(f"cannot import {what} {target!r}: {type(e).__name__}: {e}") from e
-    return obj
-
-
-def _from_object(obj: Any, spec: str, options: dict[str, Any], name: str | None = None) -> Tool:
-    """A Tool from what an import path or entry point names. ``name``: a plugin's entry-point name,
-    which a plain function takes and a Tool must already have (the model calls it by that name)."""
-    if isinstance(obj, type) and issubclass(obj, Tool):
-        obj = obj(**options)
-    if isinstance(obj, Tool):
-        if name is not None and obj.name != name:
-            raise ToolError(f"entry point {name!r} gives a tool named {obj.name!r}; make the names equal")
-        return obj
-    if callable(obj):
-        try:
-            return FunctionTool(obj, name=name)
-        except (TypeError, ValueError) as e:  # unsupported parameter types, or no signature (builtins)
-            raise ToolError(f"{spec!r} is not usable as a tool: {e}") from e
-    raise ToolError(f"{spec!r} is not a Tool, Tool class or function")
-
-
-def get_tool(spec: str | Tool, **options: Any) -> Tool:
-    """A Tool from a registered name (``"python"``), a plugin's name, an import path
-    (``"pkg.mod:obj"``) or a Tool. ``"mcp:CMD"`` specs give several tools: use ``get_tools``."""
-    if isinstance(spec, Tool):
-        return spec
-    if spec.startswith("mcp:"):
-        found = get_tools(spec, **options)
-        if len(found) != 1:
-            raise ToolError(f"{spec!r} serves {len(found)} tools; use get_tools() for them")
-        return found[0]
-    if spec in _REGISTRY:
-        return _REGISTRY[spec](**options)
-    if spec in BUILTIN_TOOLS:
-        return _from_object(_load_target(BUILTIN_TOOLS[spec], "built-in tool"), spec, options)
-    plugins = _plugins()[0]
-    if spec in plugins:
-        info = plugins[spec]
-        obj = _load_target(info.target, f"tool plugin {spec!r} ({info.source}):")
-        return _from_object(obj, spec, options, name=spec)
-    if ":" in spec:
-        return _from_object(_load_target(spec, "tool"), spec, options)
-    raise ToolError(f"unknown tool {spec!r}; available: {', '.join(available_tools())} "
-                     "(or give an import path 'module:name', or 'mcp:COMMAND' for an MCP server)")
-
-
-def get_tools(spec: str | Tool, **options: Any) -> list[Tool]:
-    """The tools one spec gives: one, or every tool of an MCP server (``"mcp:python server.py"``)."""
-    if isinstance(spec, str) and spec.startswith("mcp:"):
-        from tools.mcp import mcp_tools  # lazy: cycle (MCPTool is a Tool; mcp also defers the optional mcp client)
-
-        return list(mcp_tools(spec[len("mcp:"):], **options))
-    return [get_tool(spec, **options)]
-
-
-def _info_of(obj: Any, info: ToolInfo) -> ToolInfo:
-    """Description and schema of a loaded catalog object, without building a Tool class."""
-    if isinstance(obj, type) and issubclass(obj, Tool):
-        if obj.name != info.name:
-            raise ToolError(f"entry point {info.name!r} gives a tool named {obj.name!r}; make the names equal")
-        schema = tool_schema(obj.name, obj.description, obj.parameters, obj.arg_name)
-    else:
-        schema = _from_object(obj, info.name, {}, name=info.name).schema()
-    info.description, info.parameters = schema["description"], schema["parameters"]
-    return info
-
-
-def tool_catalog(specs: list[str] | None = None) -> list[ToolInfo]:
-    """Every available tool (or those ``specs`` name, MCP servers included) with its description and
-    schema; a tool that cannot be loaded is listed with ``error`` set."""
-    if specs:
-        out: list[ToolInfo] = []
-        for spec in specs:
-            try:
-                out += [ToolInfo(t.name, _source_of(spec), spec, **_schema_fields(t)) for t in get_tools(spec)]
-            except SpliceError as e:
-                out.append(ToolInfo(spec, _source_of(spec), spec, error=str(e)))
-        return out
-    plugins, rejected = _plugins()
-    infos: list[ToolInfo] = []
-    for name in available_tools():
-        if name in _REGISTRY:
-            infos.append(ToolInfo(name, "registered", **_schema_fields(_REGISTRY[name]())))
-            continue
-        info = ToolInfo(name, "built-in", BUILTIN_TOOLS[name]) if name in BUILTIN_TOOLS else plugins[name]
-        if not info.error:
-            try:
-                info = _info_of(_load_target(info.target, f"tool plugin {name!r}"), info)
-            except SpliceError as e:
-                info.error = str(e)
-        infos.append(info)
-    return infos + rejected
-
-
-def _source_of(spec: str) -> str:
-    return f"mcp {spec[4:]}" if spec.startswith("mcp:") else "import path" if ":" in spec else "registry"
-
-
-def _schema_fields(t: Tool) -> dict[str, Any]:
-    s = t.schema()
-    return {"description": s["description"], "parameters": s["parameters"]}
 
 
 def truncate_middle(text: str, max_chars: int) -> str:

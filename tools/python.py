@@ -34,6 +34,7 @@ EXAMPLES = (
 class PythonTool(Tool):
     name = "python"
     arg_name = "code"
+    options = SandboxConfig
     description = DESCRIPTION
     examples = EXAMPLES
 
@@ -87,3 +88,6 @@ def to_output(r: ExecResult) -> ToolOutput:
     meta = {"duration_s": round(r.duration_s, 6), "timed_out": r.timed_out, "truncated": r.truncated,
             "restarted": r.restarted}
     return ToolOutput(text=r.to_text(), error=bool(r.error), meta=meta)
+
+
+TOOL = PythonTool

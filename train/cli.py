@@ -1,33 +1,31 @@
 """``agent train ...``: data, probe, sft, export (and grpo, rm when their modules are present).
 
 Each subcommand's flags come from its config dataclass (``agent.config.add_arguments``); handlers
-only build the config and call the library. Heavy imports (torch, tools) happen inside handlers.
+only build the config and call the library. The train modules import torch (and the other heavy
+optional dependencies) only when they train or export, so building the parser needs none of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections import Counter
 from typing import Any
 
 from agent.config import HelpFormatter, add_arguments, from_args
+from train.data import DataConfig, make_data, open_tools
+from train.export import DatasetConfig, ExportConfig, export, export_dataset
+from train.probe import ProbeConfig, run_probe
+from train.recipe import RecipeConfig, run_recipe
+from train.sft import SFTConfig, train_sft
 
 __all__ = ["add_parser", "open_tools"]
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``train`` and its sub-subcommands on the ``agent`` subparsers."""
-    from train.data import DataConfig
-    from train.export import DatasetConfig, ExportConfig
-    from train.probe import ProbeConfig
-    from train.recipe import RecipeConfig
-    from train.sft import SFTConfig
-
     train = subparsers.add_parser("train", help="make tool-use data, fine-tune, export",
                                   formatter_class=HelpFormatter)
     sub = train.add_subparsers(dest="train_command", required=True, metavar="STEP")
@@ -51,100 +49,44 @@ def add_parser(subparsers: Any) -> None:
         module.add_parser(sub)
 
 
-@contextlib.asynccontextmanager
-async def open_tools(syntax: str, index: str = "", multihop: str = "",
-                     need_search: bool = True) -> AsyncIterator[dict[str, Any]]:
-    """The real tools: the Python sandbox and (when needed) local search over ``index``, built from
-    the multi-hop passages first if the index does not exist yet."""
-    from tools.base import get_tool
-
-    tools = {"python": get_tool("python")}
-    if need_search and index:
-        if not await asyncio.to_thread(Path(index).exists):
-            await asyncio.to_thread(build_search_index, index, multihop)
-        tools["search"] = get_tool("search", backend="local", index=index)
-    try:
-        yield tools
-    finally:
-        for t in tools.values():
-            await t.aclose()
-
-
-def build_search_index(index: str, multihop: str) -> None:
-    from agent.errors import ConfigError
-    from tools.search import build_index
-    from train.data import multihop_corpora
-
-    if not multihop:
-        raise ConfigError(f"search index {index} does not exist; give --multihop DIR to build it from passages")
-    build_index(multihop_corpora(multihop), index, progress=False)
-
-
 def _cmd_data(ns: argparse.Namespace) -> int:
-    from train.data import DataConfig
-
     cfg = from_args(DataConfig, ns)
     return asyncio.run(_data(cfg))
 
 
-async def _data(cfg: Any) -> int:
-    from collections import Counter
-
-    rows = await _data_rows(cfg)
+async def _data(cfg: DataConfig) -> int:
+    rows = await make_data(cfg)
     print(json.dumps({"out": cfg.out, "examples": len(rows), "families": Counter(r["family"] for r in rows)}))
     return 0
 
 
-async def _data_rows(cfg: Any) -> list[dict[str, Any]]:
-    """Synthesise the data ``cfg`` describes with the real tools and write it to ``cfg.out``."""
-    from train.data import build_plans, family_limits, synthesize, write_jsonl
-
-    plans = build_plans(cfg)
-    async with open_tools(cfg.syntax, cfg.index, cfg.multihop, need_search=cfg.n_multihop + cfg.n_hop > 0) as tools:
-        rows = await synthesize(plans, tools, cfg.syntax, cfg.concurrency, family_limits(cfg))
-    write_jsonl(rows, cfg.out)
-    return rows
-
-
 def _cmd_probe(ns: argparse.Namespace) -> int:
-    from train.probe import ProbeConfig
-
     cfg = from_args(ProbeConfig, ns)
     return asyncio.run(_probe(cfg))
 
 
-async def _probe(cfg: Any) -> int:
-    from train.probe import run_probe
-
+async def _probe(cfg: ProbeConfig) -> int:
     async with open_tools(cfg.syntax, cfg.index, cfg.multihop, need_search=cfg.search) as tools:
         print(json.dumps(await run_probe(cfg, tools)))
     return 0
 
 
 def _cmd_sft(ns: argparse.Namespace) -> int:
-    from train.sft import SFTConfig, train_sft
-
     print(json.dumps(train_sft(from_args(SFTConfig, ns)), default=str))
     return 0
 
 
 def _cmd_export(ns: argparse.Namespace) -> int:
-    from train.export import ExportConfig, export
-
     print(json.dumps(export(from_args(ExportConfig, ns)), default=str))
     return 0
 
 
 def _cmd_recipe(ns: argparse.Namespace) -> int:
-    from train.recipe import RecipeConfig, run_recipe
-
     state = run_recipe(from_args(RecipeConfig, ns))
     print(json.dumps({k: state[k] for k in ("export", "card") if k in state}, default=str))
     return 0
 
 
 def _cmd_dataset(ns: argparse.Namespace) -> int:
-    from train.export import DatasetConfig, export_dataset
-
     print(json.dumps(export_dataset(from_args(DatasetConfig, ns))))
     return 0

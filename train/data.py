@@ -16,24 +16,33 @@ dropped with a warning naming it; the other plans finish (``agent.concurrency.ma
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.backends.scripted import ScriptedBackend
 from agent.concurrency import map_bounded
 from agent.errors import ConfigError, DataError
-from agent.evals.data import write_jsonl
+from agent.evals.data import read_records, write_jsonl
+from agent.evals.metrics import is_correct, normalize_answer
+from agent.evals.tasks import generate
+from agent.runtime import Agent
 from tools.base import Tool
+from tools.registry import get_tool
+from train.identity import identity_plans
+from train.plans import Plan, answer, call, text
 
 __all__ = ["DataConfig", "Plan", "execute", "synthesize", "build_plans", "system_prompt", "write_jsonl",
            "read_jsonl", "arith_plans", "gsm8k_plan", "musique_plan", "hop_plans", "hotpot_plan", "plain_plans",
-           "text", "call", "answer", "TASK_FAMILIES"]
+           "text", "call", "answer", "TASK_FAMILIES", "make_data", "open_tools", "build_search_index"]
 
 log = logging.getLogger("splice.train.data")
 
@@ -84,34 +93,6 @@ class DataConfig:
             raise ConfigError("concurrency must be >= 1")
 
 
-# -- parts ----------------------------------------------------------------------------------------
-def text(s: str) -> dict[str, Any]:
-    return {"type": "text", "text": s}
-
-
-def call(tool: str, arg: str) -> dict[str, Any]:
-    return {"type": "call", "tool": tool, "arg": arg}
-
-
-def answer(s: str) -> dict[str, Any]:
-    return {"type": "answer", "text": s}
-
-
-@dataclass
-class Plan:
-    """An example before its calls have run. ``check(results)`` keeps it only if the real results
-    support the gold answer. ``tools`` are the tools the system prompt offers."""
-
-    id: str
-    family: str
-    question: str
-    parts: list[dict[str, Any]]
-    gold: str
-    check: Callable[[list[str]], bool] | None = None
-    tools: tuple[str, ...] = ("python", "search")
-    identity: str = ""  # the identity line the system prompt starts with (``RuntimeConfig.system``)
-
-
 def _fill(part: dict[str, Any], results: list[str]) -> dict[str, Any]:
     if part["type"] not in ("text", "answer") or not results:
         return part
@@ -148,9 +129,6 @@ async def execute(plan: Plan, tools: Mapping[str, Tool], system: str) -> dict[st
 def system_prompt(tools: Sequence[Tool], syntax: str, identity: str = "") -> str:
     """The runtime's own system prompt for these tools (``Agent.system_prompt``), with the identity
     line ``RuntimeConfig.system`` puts first."""
-    from agent.backends.scripted import ScriptedBackend
-    from agent.runtime import Agent
-
     return Agent(ScriptedBackend([]), tools=list(tools), syntax=syntax, system=identity).system_prompt()
 
 
@@ -169,8 +147,6 @@ _SEARCH_TOOLS = (("python", "search"), ("search",))
 
 
 def _correct(gold: str) -> Callable[[list[str]], bool]:
-    from agent.evals.metrics import is_correct
-
     return lambda results: bool(results) and is_correct(results[-1].strip(), gold)
 
 
@@ -201,8 +177,6 @@ def task_code(ex: Any) -> str:
 def arith_plans(family: str, n: int, seed: int, phrasing: str = "train") -> list[Plan]:
     """Plans for one eval task family, from ``agent.evals.tasks.generate`` with this seed, drawn from
     the training phrasings only by default (the held-out templates stay out of training data)."""
-    from agent.evals.tasks import generate
-
     rng = random.Random(f"plans:{family}:{seed}")
     out = []
     for ex in generate(family, n, seed, phrasing):
@@ -258,8 +232,6 @@ def _use_vars(expr: str, steps: list[tuple[str, str]], question: str) -> str:
 
 # -- multi-hop QA -------------------------------------------------------------------------------------
 def _norm(s: str) -> str:
-    from agent.evals.metrics import normalize_answer
-
     return normalize_answer(s)
 
 
@@ -338,10 +310,6 @@ def multihop_records(root: str | Path, holdout: float = 0.0, heldout_prefix: str
                      ) -> list[tuple[str, dict[str, Any]]]:
     """(kind, record) of the multi-hop sets, minus a held-out share (by id hash), which is written
     to ``<heldout_prefix>.heldout-<set>.json`` in the set's own shape (``agent eval`` reads it)."""
-    import zlib
-
-    from agent.evals.data import read_records
-
     out: list[tuple[str, dict[str, Any]]] = []
     for name, kind in (("hotpotqa_train.json", "hotpot"), ("musique_train.json", "musique")):
         p = Path(root) / name
@@ -372,8 +340,6 @@ def multihop_corpora(root: str | Path) -> list[Path]:
 def plain_plans(n: int, seed: int, phrasing: str = "train") -> list[Plan]:
     """Questions a model answers without a tool (``agent.evals.tasks`` family ``plain``): the target
     answers directly, with and without tools offered."""
-    from agent.evals.tasks import generate
-
     rng = random.Random(f"plain:{seed}")
     out = []
     for ex in generate("plain", n, seed, phrasing):
@@ -392,8 +358,6 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
             plans += arith_plans(fam, n, cfg.seed + k, cfg.phrasing)
     rng = random.Random(f"sources:{cfg.seed}")
     if cfg.n_gsm8k:
-        from agent.evals.data import read_records
-
         recs = read_records(cfg.gsm8k)
         order = rng.sample(range(len(recs)), len(recs))
         plans += _take((gsm8k_plan(recs[j], j, rng) for j in order), cfg.n_gsm8k)
@@ -408,8 +372,6 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
             plans += _take(iter(hops), cfg.n_hop)
     plans += plain_plans(cfg.n_plain, cfg.seed, cfg.phrasing)
     if cfg.n_identity:
-        from train.identity import identity_plans
-
         plans += identity_plans(cfg.n_identity, cfg.name, cfg.maker, cfg.seed)
     return plans
 
@@ -454,6 +416,40 @@ def family_limits(cfg: DataConfig) -> dict[str, int]:
     return lim
 
 
+# -- the real tools, and the data file -----------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def open_tools(syntax: str, index: str = "", multihop: str = "",
+                     need_search: bool = True) -> AsyncIterator[dict[str, Any]]:
+    """The real tools: the Python sandbox and (when needed) local search over ``index``, built from
+    the multi-hop passages first if the index does not exist yet."""
+    tools = {"python": get_tool("python")}
+    if need_search and index:
+        if not await asyncio.to_thread(Path(index).exists):
+            await asyncio.to_thread(build_search_index, index, multihop)
+        tools["search"] = get_tool("search", backend="local", index=index)
+    try:
+        yield tools
+    finally:
+        for t in tools.values():
+            await t.aclose()
+
+
+def build_search_index(index: str, multihop: str) -> None:
+    from tools.search import build_index  # lazy: heavy (tools.search loads httpx and every search backend)
+
+    if not multihop:
+        raise ConfigError(f"search index {index} does not exist; give --multihop DIR to build it from passages")
+    build_index(multihop_corpora(multihop), index, progress=False)
+
+
+async def make_data(cfg: DataConfig) -> list[dict[str, Any]]:
+    """Synthesise the data ``cfg`` describes with the real tools and write it to ``cfg.out``
+    (``agent train data`` and the recipe's data stage)."""
+    plans = build_plans(cfg)
+    async with open_tools(cfg.syntax, cfg.index, cfg.multihop, need_search=cfg.n_multihop + cfg.n_hop > 0) as tools:
+        rows = await synthesize(plans, tools, cfg.syntax, cfg.concurrency, family_limits(cfg))
+    write_jsonl(rows, cfg.out)
+    return rows
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("splice.grpo")
+
+
+def rollout_config(**overrides: Any) -> RuntimeConfig:
+    """GRPO's defaults for the rollouts' runtime: python only, sampled (temperature 1), short episodes."""
+    return RuntimeConfig(**{"tools": ["python"], "temperature": 1.0, "max_new_tokens": 256, "max_tool_calls": 3,
+                            "max_result_tokens": 128, **overrides})
 
 
 @dataclass
@@ -94,15 +100,9 @@ class GRPOConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
-    tools: list[str] = field(default_factory=lambda: ["python"], metadata={"help": "tools enabled in rollouts"})
-    syntax: str = field(default="splice", metadata={"help": "tag syntax"})
-    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
-    top_p: float = field(default=1.0, metadata={"help": "rollout nucleus sampling"})
-    max_new_tokens: int = field(default=256, metadata={"help": "model tokens per episode"})
-    max_tool_calls: int = field(default=3, metadata={"help": "tool calls per episode"})
-    max_result_tokens: int = field(default=128, metadata={"help": "tool output tokens kept per call"})
-    tool_timeout_s: float = field(default=10.0, metadata={"help": "seconds per tool call"})
-    sandbox: str = field(default="process", metadata={"help": "python sandbox backend: process | docker"})
+    rollout: RuntimeConfig = field(default_factory=lambda: rollout_config(), metadata={
+        "flatten": True, "skip": ("model", "llm", "seed"),
+        "help": "the rollouts' runtime (tools, syntax, sampling, limits); flags at top level"})
     concurrency: int = field(default=16, metadata={"help": "episodes played at once"})
     rollout_backend: str = field(default="transformers", metadata={"help": "transformers (one sequence per "
                                  "forward) | batched (continuous batching over --concurrency slots; GPU)"})
@@ -111,13 +111,14 @@ class GRPOConfig:
     seed: int = field(default=0, metadata={"help": "seed for init, task order and sampling"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (and at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
-    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    resume: bool = field(default=True, metadata={"help": "continue from the latest checkpoint in output_dir "
+                                                          "when there is one"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.tools, str):
-            self.tools = [t for t in self.tools.split(",") if t and t != "none"]
-        for name in ("steps", "prompts_per_step", "group_size", "epochs", "micro_batch", "max_new_tokens",
+        if isinstance(self.rollout, dict):
+            self.rollout = rollout_config(**self.rollout)
+        for name in ("steps", "prompts_per_step", "group_size", "epochs", "micro_batch",
                      "save_every", "concurrency", "keep_checkpoints", "lora_r"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -143,10 +144,8 @@ class GRPOConfig:
         return min(self.steps, self.reward_model_max_steps) if self.reward_model else self.steps
 
     def runtime(self) -> RuntimeConfig:
-        return RuntimeConfig(tools=list(self.tools), syntax=self.syntax, temperature=self.temperature,
-                             top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                             max_tool_calls=self.max_tool_calls, max_result_tokens=self.max_result_tokens,
-                             tool_timeout_s=self.tool_timeout_s, sandbox=self.sandbox, seed=self.seed)
+        """The rollouts' runtime config, seeded with the run's seed."""
+        return replace(self.rollout, seed=self.seed)
 
 
 # -- the math -------------------------------------------------------------------------------------
@@ -293,7 +292,7 @@ class GRPOTrainer:
         self.backend_factory = backend_factory or rollout_backend(cfg)
         self.on_step = on_step
         self.out = Path(cfg.output_dir)
-        self.temperature = cfg.temperature or 1.0
+        self.temperature = cfg.rollout.temperature or 1.0
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad or 0)
         self.start_step = 1
@@ -316,7 +315,8 @@ class GRPOTrainer:
 
     def _agent(self) -> Agent:
         backend = self.backend_factory(self.model, self.tokenizer)
-        return Agent(backend, tools=list(self.cfg.tools), syntax=self.cfg.syntax, config=self.cfg.runtime())
+        return Agent(backend, tools=list(self.cfg.rollout.tools), syntax=self.cfg.rollout.syntax,
+                     config=self.cfg.runtime())
 
     # -- public ---------------------------------------------------------------------------------
     def train(self) -> list[dict[str, float]]:
@@ -383,7 +383,7 @@ class GRPOTrainer:
     def _score(self, episodes: list[Episode]) -> dict[str, list[float]]:
         trajs = [e.trajectory for e in episodes]
         completions, answers = [t.text for t in trajs], [e.answer for e in episodes]
-        kw = {"trajectories": trajs, "prompts": [e.question for e in episodes], "syntax": self.cfg.syntax}
+        kw = {"trajectories": trajs, "prompts": [e.question for e in episodes], "syntax": self.cfg.rollout.syntax}
         total, parts = score(self.terms, completions, answers, **kw)
         parts = {"accuracy_metric": accuracy_reward(completions, answers, **kw), **parts}
         ok = [not e.failed for e in episodes]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from train.data import Plan, answer, text
+from train.plans import Plan, answer, text
 
 __all__ = ["identity_plans", "identity_line"]
 

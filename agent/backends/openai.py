@@ -44,18 +44,17 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from agent.backends.base import Backend, SamplingParams, Sequence
+from agent.backends.config import BackendConfig
 from agent.backends.llama_cpp import load_llama
+from agent.backends.models import default_model_path
 from agent.backends.tokenizer import GGUFTokenizer, HFTokenizer, LocalTokenizer
 from agent.errors import ConfigError, ModelError, require
 from agent.syntax import ToolSyntax, get_syntax
-
-if TYPE_CHECKING:
-    from agent.runtime import RuntimeConfig
 
 __all__ = ["OpenAIBackend", "load_tokenizer", "stop_pairs", "text_prompt"]
 
@@ -88,8 +87,6 @@ def _hf_tokenizer(name: str | Path) -> HFTokenizer:
 def load_tokenizer(spec: str | Path) -> LocalTokenizer:
     """``'default'`` (the embedded SmolLM2 GGUF), a ``.gguf`` file, or a HF tokenizer dir/name."""
     if str(spec) == "default":
-        from agent.backends import default_model_path  # lazy: cycle (agent.backends loads this backend by name)
-
         return GGUFVocab(default_model_path())
     if str(spec).endswith(".gguf"):
         return GGUFVocab(Path(spec).expanduser())
@@ -157,20 +154,20 @@ class OpenAIBackend(Backend):
         self._checked = False
 
     @classmethod
-    def from_config(cls, cfg: RuntimeConfig) -> OpenAIBackend:
-        """``cfg.model`` is the server URL, or the served model name with ``cfg.base_url`` (or
+    def from_config(cls, model: str, cfg: BackendConfig, *, syntax: str = "splice",
+                    tools: Iterable[str] = ()) -> OpenAIBackend:
+        """``model`` is the server URL, or the served model name with ``cfg.base_url`` (or
         ``OPENAI_BASE_URL``) as the URL. ``cfg.tokenizer`` (else 'default'), ``cfg.api_key`` (else
-        ``OPENAI_API_KEY``)."""
-        is_url = cfg.model.startswith(("http://", "https://"))
-        url = cfg.model if is_url else getattr(cfg, "base_url", "") or os.environ.get("OPENAI_BASE_URL", "")
+        ``OPENAI_API_KEY``); generation stops at the close tags of ``syntax`` for ``tools``."""
+        is_url = model.startswith(("http://", "https://"))
+        url = model if is_url else cfg.base_url or os.environ.get("OPENAI_BASE_URL", "")
         if not url:
             raise ConfigError("the openai backend needs a server URL: --model http://HOST:PORT/v1, or the model "
                               "name with --base-url (or OPENAI_BASE_URL)")
-        name = None if is_url or cfg.model == "default" else cfg.model
-        tokenizer = getattr(cfg, "tokenizer", "") or "default"
-        return cls(url, name, tokenizer=tokenizer, context_size=cfg.n_ctx,
-                   api_key=getattr(cfg, "api_key", "") or os.environ.get("OPENAI_API_KEY"),
-                   stop=stop_pairs(get_syntax(cfg.syntax), cfg.tools))
+        name = None if is_url or model == "default" else model
+        return cls(url, name, tokenizer=cfg.tokenizer or "default", context_size=cfg.n_ctx,
+                   api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"),
+                   stop=stop_pairs(get_syntax(syntax), list(tools)))
 
     # -- text <-> tokens (local) -----------------------------------------------------------------
     def encode(self, text: str, *, special: bool = False) -> list[int]:

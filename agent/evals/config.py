@@ -96,6 +96,6 @@ class EvalConfig:
     def fingerprint(self) -> dict[str, Any]:
         """What must not change for a run to be resumed: data, model and sampling."""
         r = self.runtime
-        return {"data": self.data, "format": self.format, "model": r.model, "backend": r.backend,
+        return {"data": self.data, "format": self.format, "model": r.model, "backend": r.llm.backend,
                 "syntax": r.syntax, "temperature": r.temperature, "top_p": r.top_p, "seed": r.seed,
                 "max_new_tokens": r.max_new_tokens, "max_tool_calls": r.max_tool_calls, "system": r.system}

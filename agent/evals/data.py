@@ -29,6 +29,7 @@ __all__ = [
     "Example",
     "FieldNames",
     "collect_passages",
+    "count_question",
     "detect_format",
     "load_examples",
     "located_records",
@@ -191,9 +192,13 @@ def _musique(rec: dict[str, Any], i: int, names: FieldNames) -> Example:
                    passages=passages)
 
 
-def _letters(rec: dict[str, Any], i: int, names: FieldNames) -> Example:
-    from agent.evals.tasks import count_question  # lazy: cycle (tasks builds its items as data.Example)
+def count_question(text: str, letter: str) -> str:
+    """The canonical letter-counting question of the ``letters`` shape (``agent.evals.tasks`` re-exports it)."""
+    where = "word" if " " not in text.strip() else "sentence"
+    return f'How many times does the letter "{letter}" appear in the {where} "{text}"?'
 
+
+def _letters(rec: dict[str, Any], i: int, names: FieldNames) -> Example:
     text = str(rec.get("word", rec.get("text", "")))
     letter = str(rec["letter"])
     expected = rec.get("expected", rec.get("count", rec.get("answer")))

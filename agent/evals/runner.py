@@ -146,8 +146,10 @@ async def search_runtime(cfg: EvalConfig, every: list[Example], out: Path) -> Ru
     and no index or other search backend was given."""
     rt = cfg.runtime
     uses_search = any("search" in parse_mode(m) for m in cfg.modes)
-    local = rt.search_backend == "local" or (rt.search_backend == "auto" and not rt.search_url)
-    if not uses_search or rt.search_index or not local:
+    opts = rt.tool_config.get("search", {})
+    backend = opts.get("backend", "auto")
+    local = backend == "local" or (backend == "auto" and not opts.get("url"))
+    if not uses_search or opts.get("index") or not local:
         return rt
     index = out / "index.sqlite"
     if not index.exists():
@@ -159,7 +161,7 @@ async def search_runtime(cfg: EvalConfig, every: list[Example], out: Path) -> Ru
         log.info("building the search index %s from %s", index, source)
         await asyncio.to_thread(build_index, [source], tmp, progress=False)
         tmp.replace(index)
-    return replace(rt, search_index=str(index))
+    return replace(rt, tool_config={**rt.tool_config, "search": {**opts, "index": str(index)}})
 
 
 def _dataset_corpus(every: list[Example], out: Path) -> str:
@@ -215,7 +217,8 @@ async def _run_jobs(cfg: EvalConfig, agents: dict[str, Agent], jobs: list[Job], 
 async def _open_agents(cfg: EvalConfig, runtime: RuntimeConfig, backend: Backend | None,
                        stack: AsyncExitStack) -> dict[str, Agent]:
     if backend is None:
-        backend = await asyncio.to_thread(load_backend, runtime)
+        backend = await asyncio.to_thread(load_backend, runtime.model, runtime.llm, syntax=runtime.syntax,
+                                          tools=runtime.tools)
         stack.push_async_callback(backend.aclose)
     agents = {}
     for mode in cfg.modes:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.errors import ConfigError
-from agent.evals.data import Example
+from agent.evals.data import Example, count_question  # count_question: re-exported, it lives with its loader
 
 __all__ = ["FAMILIES", "HELDOUT", "PHRASINGS", "TOOL_FAMILIES", "count_question", "generate", "generate_mix",
            "parse_spec"]
@@ -312,12 +312,6 @@ def _counting(source: Callable[[random.Random], str]) -> Callable[[random.Random
         q = t.text.format(l=letter, t=text)
         return q, str(text.lower().count(letter.lower())), {"text": text, "letter": letter}
     return make
-
-
-def count_question(text: str, letter: str) -> str:
-    """The canonical letter-counting question (used by the letter-count dataset loader)."""
-    where = "word" if " " not in text.strip() else "sentence"
-    return f'How many times does the letter "{letter}" appear in the {where} "{text}"?'
 
 
 # -- comparing decimals --------------------------------------------------------------------------------

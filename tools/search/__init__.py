@@ -18,6 +18,8 @@ from tools.search.retry import RetryPolicy, TokenBucket
 from tools.search.tool import SearchConfig, SearchTool, make_backend
 from tools.search.web import WebBackend
 
+TOOL = SearchTool
+
 __all__ = [
     "BadResponse",
     "EngineTimeout",

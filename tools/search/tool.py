@@ -31,7 +31,8 @@ MAX_QUERY_CHARS = 500
 
 @dataclass
 class SearchConfig:
-    backend: str = field(default="local", metadata={"help": "local | web | http"})
+    backend: str = field(default="auto", metadata={"help": "auto (local with an index, http with a url, else "
+                                                          "web) | local | web | http"})
     index: str = field(default="", metadata={"help": "local backend: the SQLite index built by "
                                              "`agent index build`"})
     url: str = field(default="", metadata={"help": "http backend: the retriever's /retrieve URL; web "
@@ -50,6 +51,8 @@ class SearchConfig:
     retries: int = field(default=3, metadata={"help": "tries per engine on rate limits and timeouts"})
 
     def __post_init__(self) -> None:
+        if self.backend == "auto":
+            self.backend = "local" if self.index else "http" if self.url else "web"
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown search backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
         if not 1 <= self.top_k <= 50:
@@ -89,15 +92,16 @@ def make_backend(cfg: SearchConfig) -> SearchBackend:
 class SearchTool(Tool):
     name = "search"
     arg_name = "query"
+    options = SearchConfig
     description = DESCRIPTION
     examples = EXAMPLES
 
-    def __init__(self, backend: str = "local", **options: Any):
+    def __init__(self, **options: Any):
         names = {f.name for f in dataclasses.fields(SearchConfig)}
         unknown = sorted(set(options) - names)
         if unknown:
             raise ConfigError(f"unknown search option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        cfg = SearchConfig(backend=backend, **options)
+        cfg = SearchConfig(**options)
         self._setup(cfg, make_backend(cfg))
 
     @classmethod
