@@ -136,6 +136,28 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+class TokenizedBackend(Backend):
+    """A backend whose text <-> tokens go through one local tokenizer adapter, ``self.tok``
+    (``agent.backends.tokenizer``); ``eos_ids`` is the adapter's, or ``self._eos`` when the backend
+    sets its own (the model's generation config adds ids)."""
+
+    tok: Any
+    _eos: set[int] | None = None
+
+    def encode(self, text: str, *, special: bool = False) -> list[int]:
+        return self.tok.encode(text, special=special)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return self.tok.chat_prompt(messages)
+
+    @property
+    def eos_ids(self) -> set[int]:
+        return self._eos if self._eos is not None else self.tok.eos_ids
+
+
 def encode_chat(render: Callable[[list[dict[str, str]]], str], encode: Callable[..., list[int]],
                 messages: list[dict[str, Any]]) -> tuple[str, list[int]]:
     """Apply a chat template and tokenise it so that only the template's own markup can become

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.backends.base import Backend, SamplingParams, Sequence, common_prefix
+from agent.backends.base import SamplingParams, Sequence, TokenizedBackend, common_prefix
 from agent.backends.sampling import make_rng, sample_token
 from agent.backends.scheduling import DecodeLoop
 from agent.backends.tokenizer import GGUFTokenizer
@@ -110,7 +110,7 @@ def disable_unsafe_extra_buffers() -> None:
 HANDOVER_S = 0.02  # n_seq=1: the model thread wakes the event loop at most this often (plus first/last)
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(TokenizedBackend):
     name = "llama_cpp"
 
     def __init__(self, path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
@@ -153,20 +153,6 @@ class LlamaCppBackend(Backend):
 
     def _new_context(self, n_ctx: int, verbose: bool) -> "_MultiContext":
         return _MultiContext(self.llm, n_ctx, self.n_seq, verbose)
-
-    # -- text <-> tokens (agent.backends.tokenizer) ----------------------------------------------
-    def encode(self, text: str, *, special: bool = False) -> list[int]:
-        return self.tok.encode(text, special=special)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids)
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        return self.tok.chat_prompt(messages)
-
-    @property
-    def eos_ids(self) -> set[int]:
-        return self._eos
 
     # -- generation -----------------------------------------------------------------------------
     def _prefill(self, ids: list[int]) -> int:

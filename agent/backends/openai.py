@@ -48,7 +48,7 @@ from typing import Any
 
 import httpx
 
-from agent.backends.base import Backend, SamplingParams, Sequence
+from agent.backends.base import SamplingParams, Sequence, TokenizedBackend
 from agent.backends.config import BackendConfig
 from agent.backends.llama_cpp import load_llama
 from agent.backends.models import default_model_path
@@ -125,7 +125,7 @@ def _server_root(url: str) -> str:
     return url.removesuffix("/v1")
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(TokenizedBackend):
     """A model behind an OpenAI-compatible ``/v1/completions`` server. ``async with`` it, or call
     ``aclose()``: that closes the shared HTTP client."""
 
@@ -168,20 +168,6 @@ class OpenAIBackend(Backend):
         return cls(url, name, tokenizer=cfg.tokenizer or "default", context_size=cfg.n_ctx,
                    api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"),
                    stop=stop_pairs(get_syntax(syntax), list(tools)))
-
-    # -- text <-> tokens (local) -----------------------------------------------------------------
-    def encode(self, text: str, *, special: bool = False) -> list[int]:
-        return self.tok.encode(text, special=special)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids)
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        return self.tok.chat_prompt(messages)
-
-    @property
-    def eos_ids(self) -> set[int]:
-        return self.tok.eos_ids
 
     # -- lifecycle ---------------------------------------------------------------------------------
     @property

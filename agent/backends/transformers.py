@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.backends.base import Backend, SamplingParams, Sequence, common_prefix
+from agent.backends.base import SamplingParams, Sequence, TokenizedBackend, common_prefix
 from agent.backends.sampling import make_rng, sample_token
 from agent.backends.tokenizer import HFTokenizer
 from agent.errors import ModelError, ModelNotFound, require
@@ -96,7 +96,7 @@ class _State:
     logprobs: np.ndarray | None = None  # log-softmax of the last forward's logits (temperature 1)
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(TokenizedBackend):
     name = "transformers"
 
     def __init__(self, path: str | Path | None = None, device: str = "auto", *, model: Any = None,
@@ -118,20 +118,6 @@ class TransformersBackend(Backend):
         self._lock = threading.Lock()  # one forward at a time on this model
         self._cache_kw = cache_kwarg(model)
         self.n_evaluated = 0
-
-    # -- text <-> tokens ----------------------------------------------------------------------
-    def encode(self, text: str, *, special: bool = False) -> list[int]:
-        return self.tok.encode(text, special=special)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids)
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        return self.tok.chat_prompt(messages)
-
-    @property
-    def eos_ids(self) -> set[int]:
-        return self._eos
 
     # -- generation -----------------------------------------------------------------------------
     def _forward(self, st: _State, ids: list[int]) -> np.ndarray:
