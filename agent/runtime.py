@@ -34,7 +34,7 @@ from agent.syntax import (
 )
 from agent.trajectory import Segment, ToolCall, Trajectory, describe_error, scrub_surrogates
 from prompts import message, render
-from tools.base import Tool, ToolCallable, ToolOutput, as_output, check_timeout, truncate_tokens
+from tools.base import Tool, ToolCallable, ToolOutput, as_output, check_timeout, make_options, truncate_tokens
 from tools.registry import get_tools, tool_options_class
 from tools.schema import ArgumentError, render_chat, template_accepts_tools
 
@@ -86,11 +86,7 @@ class RuntimeConfig:
         for name, opts in self.tool_config.items():
             options = tool_options_class(name)
             if options is not None and opts:
-                known = {f.name for f in fields(options)}
-                if set(opts) - known:
-                    raise ConfigError(f"unknown {name} option(s) {', '.join(sorted(set(opts) - known))}; "
-                                      f"known: {', '.join(sorted(known))}")
-                options(**opts)  # bad values fail here, before a model loads
+                make_options(options, opts, name)  # unknown keys and bad values fail before a model loads
 
     def tool_options(self, name: str) -> dict[str, Any]:
         """The keyword options tool ``name`` is built with: ``tool_config[name]``, plus the runtime's

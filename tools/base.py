@@ -24,6 +24,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -56,6 +57,7 @@ __all__ = [
     "truncate_tokens",
     "as_output",
     "check_timeout",
+    "make_options",
     "ToolThreads",
 ]
 
@@ -84,6 +86,15 @@ def as_output(value: Any, name: str) -> ToolOutput:
         return ToolOutput(bytes(value).decode("utf-8", errors="replace"))
     kind = "no result (None)" if value is None else type(value).__name__
     return ToolOutput(message("bad_return", tool=name, kind=kind), error=True)
+
+
+def make_options(options: type, values: dict[str, Any], tool: str) -> Any:
+    """``options(**values)`` for tool ``tool``, with a ConfigError naming unknown keys (and the known ones)."""
+    known = {f.name for f in dataclasses.fields(options)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {tool} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return options(**values)
 
 
 def check_timeout(name: str, value: float | None, example: str) -> None:

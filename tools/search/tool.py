@@ -9,11 +9,10 @@ configuration (an unknown backend, a missing index file) raises at construction.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools.base import Tool, ToolOutput
+from tools.base import Tool, ToolOutput, make_options
 from tools.errors import ConfigError, SearchError
 from tools.search.base import Passage, SearchBackend, SearchUnavailable, normalize_query
 from tools.search.cache import SearchCache
@@ -97,11 +96,7 @@ class SearchTool(Tool):
     examples = EXAMPLES
 
     def __init__(self, **options: Any):
-        names = {f.name for f in dataclasses.fields(SearchConfig)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise ConfigError(f"unknown search option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        cfg = SearchConfig(**options)
+        cfg = make_options(SearchConfig, options, "search")
         self._setup(cfg, make_backend(cfg))
 
     @classmethod
