@@ -32,7 +32,7 @@ from agent.runtime import RuntimeConfig  # noqa: E402
 def run(out: Path, a: argparse.Namespace, concurrency: int) -> tuple[float, dict[str, tuple[str, bool]]]:
     """(questions/s, id -> (predicted answer, correct)) of one eval run."""
     runtime = RuntimeConfig(model=a.model, tools=a.tools, max_new_tokens=a.max_new_tokens, temperature=0.0,
-                            llm=BackendConfig(n_ctx=a.n_ctx, n_seq=concurrency))
+                            llm=BackendConfig(n_ctx=a.n_ctx, n_seq=concurrency, weights=a.weights))
     cfg = EvalConfig(data=a.data, out=str(out), limit=a.limit, concurrency=concurrency, modes=["+".join(a.tools)
                      or "none"], report=False, runtime=runtime)
 
@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--tools", default="python", help="comma-separated; empty for none")
     ap.add_argument("--data", default="gen:all")
     ap.add_argument("--n-ctx", type=int, default=2048, help="context per episode")
+    ap.add_argument("--weights", default="auto", help="auto (the default model as Q8_0) | as-is | q8_0")
     ap.add_argument("--reps", type=int, default=1, help="alternated runs of each; the best rate is kept")
     a = ap.parse_args()
     a.tools = [t for t in a.tools.split(",") if t]

@@ -16,6 +16,7 @@ exists on this machine before a server):
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -31,7 +32,9 @@ from agent.backends.models import (
     shipped_adapter,
 )
 from agent.backends.scripted import ScriptedBackend
-from agent.errors import ConfigError, ModelNotFound
+from agent.errors import ConfigError, ModelError, ModelNotFound
+
+log = logging.getLogger("splice.backends")
 
 __all__ = ["Backend", "BackendConfig", "SamplingParams", "Sequence", "ScriptedBackend", "common_prefix",
            "load_backend", "default_model_path", "resolve_model", "choose_backend", "shipped_adapter",
@@ -70,7 +73,8 @@ def load_backend(model: str, cfg: BackendConfig | None = None, *, syntax: str = 
             path = ggufs[0]
         from agent.backends.llama_cpp import LlamaCppBackend  # lazy: heavy (llama_cpp)
 
-        return LlamaCppBackend(path, n_ctx=cfg.n_ctx, adapter=_adapter(model, cfg), n_seq=cfg.n_seq)
+        return LlamaCppBackend(_weights(path, model, cfg), n_ctx=cfg.n_ctx, adapter=_adapter(model, cfg),
+                               n_seq=cfg.n_seq)
     if cfg.adapter not in ("", "none") or (model == "default" and shipped_adapter() is not None):
         raise ConfigError(f"a LoRA adapter GGUF runs on the llama_cpp backend only (got --backend {kind}); "
                           "use --model base for the default model without its adapter")
@@ -81,6 +85,24 @@ def load_backend(model: str, cfg: BackendConfig | None = None, *, syntax: str = 
     from agent.backends.batched import BatchedTransformersBackend  # lazy: heavy (torch, transformers)
 
     return BatchedTransformersBackend(path, device=cfg.device, max_batch=cfg.max_batch, max_len=cfg.n_ctx)
+
+
+def _weights(path: Path, model: str, cfg: BackendConfig) -> Path:
+    """The GGUF to load: ``path``, or its cached requantized copy (``--weights``; ``auto`` = Q8_0
+    for the embedded default model only, where it was measured: llama_cpp.requantized). A copy that
+    cannot be made (disk full, read-only cache) falls back to ``path`` with a warning."""
+    fmt = ("q8_0" if model in ("default", "base") else "as-is") if cfg.weights == "auto" else cfg.weights
+    if fmt == "as-is":
+        return path
+    from agent.backends.llama_cpp import requantized  # lazy: heavy (llama_cpp)
+
+    try:
+        return requantized(path, fmt)
+    except (OSError, RuntimeError) as e:
+        if cfg.weights != "auto":
+            raise ModelError(f"could not requantize {path.name} to {fmt}: {e}") from e
+        log.warning("running %s as is: its %s copy could not be made (%s)", path.name, fmt, e)
+        return path
 
 
 def _adapter(model: str, cfg: BackendConfig) -> Path | None:
