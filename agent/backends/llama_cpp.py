@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import hashlib
 import logging
 import os
 import threading
@@ -40,13 +39,13 @@ from typing import Any
 import numpy as np
 
 from agent.backends.base import SamplingParams, Sequence, TokenizedBackend, common_prefix
+from agent.backends.models import cache_path
 from agent.backends.sampling import make_rng, sample_token
 from agent.backends.scheduling import DecodeLoop
 from agent.backends.tokenizer import GGUFTokenizer
 from agent.errors import ModelError, ModelNotFound, require
 
-__all__ = ["LlamaCppBackend", "WEIGHT_FORMATS", "cache_dir", "disable_unsafe_extra_buffers", "load_llama",
-           "requantized"]
+__all__ = ["LlamaCppBackend", "WEIGHT_FORMATS", "disable_unsafe_extra_buffers", "load_llama", "requantized"]
 
 log = logging.getLogger("splice.backends.llama_cpp")
 N_BATCH = 512  # tokens per llama_decode call (prefill chunks and decode tokens together)
@@ -112,33 +111,24 @@ def disable_unsafe_extra_buffers() -> None:
 WEIGHT_FORMATS = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}  # requantize targets (``BackendConfig.weights``)
 
 
-def cache_dir() -> Path:
-    """Where splice keeps files it derives on this machine: ``$SPLICE_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/splice``, else ``~/.cache/splice``."""
-    env = os.environ.get("SPLICE_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "splice"
-
-
-def requantized(path: str | Path, fmt: str = "q8_0", cache: Path | None = None) -> Path:
+def requantized(path: str | Path, fmt: str = "q8_0") -> Path:
     """A copy of the GGUF at ``path`` with its weights in ``fmt``, made once with llama.cpp's own
-    quantizer (0.7 s for the default model) and kept under ``cache_dir()/gguf/``, keyed by the
-    source's path, size and mtime. Written to a temporary name and renamed, so concurrent first
+    quantizer (0.7 s for the default model) and kept in splice's cache (``models.cache_path``: keyed by
+    the source's path, size and mtime). Written to a temporary name and renamed, so concurrent first
     uses never see half a file.
 
     Why: llama.cpp's CPU matrix kernels for Q4_1 gain little from a batch of tokens (8 sequences of
     one token ran 1.4-1.7x one token here), while Q8_0 goes through its blocked GEMM: measured on
     the default model, same single-stream decode (1.01x) and 1.23x faster 8-sequence steps. Q8_0
-    holds the Q4_1 values to within 1/254 of each block's largest weight, so outputs move only where llama.cpp's
-    batch-shape numerics already move them (ARCHITECTURE.md)."""
+    holds the Q4_1 values to within 1/254 of each block's largest weight; both kernels quantize the
+    activations, and teacher-forced both are about as far from the exact float weights (median
+    largest logit difference 0.68 for Q4_1, 0.81 for Q8_0), so outputs move only at near-ties, as
+    with llama.cpp's batch-shape numerics (ARCHITECTURE.md). docs/speed.md has the figures."""
     llama_cpp = require("llama_cpp", "llama")
     path = Path(path)
     if fmt not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; choose {', '.join(WEIGHT_FORMATS)}")
-    st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{fmt}".encode()).hexdigest()[:16]
-    out = (cache or cache_dir()) / "gguf" / key / f"{path.stem}.{fmt}.gguf"
+    out = cache_path(path, f"gguf-{fmt}") / f"{path.stem}.{fmt}.gguf"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +137,9 @@ def requantized(path: str | Path, fmt: str = "q8_0", cache: Path | None = None) 
     params.ftype = getattr(llama_cpp, WEIGHT_FORMATS[fmt])
     params.allow_requantize = True
     params.nthread = os.cpu_count() or 1
+    quiet = logging.getLogger("llama-cpp-python")  # llama-cpp-python prints llama.cpp's log at its level
+    level = quiet.level
+    quiet.setLevel(max(level, logging.ERROR))
     try:
         t0 = time.perf_counter()
         rc = llama_cpp.llama_model_quantize(str(path).encode(), str(tmp).encode(), ctypes.byref(params))
@@ -155,6 +148,7 @@ def requantized(path: str | Path, fmt: str = "q8_0", cache: Path | None = None) 
         os.replace(tmp, out)
         log.info("requantized %s to %s in %.2f s: %s", path.name, fmt, time.perf_counter() - t0, out)
     finally:
+        quiet.setLevel(level)
         tmp.unlink(missing_ok=True)
     return out
 

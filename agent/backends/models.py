@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 from importlib import resources
 from pathlib import Path
 
 from agent.errors import MissingDependency, ModelNotFound
 
-__all__ = ["DEFAULT_GGUF", "default_model_path", "resolve_model", "shipped_adapter"]
+__all__ = ["DEFAULT_GGUF", "cache_path", "cache_root", "default_model_path", "resolve_model", "shipped_adapter"]
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -35,6 +37,20 @@ def resolve_model(model: str) -> Path:
                             "'default', or a server: an http(s) URL, or a served model name with --base-url "
                             "or OPENAI_BASE_URL)")
     return p
+
+
+def cache_root() -> Path:
+    """Where splice keeps files it derives from a model on this machine: ``$SPLICE_CACHE``, else
+    ``~/.cache/splice``. Everything there can be rebuilt from its source."""
+    return Path(os.environ.get("SPLICE_CACHE", Path.home() / ".cache" / "splice")).expanduser()
+
+
+def cache_path(src: Path, kind: str) -> Path:
+    """The cache folder for what ``kind`` derives from the file ``src``, keyed by its path, size and
+    mtime (a changed source gets a new folder)."""
+    st = src.stat()
+    key = hashlib.sha256(f"{src.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / kind / f"{src.stem}-{key}"
 
 
 ADAPTER_DIR = "adapters"

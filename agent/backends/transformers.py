@@ -10,7 +10,6 @@ Each sampled token's log-prob (log-softmax of the raw logits, before temperature
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import os
 import threading
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from agent.backends.base import SamplingParams, Sequence, TokenizedBackend, common_prefix
+from agent.backends.models import cache_path
 from agent.backends.sampling import make_rng, sample_token
 from agent.backends.tokenizer import HFTokenizer
 from agent.errors import ModelError, ModelNotFound, require
@@ -29,16 +29,10 @@ from agent.errors import ModelError, ModelNotFound, require
 __all__ = ["TransformersBackend", "load_hf", "gguf_to_hf_dir", "cache_kwarg"]
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("SPLICE_CACHE", Path.home() / ".cache" / "splice"))
-
-
 def gguf_to_hf_dir(gguf: Path) -> Path:
     """Dequantise a GGUF file into a HF model dir once (keyed by file name, size and mtime)."""
     transformers = require("transformers", "torch")
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = _cache_root() / "hf" / f"{gguf.stem}-{key}"
+    out = cache_path(gguf, "hf")
     if (out / "config.json").exists():
         return out
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")

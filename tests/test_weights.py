@@ -1,0 +1,121 @@
+"""The default model's weights as llama.cpp runs them: a Q8_0 copy of the shipped Q4_1 file, made
+once into splice's cache (``agent.backends.llama_cpp.requantized``, ``BackendConfig.weights``)."""
+
+import logging
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from agent.backends import BackendConfig, _weights, default_model_path, load_backend  # noqa: E402
+from agent.backends.llama_cpp import load_llama, requantized  # noqa: E402
+from agent.cli import build_parser  # noqa: E402
+from agent.config import from_args  # noqa: E402
+from agent.errors import ConfigError, ModelError  # noqa: E402
+from agent.runtime import RuntimeConfig  # noqa: E402
+
+Q8_0 = "7"  # llama.cpp's LLAMA_FTYPE_MOSTLY_Q8_0, as GGUF's general.file_type
+PROMPT = ("<|im_start|>user\nHow many r's are in strawberry? Count with code.<|im_end|>\n"
+          "<|im_start|>assistant\nword = 'strawberry'\nprint(word.count('r'))")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SPLICE_CACHE", str(root))
+    return root
+
+
+def _file_type(path) -> str:
+    llm = load_llama(model_path=str(path), n_ctx=64, verbose=False, vocab_only=True)
+    try:
+        return llm.metadata["general.file_type"]
+    finally:
+        llm.close()
+
+
+def test_the_copy_is_q8_0_made_once_and_follows_its_source(cache, tmp_path):
+    src = tmp_path / "model.gguf"
+    shutil.copy(default_model_path(), src)
+    q8 = requantized(src)
+    assert q8.is_relative_to(cache) and q8.name == "model.q8_0.gguf"
+    assert _file_type(q8) == Q8_0 and _file_type(src) != Q8_0
+    made = q8.stat().st_mtime_ns
+    assert requantized(src) == q8 and q8.stat().st_mtime_ns == made  # reused, not rewritten
+    assert [p.name for p in q8.parent.iterdir()] == [q8.name]  # no temporary file left
+    os.utime(src, ns=(made + 10**9, made + 10**9))  # the source changed: a new copy
+    again = requantized(src)
+    assert again != q8 and again.is_file()
+
+
+def test_concurrent_first_uses_get_one_whole_file(cache):
+    got, errors = [], []
+
+    def use():
+        try:
+            got.append(requantized(default_model_path()))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=use) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(got)) == 1
+    assert _file_type(got[0]) == Q8_0
+    assert sorted(p.name for p in got[0].parent.iterdir()) == [got[0].name]
+
+
+def test_the_copy_is_the_same_model(cache):
+    """Teacher-forced on one prompt, the Q8_0 copy predicts the Q4_1 file's next token almost
+    everywhere (0.93 measured; a wrong conversion, e.g. to 2 bits, falls far below)."""
+    rows = {}
+    for name, path in (("q4_1", default_model_path()), ("q8_0", requantized(default_model_path()))):
+        llm = load_llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False)
+        try:
+            ids = llm.tokenize(PROMPT.encode(), special=True)
+            llm.eval(ids)
+            rows[name] = np.array(llm.scores[: len(ids)])
+        finally:
+            llm.close()
+    agree = (rows["q4_1"].argmax(1) == rows["q8_0"].argmax(1)).mean()
+    assert agree >= 0.85, agree
+
+
+async def test_default_and_base_run_the_copy_other_files_and_as_is_do_not(cache):
+    for model, cfg, want in [
+        ("default", BackendConfig(), "SmolLM2-135M-Instruct.Q4_1.q8_0.gguf+smollm2-tools.gguf"),
+        ("base", BackendConfig(), "SmolLM2-135M-Instruct.Q4_1.q8_0.gguf"),
+        ("default", BackendConfig(weights="as-is"), "SmolLM2-135M-Instruct.Q4_1.gguf+smollm2-tools.gguf"),
+        (str(default_model_path()), BackendConfig(), "SmolLM2-135M-Instruct.Q4_1.gguf"),  # a user's own file
+        (str(default_model_path()), BackendConfig(weights="q8_0"), "SmolLM2-135M-Instruct.Q4_1.q8_0.gguf"),
+    ]:
+        backend = load_backend(model, cfg)
+        try:
+            assert backend.model_id == want, (model, cfg.weights)
+        finally:
+            await backend.aclose()
+
+
+def test_a_copy_that_cannot_be_made_falls_back_or_fails_clearly(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("SPLICE_CACHE", str(blocker))  # the cache cannot be created
+    src = default_model_path()
+    with caplog.at_level(logging.WARNING, logger="splice.backends"):
+        assert _weights(src, "default", BackendConfig()) == src  # auto: run the file as is
+    assert "could not be made" in caplog.text
+    with pytest.raises(ModelError, match="could not requantize"):
+        _weights(src, "default", BackendConfig(weights="q8_0"))  # asked for: say so
+
+
+def test_the_flag_and_its_check():
+    cfg = from_args(RuntimeConfig, build_parser().parse_args(["run", "q", "--weights", "as-is"]))
+    assert cfg.llm.weights == "as-is"
+    with pytest.raises(ConfigError, match="unknown weights"):
+        BackendConfig(weights="q4_0")
