@@ -37,9 +37,10 @@ def raw_tokens_per_s(prompt: list[int], n: int) -> float:
     import numpy as np
 
     from agent.backends import default_model_path
-    from agent.backends.llama_cpp import load_llama
+    from agent.backends.llama_cpp import load_llama, requantized
 
-    llm = load_llama(model_path=str(default_model_path()), n_ctx=4096, n_threads=os.cpu_count(), n_batch=512,
+    model = requantized(default_model_path())  # the file Agent(model="base") loads (--weights auto)
+    llm = load_llama(model_path=str(model), n_ctx=4096, n_threads=os.cpu_count(), n_batch=512,
                      flash_attn=True, verbose=False)
     try:
         llm.eval(prompt[:1])  # warm-up, as the splice side's first episode
