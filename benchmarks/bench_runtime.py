@@ -170,11 +170,12 @@ async def tool_episode(backend: Backend, n_tokens: int, n_calls: int) -> tuple[f
     return time.perf_counter() - t0, t.n_generated, len(t.tool_calls)
 
 
-async def real_model(n_tokens: int, reps: int) -> dict[str, float]:
+async def real_model(n_tokens: int, reps: int, weights: str) -> dict[str, float]:
     from agent.backends import default_model_path
-    from agent.backends.llama_cpp import LlamaCppBackend
+    from agent.backends.llama_cpp import LlamaCppBackend, requantized
 
-    llama = LlamaCppBackend(default_model_path(), n_ctx=2048)
+    path = requantized(default_model_path()) if weights == "q8_0" else default_model_path()
+    llama = LlamaCppBackend(path, n_ctx=2048)
     agent = Agent(llama, tools=[noop])
     prompt = llama.encode(llama.chat_prompt(agent.messages(
         "Write a short story about a lighthouse keeper who counts ships.")), special=True)
@@ -197,6 +198,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip-model", action="store_true")
+    ap.add_argument("--weights", default="q8_0", help="q8_0 (what --model default runs) | as-is (the Q4_1 file)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     res: dict[str, dict[str, float]] = {"overhead": asyncio.run(overhead_per_call())}
@@ -204,8 +206,8 @@ def main() -> None:
     print(f"runtime overhead per tool call (parse + dispatch + splice, no-op tool): "
           f"p50 {o['overhead_per_call_us_p50']:.0f} us, p99 {o['overhead_per_call_us_p99']:.0f} us")
     if not a.skip_model:
-        r = res["llama_cpp"] = asyncio.run(real_model(a.tokens, a.reps))
-        print(f"llama.cpp SmolLM2-135M, {r['tokens']:.0f} generated tokens, {r['tool_calls']:.0f} tool calls, "
+        r = res["llama_cpp"] = asyncio.run(real_model(a.tokens, a.reps, a.weights))
+        print(f"llama.cpp SmolLM2-135M ({a.weights}), {r['tokens']:.0f} generated tokens, {r['tool_calls']:.0f} tool calls, "
               f"median of {a.reps}:")
         print(f"  plain generation          {r['plain_s']:.2f} s   1.00x")
         print(f"  splice (KV reuse)         {r['splice_s']:.2f} s   {r['ratio_splice']:.2f}x   (goal <= 1.10)")
