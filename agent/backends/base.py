@@ -38,6 +38,8 @@ class SamplingParams:
     # fresh ``check(token) -> bool`` per stream call (True: this token ends the segment), so the
     # model thread stops at the same token as the event loop's parser without waiting for it
     stopper: Callable[[], Callable[[int], bool]] | None = field(default=None, compare=False, repr=False)
+    # token ids never sampled (greedy too): their logit counts as -inf; servers get logit_bias -100
+    banned: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

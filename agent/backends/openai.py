@@ -254,6 +254,8 @@ class OpenAIBackend(TokenizedBackend):
             body["top_k"] = params.top_k
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.banned:
+            body["logit_bias"] = {str(t): -100 for t in sorted(params.banned)}
         return body
 
     async def _events(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

@@ -14,7 +14,11 @@ def make_rng(seed: int | None) -> np.random.Generator:
 
 
 def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """Greedy when temperature is 0, else temperature + top-k + top-p (nucleus) sampling."""
+    """Greedy when temperature is 0, else temperature + top-k + top-p (nucleus) sampling; never a
+    ``params.banned`` id."""
+    if params.banned:
+        logits = logits.copy()  # a backend's buffer (llama.cpp's logits) stays as the model wrote it
+        logits[list(params.banned)] = -np.inf
     if params.greedy:
         return int(np.argmax(logits))
     x = logits.astype(np.float64) / params.temperature
