@@ -28,7 +28,6 @@ def test_sampling_never_draws_a_banned_id():
 
 def test_openai_requests_carry_the_ban_as_logit_bias():
     from agent.backends.openai import OpenAIBackend
-
     from tests.test_logprobs import _Chars
 
     b = OpenAIBackend("http://mock/v1", "m", tokenizer=_Chars())
