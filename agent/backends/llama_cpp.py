@@ -6,9 +6,9 @@ ids, and evaluates only the rest, so a continuation after a splice prefills just
 Episodes that interleave (one waits on a tool while another generates) each pay for the suffix that
 differs.
 
-With ``n_seq > 1`` the context holds ``n_seq`` KV sequences (llama.cpp ``n_seq_max``, one stream
-each: ``kv_unified`` off, so every sequence has its own ``n_ctx`` cells and the total is ``n_ctx *
-n_seq``). A scheduler task (``_MultiSeq``, the design of ``batched.py``) gives each episode a
+With ``n_seq > 1`` the context holds ``n_seq`` KV sequences (llama.cpp ``n_seq_max``) in one
+unified buffer of ``n_ctx * n_seq`` cells (``kv_unified``: ``seq_cp`` shares a prompt prefix's cells
+instead of copying a stream); each sequence may use up to ``n_ctx`` of them. A scheduler task (``_MultiSeq``, the design of ``batched.py``) gives each episode a
 sequence id and runs one ``llama_decode`` per step over a batch that holds one token of every
 decoding episode plus chunks of the prefilling ones, each token tagged with its episode's
 ``seq_id``. An episode whose stream closes (it wrote a tool call) leaves the batch and keeps its
