@@ -6,14 +6,14 @@ ids, and evaluates only the rest, so a continuation after a splice prefills just
 Episodes that interleave (one waits on a tool while another generates) each pay for the suffix that
 differs.
 
-With ``n_seq > 1`` the context holds ``n_seq`` KV sequences (llama.cpp ``n_seq_max``) in one
-unified buffer of ``n_ctx * n_seq`` cells (``kv_unified``: ``seq_cp`` shares a prompt prefix's cells
-instead of copying a stream); each sequence may use up to ``n_ctx`` of them. A scheduler task (``_MultiSeq``, the design of ``batched.py``) gives each episode a
-sequence id and runs one ``llama_decode`` per step over a batch that holds one token of every
-decoding episode plus chunks of the prefilling ones, each token tagged with its episode's
-``seq_id``. An episode whose stream closes (it wrote a tool call) leaves the batch and keeps its
-sequence; when it streams again only the splice is prefilled. Design notes and numbers:
-docs/speed.md.
+With ``n_seq > 1`` the context holds ``n_seq`` KV sequences (llama.cpp ``n_seq_max``) in one unified
+buffer of ``n_ctx * n_seq`` cells (``kv_unified``: ``seq_cp`` shares a prompt prefix's cells instead
+of copying a stream); each sequence may use up to ``n_ctx`` of them. A scheduler task
+(``_MultiSeq``, the design of ``batched.py``) gives each episode a sequence id and runs one
+``llama_decode`` per step over a batch that holds one token of every decoding episode plus chunks of
+the prefilling ones, each token tagged with its episode's ``seq_id``. An episode whose stream closes
+(it wrote a tool call) leaves the batch and keeps its sequence; when it streams again only the
+splice is prefilled. Design notes and numbers: docs/speed.md.
 
 One thread owns the ``Llama`` for its whole life (load, every prefill and decode step, close). ggml's
 CPU thread team belongs to the thread that first ran it; calls from changing worker threads (what
