@@ -11,6 +11,7 @@ import math
 
 import httpx
 import pytest
+from chartok import Chars
 
 from agent import Agent
 from agent.backends.base import SamplingParams
@@ -94,21 +95,6 @@ async def test_recorded_logprobs_are_the_models_own(tiny_model_dir, kind):
 
 
 # -- openai backend: reported ids, reported log-probs, and the flag ---------------------------------
-class _Chars:
-    """A character tokenizer: id = code point, 0 = EOS."""
-
-    eos_ids = frozenset({0})
-
-    def encode(self, text, *, special=False):
-        return [ord(c) for c in text]
-
-    def decode(self, ids, *, special=False):
-        return "".join(chr(i) for i in ids if i)
-
-    def chat_prompt(self, messages):
-        return "".join(m["content"] for m in messages)
-
-
 def _sse(*choices: dict) -> bytes:
     lines = [f"data: {json.dumps({'choices': [c]})}\n\n" for c in choices]
     return ("".join(lines) + "data: [DONE]\n\n").encode()
@@ -119,7 +105,7 @@ def _mock(bodies: list[dict], reply: bytes) -> OpenAIBackend:
         bodies.append(json.loads(req.content))
         return httpx.Response(200, content=reply)
 
-    b = OpenAIBackend("http://mock/v1", "m", tokenizer=_Chars(), transport=httpx.MockTransport(handler),
+    b = OpenAIBackend("http://mock/v1", "m", tokenizer=Chars(), transport=httpx.MockTransport(handler),
                       stop=stop_pairs(get_syntax("splice"), ["search"]), backoff_s=0.001)
     b._checked = True
     return b

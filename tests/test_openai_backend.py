@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from chartok import Chars
 
 from agent import Agent, load_backend
 from agent.backends import BackendConfig
@@ -176,7 +177,7 @@ async def test_tokenizer_check_rejects_a_mismatch(server):
 
 
 async def test_unreachable_server_is_a_model_error():
-    b = OpenAIBackend(f"http://127.0.0.1:{_free_port()}/v1", tokenizer=_Chars(), max_retries=1, backoff_s=0.01)
+    b = OpenAIBackend(f"http://127.0.0.1:{_free_port()}/v1", tokenizer=Chars(), max_retries=1, backoff_s=0.01)
     with pytest.raises(ModelError, match="127.0.0.1"):
         async for _ in b.stream(b.new_sequence(), [1, 2], SamplingParams(max_tokens=2)):
             pass
@@ -184,28 +185,13 @@ async def test_unreachable_server_is_a_model_error():
 
 
 # -- transport-level behaviour (httpx.MockTransport) ------------------------------------------------
-class _Chars:
-    """A character tokenizer: id = code point, 0 = EOS."""
-
-    eos_ids = frozenset({0})
-
-    def encode(self, text, *, special=False):
-        return [ord(c) for c in text]
-
-    def decode(self, ids, *, special=False):
-        return "".join(chr(i) for i in ids if i)
-
-    def chat_prompt(self, messages):
-        return "".join(m["content"] for m in messages)
-
-
 def _sse(*chunks: tuple[str, str | None]) -> bytes:
     lines = [f"data: {json.dumps({'choices': [{'text': t, 'finish_reason': f}]})}\n\n" for t, f in chunks]
     return ("".join(lines) + "data: [DONE]\n\n").encode()
 
 
 def _mock(handler) -> OpenAIBackend:
-    b = OpenAIBackend("http://mock/v1", "m", tokenizer=_Chars(), transport=httpx.MockTransport(handler),
+    b = OpenAIBackend("http://mock/v1", "m", tokenizer=Chars(), transport=httpx.MockTransport(handler),
                       stop=stop_pairs(get_syntax("splice"), ["search"]), backoff_s=0.001)
     b._checked = True
     return b

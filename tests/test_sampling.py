@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from chartok import Chars
 
 from agent.backends import default_model_path
 from agent.backends.base import SamplingParams
@@ -28,9 +29,8 @@ def test_sampling_never_draws_a_banned_id():
 
 def test_openai_requests_carry_the_ban_as_logit_bias():
     from agent.backends.openai import OpenAIBackend
-    from tests.test_logprobs import _Chars
 
-    b = OpenAIBackend("http://mock/v1", "m", tokenizer=_Chars())
+    b = OpenAIBackend("http://mock/v1", "m", tokenizer=Chars())
     body = b.request_body(b.new_sequence(), SamplingParams(banned=frozenset({7, 3})), 5)
     assert body["logit_bias"] == {"3": -100, "7": -100}
     assert "logit_bias" not in b.request_body(b.new_sequence(), SamplingParams(), 5)
