@@ -11,17 +11,36 @@ resumes on the same cache.
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Backend", "Sequence", "SamplingParams", "common_prefix", "encode_chat"]
+__all__ = ["Backend", "ModelThread", "Sequence", "SamplingParams", "common_prefix", "encode_chat"]
 
 log = logging.getLogger("splice.backends")
 _MARK = "\ue000{}\ue001"  # private-use characters: a placeholder for message i in a rendered template
 _MARK_RE = re.compile("\ue000(\\d+)\ue001")
+
+
+class ModelThread(ThreadPoolExecutor):
+    """The one thread a local backend runs its model on: load, every forward, close.
+
+    CPU math libraries keep a worker team per calling thread (ggml's and torch's OpenMP teams), so a
+    model called from whichever of asyncio's worker threads is free (``asyncio.to_thread``) feeds two
+    or more teams that compete for the cores. Measured on 2 cores: llama.cpp ran at about half speed,
+    and the transformers forward of 8 sequences at 0.75x (to_thread hopped between two threads);
+    one thread for the model's life gives the raw speed back (``docs/speed.md``)."""
+
+    def __init__(self, name: str):
+        super().__init__(1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the model thread, awaited from the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self, fn, *args)
 
 
 @dataclass

@@ -7,7 +7,7 @@ decoding slots per step. When the runtime closes a stream (the model wrote a too
 leaves the batch at the next step but keeps its slot; when it streams again it rejoins with only
 the spliced tokens prefilled. New sequences take slots as they free up.
 
-The forward runs in a worker thread (``asyncio.to_thread``), one step at a time, so the event loop
+The forward runs on the backend's one model thread (``ModelThread``), one step at a time, so the event loop
 stays free for tools and consumers. Per step the Python work is a handful of numpy ops plus one
 queue put per decoding sequence. Greedy rows are an on-device argmax (the same tokens as the
 single-sequence backend); sampled rows use the same ``sample_token`` with a generator keyed by
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from agent.backends._static_cache import StaticLlamaRunner, unsupported_reason
-from agent.backends.base import SamplingParams, Sequence, common_prefix
+from agent.backends.base import ModelThread, SamplingParams, Sequence, common_prefix
 from agent.backends.sampling import sample_token
 from agent.backends.scheduling import DecodeLoop
 from agent.backends.transformers import TransformersBackend, cache_kwarg
@@ -104,9 +104,9 @@ class _Scheduler(DecodeLoop):
 
     label = "batched backend"
 
-    def __init__(self, runner: Any, eos: set[int], prefill_chunk: int):
+    def __init__(self, runner: Any, eos: set[int], prefill_chunk: int, thread: ModelThread):
         super().__init__()
-        self.runner, self.eos, self.chunk = runner, eos, prefill_chunk
+        self.runner, self.eos, self.chunk, self.thread = runner, eos, prefill_chunk, thread
         self.prefilling: deque[_Req] = deque()
         self.decoding: dict[int, _Req] = {}  # slot -> request
         self.free = list(range(runner.n_slots))  # a heap: lowest slots first keep the batch short
@@ -204,7 +204,7 @@ class _Scheduler(DecodeLoop):
         r = self.prefilling[0]
         chunk, last = r.todo[: self.chunk], len(r.todo) <= self.chunk
         assert r.st.slot is not None
-        got = await asyncio.to_thread(self._prefill_job, r, chunk, len(r.st.cached), last)
+        got = await self.thread.run(self._prefill_job, r, chunk, len(r.st.cached), last)
         r.st.cached.extend(chunk)
         r.todo = r.todo[len(chunk):]
         if not last:
@@ -229,7 +229,7 @@ class _Scheduler(DecodeLoop):
         tok, pos, act = self.tok[:n].copy(), self.pos[:n].copy(), self.active[:n].copy()
         samplers = [(s, r.params, _rng(r.st.key, int(pos[s]) + 1))
                     for s, r in self.decoding.items() if not r.params.greedy]
-        new, lps = await asyncio.to_thread(self._decode_job, tok, pos, act, samplers)
+        new, lps = await self.thread.run(self._decode_job, tok, pos, act, samplers)
         self.steps += 1
         for s, r in list(self.decoding.items()):
             r.st.cached.append(int(tok[s]))  # fed this step: now in the cache
@@ -291,7 +291,7 @@ class BatchedTransformersBackend(TransformersBackend):
             raise ModelError("a BatchedTransformersBackend can serve one event loop at a time")
         if self.runner is None:
             raise ModelError("the batched backend is closed")
-        self._sched = _Scheduler(self.runner, self._eos, self.prefill_chunk)
+        self._sched = _Scheduler(self.runner, self._eos, self.prefill_chunk, self._thread)
         return self._sched
 
     async def __aenter__(self) -> BatchedTransformersBackend:
@@ -324,4 +324,4 @@ class BatchedTransformersBackend(TransformersBackend):
         if s is not None and s.loop is asyncio.get_running_loop():
             await s.stop()
         self.runner = None
-        self.model = None
+        await super().aclose()

@@ -31,14 +31,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.backends.base import SamplingParams, Sequence, TokenizedBackend, common_prefix
+from agent.backends.base import ModelThread, SamplingParams, Sequence, TokenizedBackend, common_prefix
 from agent.backends.models import cache_path
 from agent.backends.sampling import make_rng, sample_token
 from agent.backends.scheduling import DecodeLoop
@@ -170,7 +169,7 @@ class LlamaCppBackend(TokenizedBackend):
         if not 1 <= n_seq <= llama_cpp.llama_max_parallel_sequences():
             raise ValueError(f"n_seq must be in [1, {llama_cpp.llama_max_parallel_sequences()}] (got {n_seq})")
         self.n_seq = n_seq
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="splice-llama")  # the model's one thread
+        self._thread = ModelThread("splice-llama")
         try:
             self.llm = self._thread.submit(
                 load_llama, model_path=str(path), n_ctx=n_ctx if n_seq == 1 else 64,  # n_seq > 1: own context

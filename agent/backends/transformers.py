@@ -9,7 +9,6 @@ Each sampled token's log-prob (log-softmax of the raw logits, before temperature
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import threading
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.backends.base import SamplingParams, Sequence, TokenizedBackend, common_prefix
+from agent.backends.base import ModelThread, SamplingParams, Sequence, TokenizedBackend, common_prefix
 from agent.backends.models import cache_path
 from agent.backends.sampling import make_rng, sample_token
 from agent.backends.tokenizer import HFTokenizer
@@ -110,6 +109,7 @@ class TransformersBackend(TokenizedBackend):
         self._eos = eos
         self.tok = HFTokenizer(tokenizer, eos)
         self._lock = threading.Lock()  # one forward at a time on this model
+        self._thread = ModelThread("splice-torch")  # every forward runs here (torch's thread team)
         self._cache_kw = cache_kwarg(model)
         self.n_evaluated = 0
 
@@ -148,7 +148,7 @@ class TransformersBackend(TokenizedBackend):
             seq.state = _State(rng=make_rng(seq.seed))
         seq.n_cached += common_prefix(seq.state.cached_ids, seq.ids)
         for i in range(min(params.max_tokens, self.context_size - len(seq.ids))):
-            tok = await asyncio.to_thread(self._step, seq, params, i == 0)
+            tok = await self._thread.run(self._step, seq, params, i == 0)
             lp = seq.state.logprobs
             seq.record(tok, float(lp[tok]) if lp is not None else float("nan"))
             yield tok
@@ -160,3 +160,4 @@ class TransformersBackend(TokenizedBackend):
 
     async def aclose(self) -> None:
         self.model = None
+        self._thread.shutdown(wait=False)
