@@ -7,7 +7,9 @@ with the last result, and keeps the example only when the results agree with the
 
 Families: ``arith``/``count``/``count_name``/``count_text``/``compare``/``length``/``reverse``/``char``
 (the eval task generators, other seeds, training phrasings only: ``agent.evals.tasks.HELDOUT``
-templates never appear), ``gsm8k`` (its ``<<expr=value>>`` annotations become a Python program), ``multihop``
+templates never appear; about half the questions reworded by ``train.phrasing.vary``; a sentence
+naming the operation before the code), ``fix`` (the same tasks with a failing first program, then
+the fix), ``gsm8k`` (its ``<<expr=value>>`` annotations become a Python program), ``multihop``
 (HotpotQA/MuSiQue questions become search calls over a local index of their passages), ``plain``
 (questions answered without a tool) and ``identity``. Output: JSONL, one chat per line, deterministic
 by seed (``Plan.id`` order, never completion order). A plan whose execution raises (a tool bug) is
@@ -38,6 +40,7 @@ from agent.runtime import Agent
 from tools.base import Tool
 from tools.registry import get_tool
 from train.identity import identity_plans
+from train.phrasing import vary
 from train.plans import Plan, answer, call, text
 
 __all__ = ["DataConfig", "Plan", "execute", "synthesize", "build_plans", "system_prompt", "write_jsonl",
@@ -62,6 +65,9 @@ class DataConfig:
     n_length: int = field(default=60, metadata={"help": "string length (python)"})
     n_reverse: int = field(default=60, metadata={"help": "string reversal (python)"})
     n_char: int = field(default=0, metadata={"help": "n-th character of a word (python)"})
+    n_fix: int = field(default=0, metadata={
+        "help": "recovery examples over every task family: a first program that fails for real, a sentence "
+                "naming the bug, a program that works (python)"})
     n_gsm8k: int = field(default=300, metadata={"help": "GSM8K train problems converted to code"})
     n_multihop: int = field(default=200, metadata={"help": "HotpotQA/MuSiQue questions as search calls"})
     n_hop: int = field(default=0, metadata={
@@ -114,10 +120,10 @@ async def execute(plan: Plan, tools: Mapping[str, Tool], system: str) -> dict[st
             if name not in sessions:
                 sessions[name] = await stack.enter_async_context(tools[name].session())
             out = await sessions[name](part["arg"])
-            if out.error:
+            if out.error != bool(part.get("fails")):
                 return None
             results.append(out.text)
-            parts += [part, {"type": "result", "text": out.text}]
+            parts += [{k: v for k, v in part.items() if k != "fails"}, {"type": "result", "text": out.text}]
     if plan.check is not None and not plan.check(results):
         return None
     messages = [{"role": "system", "content": system}, {"role": "user", "content": plan.question},
@@ -133,13 +139,39 @@ def system_prompt(tools: Sequence[Tool], syntax: str, identity: str = "") -> str
 
 
 # -- task-generator families ------------------------------------------------------------------------
-_INTRO_CODE = ("I'll compute this with Python.\n", "Let me calculate it exactly.\n",
-               "This needs exact arithmetic, so I'll run code.\n", "I'll use Python to get it right.\n")
-_INTRO_TEXT = ("I'll count with Python instead of guessing.\n", "Counting letters by eye is error-prone; "
-               "let me use code.\n", "Let me count it with code.\n", "I'll copy the text into Python and count.\n")
-_INTRO_STR = ("I'll let Python do this exactly.\n", "Let me check with code.\n", "I'll use Python for this.\n")
+# The first sentence says what is to be computed, in words, before the code: the decision (which
+# operation, on which text or numbers) is made where the model's language knowledge helps, and the
+# program then follows from the sentence. One of these per family (arith: per expression kind).
+_INTRO_ARITH = {
+    "mul": ("I'll multiply {a} by {b} with Python.", "This is {a} times {b}; I'll compute it exactly."),
+    "add": ("I'll add {a} and {b} with Python.", "This is the sum of {a} and {b}; I'll compute it exactly."),
+    "sub": ("I'll subtract {b} from {a} with Python.", "This is {a} minus {b}; I'll compute it exactly."),
+    "mul_sub": ("I'll multiply {a} by {b}, then subtract {c}.", "That is {a} times {b}, minus {c}. "
+                "I'll compute it with Python."),
+    "add_mul": ("I'll add {a} and {b}, then multiply the sum by {c}.", "That is {a} plus {b}, times {c}. "
+                "I'll compute it with Python."),
+    "floordiv": ("I'll divide {a} by {b} and keep the whole part.", "This is {a} divided by {b}, rounded "
+                 "down; I'll use integer division in Python."),
+    "percent": ("I'll take {p}% of {a}, that is {a} * {p} / 100.", "This is {p} percent of {a}; I'll compute "
+                "it with Python."),
+}
+_INTRO_TASK = {
+    "count": ("I'll count the letter {L} in {T} with Python instead of guessing.",
+              "Counting letters by eye is error-prone, so I'll count {L} in {T} with code."),
+    "count_name": ("I'll count the letter {L} in the name {T} with Python.",
+                   "Counting by eye is error-prone, so I'll count {L} in the name {T} with code."),
+    "count_text": ("I'll copy the text into Python and count the letter {L}.",
+                   "Counting letters by eye is error-prone, so I'll count {L} in the text with code."),
+    "compare": ("I need the {want} of {a} and {b}; I'll compare them with Python.",
+                "I'll let Python pick the {want} of {a} and {b}."),
+    "length": ("I need the number of characters in {T}; I'll use len() in Python.",
+               "I'll count the characters of {T} with Python's len()."),
+    "reverse": ("I need {T} reversed, last character first; I'll reverse it with Python.",
+                "I'll reverse the string {T} with Python."),
+    "char": ("I need the character at position {n} of {T}; I'll index it with Python.",
+             "I'll let Python pick character number {n} of {T}."),
+}
 _OUTRO = ("The result is {r}.\n", "Python gives {r}.\n", "So the answer is {r}.\n")
-_INTROS = {"arith": _INTRO_CODE, "count": _INTRO_TEXT, "count_name": _INTRO_TEXT, "count_text": _INTRO_TEXT}
 # the tool sets a task example is offered (its system prompt): the runtime default and python alone
 _TASK_TOOLS = (("python", "search"), ("python", "search"), ("python",))
 _PLAIN_TOOLS = (("python", "search"), ("python",), ())
@@ -174,16 +206,51 @@ def task_code(ex: Any) -> str:
     raise ConfigError(f"no program for task family {fam!r}")
 
 
-def arith_plans(family: str, n: int, seed: int, phrasing: str = "train") -> list[Plan]:
+def task_intro(rng: random.Random, ex: Any) -> str:
+    """The sentence before a task example's code: what is computed, on what (see ``_INTRO_TASK``)."""
+    m = ex.meta
+    if ex.family == "arith":
+        return rng.choice(_INTRO_ARITH[m["kind"]]).format(**m) + "\n"
+    want = {"larger": "larger", "smaller": "smaller"}.get(m.get("want", ""), "")
+    return rng.choice(_INTRO_TASK[ex.family]).format(
+        L=_lit(m.get("letter", "")), T=_lit(m.get("text", "")), n=m.get("n", ""), a=m.get("a", ""),
+        b=m.get("b", ""), want=want) + "\n"
+
+
+def _bug(rng: random.Random, code: str) -> tuple[str, str] | None:
+    """A realistic first attempt that fails, and the sentence that fixes it: a misspelt variable in
+    the last line (NameError) or an unclosed ``print(`` (SyntaxError)."""
+    last = code.rsplit("\n", 1)[-1]
+    names = [v for v in ("text", "word", "letter", "a", "b") if re.search(rf"\b{v}\b", last)]
+    if names and rng.random() < 0.6:
+        v = rng.choice(names)
+        typo = {"text": "txt", "word": "wrd", "letter": "leter", "a": "x", "b": "y"}[v]
+        bad = code[: len(code) - len(last)] + re.sub(rf"\b{v}\b", typo, last, count=1)
+        return bad, f"The code used the name {typo}, which is not defined; I'll fix it to {v}.\n"
+    if last.startswith("print(") and last.endswith(")"):
+        return code[:-1], "I left the print( call unclosed; I'll fix the parenthesis.\n"
+    return None
+
+
+def arith_plans(family: str, n: int, seed: int, phrasing: str = "train", *, fix: bool = False) -> list[Plan]:
     """Plans for one eval task family, from ``agent.evals.tasks.generate`` with this seed, drawn from
-    the training phrasings only by default (the held-out templates stay out of training data)."""
-    rng = random.Random(f"plans:{family}:{seed}")
+    the training phrasings only by default (the held-out templates stay out of training data). The
+    question is reworded (``train.phrasing.vary``) in about half of them. ``fix``: recovery examples,
+    whose first program fails for real and the second one, after a sentence naming the bug, works."""
+    rng = random.Random(f"plans:{family}:{seed}:{'fix' if fix else ''}")
     out = []
     for ex in generate(family, n, seed, phrasing):
-        intro = rng.choice(_INTROS.get(family, _INTRO_STR))
-        parts = [text(intro), call("python", task_code(ex)), text(rng.choice(_OUTRO)), answer("{r}")]
-        out.append(Plan(f"{ex.id}", family, ex.question, parts, ex.answer, _correct(ex.answer),
-                        tools=rng.choice(_TASK_TOOLS)))
+        question = vary(rng, ex.question, ex.meta.get("text", ""), p=0.5)
+        code = task_code(ex)
+        parts = [text(task_intro(rng, ex))]
+        if fix:
+            bug = _bug(rng, code)
+            if bug is None:
+                continue
+            parts += [call("python", bug[0], fails=True), text(bug[1])]
+        parts += [call("python", code), text(rng.choice(_OUTRO)), answer("{r}")]
+        out.append(Plan(f"{ex.id}{'-fix' if fix else ''}", "fix" if fix else family, question, parts, ex.answer,
+                        _correct(ex.answer), tools=rng.choice(_TASK_TOOLS)))
     return out
 
 
@@ -345,7 +412,8 @@ def plain_plans(n: int, seed: int, phrasing: str = "train") -> list[Plan]:
     for ex in generate("plain", n, seed, phrasing):
         say = ex.meta.get("say", "")
         parts = ([text(say + "\n")] if say else []) + [answer(ex.answer)]
-        out.append(Plan(ex.id, "plain", ex.question, parts, ex.answer, tools=rng.choice(_PLAIN_TOOLS)))
+        question = ex.question if ex.meta.get("kind") == "greet" else vary(rng, ex.question, p=0.35)
+        out.append(Plan(ex.id, "plain", question, parts, ex.answer, tools=rng.choice(_PLAIN_TOOLS)))
     return out
 
 
@@ -356,6 +424,10 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
         n = getattr(cfg, f"n_{fam}")
         if n:
             plans += arith_plans(fam, n, cfg.seed + k, cfg.phrasing)
+    if cfg.n_fix:  # other seeds than the families' own examples
+        per = -(-cfg.n_fix // len(TASK_FAMILIES))
+        for k, fam in enumerate(TASK_FAMILIES):
+            plans += arith_plans(fam, 2 * per, cfg.seed + 100 + k, cfg.phrasing, fix=True)[:per]
     rng = random.Random(f"sources:{cfg.seed}")
     if cfg.n_gsm8k:
         recs = read_records(cfg.gsm8k)
@@ -411,7 +483,7 @@ async def synthesize(plans: Sequence[Plan], tools: Mapping[str, Tool], syntax: s
 
 def family_limits(cfg: DataConfig) -> dict[str, int]:
     lim = {f: getattr(cfg, f"n_{f}") for f in TASK_FAMILIES}
-    lim.update(gsm8k=cfg.n_gsm8k, multihop=cfg.n_multihop, hop=cfg.n_hop, plain=cfg.n_plain,
+    lim.update(fix=cfg.n_fix, gsm8k=cfg.n_gsm8k, multihop=cfg.n_multihop, hop=cfg.n_hop, plain=cfg.n_plain,
                identity=cfg.n_identity)
     return lim
 

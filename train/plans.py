@@ -18,8 +18,10 @@ def text(s: str) -> dict[str, Any]:
     return {"type": "text", "text": s}
 
 
-def call(tool: str, arg: str) -> dict[str, Any]:
-    return {"type": "call", "tool": tool, "arg": arg}
+def call(tool: str, arg: str, *, fails: bool = False) -> dict[str, Any]:
+    """A tool call; ``fails``: the plan expects this call to come back as an error (a recovery
+    example), and the example is dropped if it does not."""
+    return {"type": "call", "tool": tool, "arg": arg, **({"fails": True} if fails else {})}
 
 
 def answer(s: str) -> dict[str, Any]:

@@ -147,6 +147,28 @@ _ARITH = (
        "{things} are there?", "mul_sub"),
     _T("How many groups of {b} can be made from {a} items?", "floordiv"),
     _T("Calculate {p} percent of {a}.", "percent"),
+    _T("A train carries {a} passengers on every trip and makes {b} trips. How many passengers ride in all?", "mul"),
+    _T("There are {b} rows with {a} seats in each row. How many seats are there?", "mul"),
+    _T("Work out {a} x {b}.", "mul"),
+    _T("{a} multiplied by {b} equals what?", "mul"),
+    _T("A farmer picked {a} apples in the morning and {b} in the afternoon. How many apples were picked?", "add"),
+    _T("Two cities have {a} and {b} inhabitants. What is their combined population?", "add"),
+    _T("What is the total of {a} and {b}?", "add"),
+    _T("A company earned {a} dollars and spent {b} dollars. How much money is left over?", "sub"),
+    _T("What is the difference between {a} and {b}?", "sub"),
+    _T("A road is {a} metres long and {b} metres are paved. How many metres are not paved yet?", "sub"),
+    _T("Compute {a} times {b}, then subtract {c}.", "mul_sub"),
+    _T("A club orders {a} boxes of {b} cups, and {c} cups break on the way. How many cups are whole?", "mul_sub"),
+    _T("A farm has {a} hens and {b} ducks, and each bird eats {c} grams of grain a day. How many grams of grain "
+       "do the birds eat per day?", "add_mul"),
+    _T("Add {a} and {b}, then multiply the sum by {c}.", "add_mul"),
+    _T("A bakery makes {a} muffins and {b} cookies a day. How many treats does it make in {c} days?", "add_mul"),
+    _T("A hall has {a} chairs on the floor and {b} on the balcony, and the same show runs {c} times, full "
+       "each time. How many seats are filled in total?", "add_mul"),
+    _T("{a} people need a ride and each van seats {b}. How many vans can be filled completely?", "floordiv"),
+    _T("Divide {a} by {b} and drop the remainder.", "floordiv"),
+    _T("Find {p}% of {a}.", "percent"),
+    _T("{p}% of the {a} voters chose the new mayor. How many voters is that?", "percent"),
     # held out (``_H``: never in training)
     _H("What is the product of {a} and {b}?", "mul"),
     _H("How much is {a} plus {b}?", "add"),
@@ -224,6 +246,16 @@ _COUNT = (
     _T("In {t}, count the occurrences of the letter {l}."),
     _T("Spell out {t} and count the letter {l}."),
     _T('How many "{l}"s are in "{t}"?'),
+    _T("Count the number of '{l}' letters in {t}."),
+    _T("In {t}, how many {l}'s are there?"),
+    _T("What's the count of the letter {l} in the word {t}?"),
+    _T("Please count how many {l} letters appear in {t}."),
+    _T("Tally the {l}'s in the word {t}."),
+    _T("How many occurrences of {l} does the word {t} contain?"),
+    _T("How many {l} are there in {t}?"),
+    _T("Total number of letter {l} in '{t}'?"),
+    _T("The word of the day is {t}. How many times does it use the letter {l}?"),
+    _T("Look closely at {t} and tell me how many {l}'s it has."),
     # held out
     _H("I'm spelling {t}. How many {l}'s will I write?"),
     _H("Letter count: how many '{l}' in '{t}'?"),
@@ -252,6 +284,15 @@ _COUNT_NAME = (
     _T("How many times does {l} occur in the name '{t}'?"),
     _T("The customer's name is {t}. Count the letter {l} in it."),
     _T('How many "{l}"s does the name "{t}" contain?'),
+    _T("How many {l}'s are in the name of {t}?"),
+    _T("Looking at the name {t}, count the letter {l}."),
+    _T("The passenger list shows {t}. How many {l}'s are in this name?"),
+    _T("How many times does the letter {l} appear in {t}'s full name?"),
+    _T("Count the {l}'s in the name written below.\n{t}"),
+    _T("The new student is {t}. How many letters {l} does that name have?"),
+    _T("In the name {t}, what is the count of {l}?"),
+    _T("{t} won the chess tournament. How often does {l} occur in the winner's name?"),
+    _T("{t} booked a table for two. Count the letter {l} in the name on the booking."),
     # held out
     _H("If I write out the name {t}, how many {l}'s do I write?"),
     _H("Name: {t}. Letter: {l}. How many?"),
@@ -280,6 +321,14 @@ _COUNT_TEXT = (
     _T("{t}\n\nHow many times does the letter {l} appear above?"),
     _T("Please count the letter {l} in the text below.\n{t}"),
     _T('Count the occurrences of "{l}" in: {t}'),
+    _T("How many times does {l} appear in the following sentence? {t}"),
+    _T("Here is some text: {t}\nCount the letter {l}."),
+    _T('Count how often the letter {l} occurs in this passage: "{t}"'),
+    _T("In the paragraph below, how many {l}'s are there?\n\n{t}"),
+    _T("Please tell me the number of times the letter {l} appears in: '{t}'"),
+    _T("Count all the {l}'s, upper and lower case, in this sentence: {t}"),
+    _T("What is the total count of the letter {l} in this text?\n{t}"),
+    _T("A line from the story: {t} How often does {l} appear in that line?"),
     # held out
     _H('My note says "{t}" How many {l}\'s did I write?'),
     _H("Read this and count the letter {l}:\n\n{t}"),
@@ -333,6 +382,11 @@ _COMPARE = (
     _T("Which of {a} and {b} is {w}?"),
     _T("{a} or {b}: which is {w}?"),
     _T("Select the {w} of {a} and {b}."),
+    _T("Is {a} {w} than {b}, or the other way round? Give the {w} number."),
+    _T("Find the {w} of the two numbers {a} and {b}."),
+    _T("{a} or {b} - which number is {w}?"),
+    _T("Which one is {w}? {a} or {b}"),
+    _T("Please compare {a} with {b} and give the {w} number."),
     # held out
     _H("Tell me which of these two is {w}: {a}, {b}."),
     _H("Look at {a} and {b}. Which of them is {w}?"),
@@ -381,6 +435,16 @@ _LENGTH = (
     _T("How many characters long is {s}?"),
     _T('Length of "{s}" in characters?'),
     _T("What's the number of characters in '{s}'?"),
+    _T("How many characters are there in {s}?"),
+    _T("What is the length of the string '{s}' in characters?"),
+    _T("Count the characters of the word {s}."),
+    _T("Tell me how long '{s}' is, in characters."),
+    _T("Number of characters in {s}?"),
+    _T("How many letters and digits does '{s}' contain in total?"),
+    _T("What is the total number of characters in the text {s}?"),
+    _T("Find out how many characters '{s}' has."),
+    _T("Measure the length of {s}."),
+    _T("The label {s} is printed on a box. How many characters long is the label?"),
     # held out
     _H("Count every character of this string: {s}"),
     _H('"{s}" has how many characters?'),
@@ -406,6 +470,16 @@ _REVERSE = (
     _T("Reverse the string {s}."),
     _T('What is "{s}" written backwards?'),
     _T("Give {s} backwards, character by character."),
+    _T("Reverse the order of the characters in '{s}'."),
+    _T("What do you get when you reverse {s}?"),
+    _T("Write the characters of {s} in the opposite order."),
+    _T("Can you write '{s}' in reverse?"),
+    _T("Give me {s} with its characters reversed."),
+    _T('What is the reversed form of "{s}"?'),
+    _T("Spell the string {s} from end to start."),
+    _T("Invert the string {s}."),
+    _T("Produce the reverse of {s}."),
+    _T("The code {s} was written backwards by mistake. What is it the right way round?"),
     # held out
     _H("Read {s} from right to left. What do you get?"),
     _H('Take "{s}" and reverse it.'),
@@ -432,6 +506,11 @@ _CHAR = (
     _T("What is the {o} letter in {s}?"),
     _T('Which letter is at position {n} of "{s}"?'),
     _T("In {s}, what is the {o} character?"),
+    _T("What is the character at position {n} of the string {s}?"),
+    _T("Give me letter number {n} of the word '{s}'."),
+    _T("Which letter is the {o} one in {s}?"),
+    _T("In '{s}', which character is in the {o} position?"),
+    _T("Spell {s} and tell me the {o} letter."),
     # held out
     _H("Look at the word {s}. Its {o} letter is what?"),
     _H('In "{s}", what sits at position {n} (the first letter is position 1)?'),
@@ -513,6 +592,17 @@ _PLAIN = (  # (template, kind)
     _T("What does {x} say?", "animal"),
     _T("Quick: {a} + {b} = ?", "small_sum"),
     _T("What do you get when you multiply {a} by {b}?", "small_mul"),
+    _T("Name the weekday after {d}.", "day"),
+    _T("{d} is followed by which day?", "day"),
+    _T("What's the next day of the week after {d}?", "day"),
+    _T("What day comes before {d}?", "day_before"),
+    _T("Which day of the week is just before {d}?", "day_before"),
+    _T("{q}", "fact"),
+    _T("Quick fact check: {q}", "fact"),
+    _T("Capital of {c}?", "capital"),
+    _T("Hi! What is the capital of {c}?", "capital"),
+    _T("What is the plural of {x}?", "plural"),
+    _T("What's the plural form of the word {x}?", "plural"),
     # held out
     _H("Which city is the capital of {c}?", "capital"),
     _H("Tell me what {x} is.", "define"),
@@ -523,8 +613,38 @@ _PLAIN = (  # (template, kind)
 )
 
 
+_FACTS = (("How many legs does a spider have?", "8", "A spider has 8 legs."),
+          ("How many days are in a week?", "7", "A week has 7 days."),
+          ("How many legs does a dog have?", "4", "A dog has 4 legs."),
+          ("What is the largest planet in our solar system?", "Jupiter", "Jupiter is the largest planet."),
+          ("What do bees make?", "honey", "Bees make honey."),
+          ("What is frozen water called?", "ice", "Frozen water is ice."),
+          ("How many months are in a year?", "12", "A year has 12 months."),
+          ("What planet do we live on?", "Earth", "We live on Earth."),
+          ("How many hours are in a day?", "24", "A day has 24 hours."),
+          ("Which animal is known as the king of the jungle?", "lion", "The lion is called the king of the jungle."),
+          ("What is the color of a clear sky?", "blue", "A clear sky is blue."),
+          ("How many sides does a triangle have?", "3", "A triangle has 3 sides."),
+          ("Which season comes after winter?", "spring", "Spring comes after winter."),
+          ("What gas do people need to breathe?", "oxygen", "People breathe oxygen."),
+          ("How many wheels does a bicycle have?", "2", "A bicycle has 2 wheels."),
+          ("What is the opposite of north?", "south", "The opposite of north is south."))
+_PLURALS = (("cat", "cats"), ("child", "children"), ("mouse", "mice"), ("box", "boxes"), ("foot", "feet"),
+            ("city", "cities"), ("tooth", "teeth"), ("leaf", "leaves"), ("person", "people"), ("woman", "women"))
+
+
 def _plain(rng: random.Random, t: _T) -> tuple[str, str, dict]:
     k = t.kind
+    if k == "fact":
+        q, a, say = rng.choice(_FACTS)
+        return t.text.format(q=q), a, {"kind": k, "say": say}
+    if k == "plural":
+        w, pl = rng.choice(_PLURALS)
+        return t.text.format(x=w), pl, {"kind": k, "say": f"The plural of \"{w}\" is \"{pl}\"."}
+    if k == "day_before":
+        d = rng.randrange(7)
+        prev = _DAYS[(d - 1) % 7]
+        return t.text.format(d=_DAYS[d]), prev, {"kind": k, "say": f"The day before {_DAYS[d]} is {prev}."}
     if k == "capital":
         c, cap = rng.choice(_CAPITALS)
         return t.text.format(c=c), cap, {"kind": k, "say": f"The capital of {c} is {cap}."}
