@@ -24,6 +24,7 @@ pytest.importorskip("peft")
 from agent import Agent
 from agent.backends.sampling import sample_token
 from agent.backends.transformers import TransformersBackend, load_hf
+from agent.errors import ConfigError
 from train import grpo
 from train.grpo import GRPOConfig, GRPOTrainer, grpo_loss, logprobs_from_logits, rollout_config
 from train.rollout import pack
@@ -249,3 +250,35 @@ async def test_batched_rollout_backend_samples_from_the_live_lora_policy(tiny_mo
     with policy.disable_adapter():
         base = await greedy(TransformersBackend(model=policy, tokenizer=tok))
     assert batched == single and single != base
+
+
+def test_generated_tasks_use_training_phrasings_unless_a_split_is_named():
+    from agent.evals.tasks import generate_mix
+    from train.grpo import load_tasks
+
+    got = [q for q, _ in load_tasks(GRPOConfig(tasks="count,reverse", n_tasks=60, seed=4))]
+    assert got == [e.question for e in generate_mix(["count", "reverse"], 60, 4, "train")]
+    held = [q for q, _ in load_tasks(GRPOConfig(tasks="count@heldout", n_tasks=10, seed=4))]
+    assert held == [e.question for e in generate_mix(["count"], 10, 4, "heldout")]
+
+
+def test_init_adapter_continues_training_the_given_lora(tiny_model_dir, tmp_path):
+    peft = pytest.importorskip("peft")
+    model, tok = load_hf(tiny_model_dir, device="cpu")
+    sft = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in sft.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    saved = {n: p.detach().clone() for n, p in sft.named_parameters() if "lora_" in n}
+    sft.save_pretrained(tmp_path / "sft" / "adapter")
+
+    fresh, tok = load_hf(tiny_model_dir, device="cpu")
+    t = GRPOTrainer(config(tmp_path, init_adapter=str(tmp_path / "sft")), model=fresh, tokenizer=tok, tasks=TASKS,
+                    backend_factory=ForcingBackend)
+    lora = {n: p for n, p in t.model.named_parameters() if "lora_" in n}
+    assert lora.keys() == saved.keys() and all(p.requires_grad for p in lora.values())
+    assert all(torch.equal(lora[n], saved[n]) for n in saved)
+    with pytest.raises(ConfigError, match="no adapter_config.json"):
+        GRPOTrainer(config(tmp_path, init_adapter=str(tmp_path)), model=load_hf(tiny_model_dir, device="cpu")[0],
+                    tokenizer=tok, tasks=TASKS, backend_factory=ForcingBackend)

@@ -28,8 +28,8 @@ from agent.errors import ConfigError, ModelError, require
 from train.data import read_jsonl
 from train.render import ChatRenderer
 
-__all__ = ["DatasetConfig", "ExportConfig", "export", "export_dataset", "load_trained", "merge_lora", "write_gguf",
-           "write_lora_gguf", "hf_to_gguf_name", "to_hf_dataset"]
+__all__ = ["DatasetConfig", "ExportConfig", "adapter_dir", "export", "export_dataset", "load_trained", "merge_lora",
+           "write_gguf", "write_lora_gguf", "hf_to_gguf_name", "to_hf_dataset"]
 
 log = logging.getLogger("splice.train.export")
 
@@ -50,7 +50,9 @@ class ExportConfig:
 
 
 # -- loading and merging ------------------------------------------------------------------------------
-def _adapter_dir(src: Path) -> Path | None:
+def adapter_dir(src: str | Path) -> Path | None:
+    """The peft adapter dir of a training output (``src`` or ``src/adapter``), None if it has none."""
+    src = Path(src)
     for d in (src, src / "adapter"):
         if (d / "adapter_config.json").exists():
             return d
@@ -61,7 +63,7 @@ def load_trained(src: str | Path, base: str = "") -> tuple[Any, Any, bool]:
     """(model, tokenizer, is_lora): a peft model over its base for an adapter dir, else a HF model."""
     transformers = require("transformers", "torch")
     src = Path(src)
-    adir = _adapter_dir(src)
+    adir = adapter_dir(src)
     if adir is None:
         mdir = src / "model" if (src / "model" / "config.json").exists() else src
         model, tok = load_hf(mdir, device="cpu", dtype="float32")

@@ -42,9 +42,10 @@ from agent.backends.transformers import TransformersBackend, load_hf
 from agent.config import add_arguments, dump_config, from_args
 from agent.errors import ConfigError, require
 from agent.evals.data import load_examples
-from agent.evals.tasks import generate_mix
+from agent.evals.tasks import generate_mix, parse_spec
 from agent.runtime import Agent, RuntimeConfig
 from train import checkpoint
+from train.export import adapter_dir
 from train.reward import RewardModel
 from train.rewards import RewardTerm, accuracy_reward, is_void, parse_rewards, score
 from train.rollout import METRIC_FIELDS, Episode, TraceWriter, pack, plot_rewards, rollout_groups, rollout_mode
@@ -100,6 +101,9 @@ class GRPOConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    init_adapter: str = field(default="", metadata={
+        "help": "start from this LoRA adapter (an `agent train sft` output dir or its adapter/) and train it "
+                "further, instead of a fresh one; the reference model is still the base (adapter off)"})
     rollout: RuntimeConfig = field(default_factory=lambda: rollout_config(), metadata={
         "flatten": True, "skip": ("model", "llm", "seed"),
         "help": "the rollouts' runtime (tools, syntax, sampling, limits); flags at top level"})
@@ -219,7 +223,10 @@ def load_tasks(cfg: GRPOConfig) -> list[tuple[str, list[str]]]:
     if Path(cfg.tasks).is_file():
         examples = load_examples(cfg.tasks)
     else:
-        examples = generate_mix([f for f in cfg.tasks.split(",") if f], cfg.n_tasks, cfg.seed)
+        families, phrasing = parse_spec(cfg.tasks)
+        if "@" not in cfg.tasks:
+            phrasing = "train"  # held-out phrasings stay out of training unless asked for by name
+        examples = generate_mix(families, cfg.n_tasks, cfg.seed, phrasing)
     return [(e.question, e.golds) for e in examples]
 
 
@@ -229,6 +236,11 @@ def _load_policy(cfg: GRPOConfig) -> tuple[Any, Any]:
 
 def _with_lora(model: Any, cfg: GRPOConfig) -> Any:
     peft = require("peft", "torch")
+    if cfg.init_adapter:  # continue training a LoRA adapter (e.g. SFT's): its own rank and targets
+        adir = adapter_dir(cfg.init_adapter)
+        if adir is None:
+            raise ConfigError(f"--init-adapter {cfg.init_adapter}: no adapter_config.json there or in adapter/")
+        return peft.PeftModel.from_pretrained(model, str(adir), is_trainable=True)
     conf = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                            target_modules="all-linear", task_type="CAUSAL_LM")
     return peft.get_peft_model(model, conf)
