@@ -28,7 +28,7 @@ def trained(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft")
     train_sft(SFTConfig(model=str(tiny_model_dir), output_dir=str(out), tools=["python"], batch_size=2, max_steps=8,
                         lr=2e-2, warmup_steps=1, eval_fraction=0.0, eval_every=0, save_every=0, progress=False,
-                        lora_r=4, lora_alpha=8, threads=1), _rows())
+                        lora_r=4, lora_alpha=8, threads=1, precision="fp32"), _rows())
     return out
 
 

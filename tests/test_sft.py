@@ -30,7 +30,7 @@ def make_rows(n: int = 12) -> list[dict]:
 def cfg_for(tiny_model_dir, out, **kw) -> SFTConfig:
     base = dict(model=str(tiny_model_dir), output_dir=str(out), tools=["python"], batch_size=2, grad_accum=2,
                 max_steps=6, lr=5e-3, warmup_steps=1, eval_fraction=0.2, eval_every=3, save_every=0,
-                progress=False, lora_r=4, lora_alpha=8, seed=3, threads=1)
+                progress=False, lora_r=4, lora_alpha=8, seed=3, threads=1, precision="fp32")
     base.update(kw)
     return SFTConfig(**base)
 
@@ -210,3 +210,34 @@ def test_long_micro_batches_split_by_token_budget_give_the_same_step(tiny_model_
     assert all(torch.allclose(w0[k], w1[k], atol=1e-6) for k in w0)
     assert any(not torch.allclose(w0[k], SFTTrainer(cfg_for(tiny_model_dir, tmp_path / "init", eval_fraction=0.0),
                                                     rows).trainable_state()[k]) for k in w0)  # it did move
+
+
+def test_precision_auto_uses_bf16_where_the_cpu_has_it(tmp_path):
+    from agent.errors import ConfigError
+    from train.sft import mixed_precision
+
+    with_bf16, without = tmp_path / "a", tmp_path / "b"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert mixed_precision("auto", cpu=True, cpuinfo=with_bf16) == "bf16"
+    assert mixed_precision("auto", cpu=True, cpuinfo=without) == "no"
+    assert mixed_precision("auto", cpu=True, cpuinfo=tmp_path / "missing") == "no"
+    assert mixed_precision("auto", cpu=False, cpuinfo=without) == "bf16"  # a GPU
+    assert mixed_precision("fp32", cpu=True, cpuinfo=with_bf16) == "no"
+    assert mixed_precision("bf16", cpu=True, cpuinfo=without) == "bf16"
+    with pytest.raises(ConfigError, match="precision"):
+        mixed_precision("fp16", cpu=True)
+
+
+def test_bf16_on_cpu_runs_the_matrices_in_bf16_and_learns(tiny_model_dir, tmp_path):
+    cfg = cfg_for(tiny_model_dir, tmp_path / "run", max_steps=20, lr=3e-2, lora_r=8, eval_every=0, precision="bf16")
+    trainer = SFTTrainer(cfg, make_rows())
+    dtypes = set()
+    layer = trainer.model.get_base_model().model.layers[0].mlp.down_proj
+    hook = layer.register_forward_hook(lambda mod, args, out: dtypes.add(out.dtype))
+    summary = trainer.fit()
+    hook.remove()
+    assert dtypes == {torch.bfloat16} and summary["precision"] == "bf16"
+    losses = [h["loss"] for h in trainer.history if h.get("loss") is not None]
+    assert sum(losses[-5:]) / 5 < summary["first_loss"] - 0.3
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # weights stay fp32

@@ -33,7 +33,7 @@ def config(model_dir, out, grad_accum: int) -> SFTConfig:
     return SFTConfig(model=str(model_dir), output_dir=str(out), tools=["python"], batch_size=2, grad_accum=grad_accum,
                      max_steps=0, epochs=3.0, lr=2e-2, warmup_steps=1, eval_fraction=0.0, save_every=0,
                      progress=False, lora_r=4, lora_alpha=8, seed=1, threads=1, share_prefix=False,
-                     group_by_length=False, device="cpu")
+                     group_by_length=False, device="cpu", precision="fp32")
 
 
 def _run(trainer: SFTTrainer) -> dict:

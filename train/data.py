@@ -191,7 +191,11 @@ def task_code(ex: Any) -> str:
     """The program a task example's answer comes from: the question's text copied exactly into a
     variable, case-insensitive where case does not matter, ``print`` of the final value."""
     m, fam = ex.meta, ex.family
-    if fam == "arith":
+    if fam == "arith":  # a two-step expression as two steps: no operator precedence to get wrong
+        if m["kind"] == "mul_sub":
+            return f"total = {m['a']} * {m['b']}\nprint(total - {m['c']})"
+        if m["kind"] == "add_mul":
+            return f"total = {m['a']} + {m['b']}\nprint(total * {m['c']})"
         return f"print({m['expr']})"
     if fam in ("count", "count_name", "count_text"):
         return f"text = {_lit(m['text'])}\nletter = {_lit(m['letter'])}\nprint(text.lower().count(letter.lower()))"
@@ -209,8 +213,12 @@ def task_code(ex: Any) -> str:
 def task_intro(rng: random.Random, ex: Any) -> str:
     """The sentence before a task example's code: what is computed, on what (see ``_INTRO_TASK``)."""
     m = ex.meta
-    if ex.family == "arith":
-        return rng.choice(_INTRO_ARITH[m["kind"]]).format(**m) + "\n"
+    if ex.family == "arith":  # every number of the question first, in its order: none gets dropped
+        given = [n for n in (x.replace(",", "") for x in re.findall(r"\d[\d,]*", ex.question))
+                 if n in {m.get(k) for k in "abcp"}]
+        listed = ", ".join(given[:-1]) + f" and {given[-1]}" if len(given) > 1 else "".join(given)
+        lead = rng.choice(("The numbers are {}.", "The question gives {}.", "Numbers in the question: {}."))
+        return lead.format(listed) + " " + rng.choice(_INTRO_ARITH[m["kind"]]).format(**m) + "\n"
     want = {"larger": "larger", "smaller": "smaller"}.get(m.get("want", ""), "")
     return rng.choice(_INTRO_TASK[ex.family]).format(
         L=_lit(m.get("letter", "")), T=_lit(m.get("text", "")), n=m.get("n", ""), a=m.get("a", ""),
@@ -221,10 +229,11 @@ def _bug(rng: random.Random, code: str) -> tuple[str, str] | None:
     """A realistic first attempt that fails, and the sentence that fixes it: a misspelt variable in
     the last line (NameError) or an unclosed ``print(`` (SyntaxError)."""
     last = code.rsplit("\n", 1)[-1]
-    names = [v for v in ("text", "word", "letter", "a", "b") if re.search(rf"\b{v}\b", last)]
+    typos = {"text": "txt", "word": "wrd", "letter": "leter", "total": "totl", "a": "x", "b": "y"}
+    names = [v for v in typos if re.search(rf"\b{v}\b", last)]
     if names and rng.random() < 0.6:
         v = rng.choice(names)
-        typo = {"text": "txt", "word": "wrd", "letter": "leter", "a": "x", "b": "y"}[v]
+        typo = typos[v]
         bad = code[: len(code) - len(last)] + re.sub(rf"\b{v}\b", typo, last, count=1)
         return bad, f"The code used the name {typo}, which is not defined; I'll fix it to {v}.\n"
     if last.startswith("print(") and last.endswith(")"):

@@ -83,6 +83,9 @@ class SFTConfig:
     resume: bool = field(default=True, metadata={"help": "resume from OUT/checkpoint when it exists"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto (bf16 autocast on GPU, and on a CPU with native bf16 matrix instructions, avx512_bf16 or "
+                "amx_bf16: 1.5x per step on a 2-core EPYC; else fp32) | bf16 | fp32"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
@@ -201,6 +204,25 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
+def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU advertises native bf16 matrix instructions (where bf16 autocast is faster
+    than fp32; elsewhere it is emulated and slower)."""
+    try:
+        flags = set(Path(cpuinfo).read_text(errors="replace").split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def mixed_precision(precision: str, cpu: bool, cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """accelerate's ``mixed_precision`` for ``SFTConfig.precision``: ``"bf16"`` or ``"no"``."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    if precision == "auto":
+        return "bf16" if not cpu or cpu_has_bf16(cpuinfo) else "no"
+    return "bf16" if precision == "bf16" else "no"
+
+
 class SFTTrainer:
     """Owns model, data order, optimizer and checkpoints. ``fit()`` runs to the end; tests drive
     ``train_step`` / ``save_checkpoint`` directly to simulate a kill and resume."""
@@ -214,7 +236,11 @@ class SFTTrainer:
             torch.set_num_threads(cfg.threads)
         cpu = cfg.device == "cpu" or not torch.cuda.is_available()
         # one scheduler step per optimizer step, whatever the number of processes (module docstring)
-        self.accel = Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16", step_scheduler_with_optimizer=False)
+        # bf16 on a CPU is plain torch autocast around the forwards (``_autocast``): accelerate's
+        # process-wide state would refuse a second trainer in one process with another precision
+        self.precision = mixed_precision(cfg.precision, cpu)
+        self.accel = Accelerator(cpu=cpu, mixed_precision="no" if cpu else self.precision,
+                                 step_scheduler_with_optimizer=False)
         _seed_everything(cfg.seed, torch)
         self.out = Path(cfg.output_dir)
         self.model, self.tok, self.new_ids = load_model(cfg)
@@ -330,7 +356,7 @@ class SFTTrainer:
         for j, idx in enumerate(chunks):
             batch = _collate([self.train_feats[i] for i in idx], pad, torch)
             ctx = self.accel.no_sync(self.model) if j < len(chunks) - 1 else contextlib.nullcontext()
-            with ctx, self.accel.autocast():
+            with ctx, self._autocast():
                 loss, _ = self._loss_sum(batch)
                 self.accel.backward(loss * scale)
             total += float(loss.detach())
@@ -356,7 +382,7 @@ class SFTTrainer:
         torch, bs = self.torch, self.cfg.batch_size
         self.model.eval()
         tot, n = 0.0, 0
-        with torch.no_grad(), self.accel.autocast():
+        with torch.no_grad(), self._autocast():
             for k in range(0, len(self.eval_feats), bs):
                 loss, cnt = self._loss_sum(_collate(self.eval_feats[k:k + bs], self.tok.pad_token_id, torch))
                 tot, n = tot + float(loss), n + cnt
@@ -423,8 +449,14 @@ class SFTTrainer:
         return {"steps": self.step, "steps_this_run": self.step - start_step, "stopped_early": stopped,
                 "seconds": time.perf_counter() - t0, "final_eval_loss": final_eval, "saved": str(saved),
                 "train_examples": len(self.train_feats), "eval_examples": len(self.eval_feats),
+                "precision": "bf16" if self.precision == "bf16" else "fp32",
                 "first_loss": next((h["loss"] for h in self.history if "loss" in h), None),
                 "last_loss": next((h["loss"] for h in reversed(self.history) if "loss" in h), None)}
+
+    def _autocast(self) -> Any:
+        if self.accel.device.type == "cpu":
+            return self.torch.autocast("cpu", dtype=self.torch.bfloat16, enabled=self.precision == "bf16")
+        return self.accel.autocast()
 
     def save_final(self) -> Path:
         """OUT/adapter (LoRA, with base model path) or OUT/model (full), plus the tokenizer."""
