@@ -13,7 +13,7 @@ ended), which is what an earlier in-process version of this benchmark measured a
 two sides run in pairs, in alternating order (raw first, then splice first, ...), and the figure is
 the median of the per-pair ratios: a busy neighbour on a shared host moves both sides of a pair alike.
 
-    python benchmarks/bench_decode.py [--tokens 200] [--pairs 8] [--out FILE]
+    python benchmarks/bench_decode.py [--model default|base] [--tokens 200] [--pairs 8] [--out FILE]
 """
 
 from __future__ import annotations
@@ -33,15 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 QUESTION = "Write a long story about a dragon who learns to count."
 
 
-def raw_tokens_per_s(prompt: list[int], n: int) -> float:
+def raw_tokens_per_s(model_name: str, prompt: list[int], n: int) -> float:
     import numpy as np
 
-    from agent.backends import default_model_path
+    from agent.backends import default_model_path, shipped_adapter
     from agent.backends.llama_cpp import load_llama, requantized
 
-    model = requantized(default_model_path())  # the file Agent(model="base") loads (--weights auto)
+    model = requantized(default_model_path())  # the file Agent(model=...) loads (--weights auto)
+    adapter = shipped_adapter() if model_name == "default" else None
     llm = load_llama(model_path=str(model), n_ctx=4096, n_threads=os.cpu_count(), n_batch=512,
-                     flash_attn=True, verbose=False)
+                     flash_attn=True, lora_path=str(adapter) if adapter else None, verbose=False)
     try:
         llm.eval(prompt[:1])  # warm-up, as the splice side's first episode
         llm.reset()
@@ -54,10 +55,10 @@ def raw_tokens_per_s(prompt: list[int], n: int) -> float:
         llm.close()
 
 
-async def splice_run(tokens: int) -> dict:
+async def splice_run(model_name: str, tokens: int) -> dict:
     from agent import Agent
 
-    async with Agent(model="base", tools=[], max_new_tokens=tokens, temperature=0.0) as agent:
+    async with Agent(model=model_name, tools=[], max_new_tokens=tokens, temperature=0.0) as agent:
         await agent.run("Hi")  # warm-up (load, first prefill)
         t0 = time.perf_counter()
         traj = await agent.run(QUESTION)
@@ -65,24 +66,27 @@ async def splice_run(tokens: int) -> dict:
     return {"tok_s": traj.n_generated / dt, "prompt": traj.token_ids[: traj.prompt_len], "n": traj.n_generated}
 
 
-def child(side: str, tokens: int, prompt_file: str) -> None:
+def child(side: str, model_name: str, tokens: int, prompt_file: str) -> None:
     if side == "splice":
-        res = asyncio.run(splice_run(tokens))
+        res = asyncio.run(splice_run(model_name, tokens))
         Path(prompt_file).write_text(json.dumps({"prompt": res["prompt"], "n": res["n"]}))
         print(json.dumps({"tok_s": res["tok_s"]}))
     else:
         job = json.loads(Path(prompt_file).read_text())
-        print(json.dumps({"tok_s": raw_tokens_per_s(job["prompt"], job["n"])}))
+        print(json.dumps({"tok_s": raw_tokens_per_s(model_name, job["prompt"], job["n"])}))
 
 
-def measure(side: str, tokens: int, prompt_file: str) -> float:
-    out = subprocess.run([sys.executable, __file__, "--child", side, "--tokens", str(tokens),
+def measure(side: str, model_name: str, tokens: int, prompt_file: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", side, "--model", model_name,
+                          "--tokens", str(tokens),
                           "--prompt-file", prompt_file], capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["tok_s"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=["default", "base"], default="default",
+                    help="default: base GGUF + the shipped adapter on both sides; base: the bare weights")
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--out", help="write the figures as JSON here")
@@ -90,31 +94,33 @@ def main() -> None:
     ap.add_argument("--prompt-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.tokens, args.prompt_file)
+        child(args.child, args.model, args.tokens, args.prompt_file)
         return
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         prompt_file = str(Path(tmp) / "prompt.json")
-        measure("splice", args.tokens, prompt_file)  # fixes the prompt ids and token count for both sides
+        measure("splice", args.model, args.tokens, prompt_file)  # fixes the prompt ids and token count for both sides
         n = json.loads(Path(prompt_file).read_text())
         ours, raw = [], []
         for i in range(args.pairs):
             order = ("raw", "splice") if i % 2 == 0 else ("splice", "raw")
-            got = {side: measure(side, args.tokens, prompt_file) for side in order}
+            got = {side: measure(side, args.model, args.tokens, prompt_file) for side in order}
             ours.append(got["splice"])
             raw.append(got["raw"])
             print(f"  pair {i + 1}: raw {got['raw']:6.1f}  splice {got['splice']:6.1f} tok/s  "
                   f"{got['splice'] / got['raw']:.2f}x", file=sys.stderr, flush=True)
     ratios = [o / r for o, r in zip(ours, raw)]
     ratio = statistics.median(ratios)
-    print(f"default model, {n['n']} greedy tokens after a {len(n['prompt'])}-token prompt, "
+    print(f"--model {args.model}, {n['n']} greedy tokens after a {len(n['prompt'])}-token prompt, "
           f"{args.pairs} pairs of fresh processes (median):")
     print(f"  raw llama-cpp-python (loading thread)  {statistics.median(raw):7.1f} tok/s   1.00x")
-    print(f"  Agent(model='base', tools=[])          {statistics.median(ours):7.1f} tok/s   {ratio:.2f}x   "
+    ours_label = f"Agent(model={args.model!r}, tools=[])"
+    print(f"  {ours_label:38} {statistics.median(ours):7.1f} tok/s   {ratio:.2f}x   "
           f"(pair ratios {min(ratios):.2f}-{max(ratios):.2f}; goal >= 0.95x)")
     if args.out:
-        Path(args.out).write_text(json.dumps({"tokens": n["n"], "prompt_tokens": len(n["prompt"]), "raw_tok_s": raw,
+        Path(args.out).write_text(json.dumps({"model": args.model, "tokens": n["n"],
+                                              "prompt_tokens": len(n["prompt"]), "raw_tok_s": raw,
                                               "splice_tok_s": ours, "pair_ratios": ratios,
                                               "median_ratio": ratio}, indent=1))
 
