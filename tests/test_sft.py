@@ -101,6 +101,20 @@ def test_killed_run_resumes_to_identical_weights(tiny_model_dir, tmp_path):
         assert torch.equal(got[name], want[name]), name
 
 
+def test_a_resumed_run_reports_the_time_of_the_whole_run(tiny_model_dir, tmp_path):
+    rows = make_rows()
+    first = SFTTrainer(cfg_for(tiny_model_dir, tmp_path, max_steps=3, save_every=1, eval_every=0), rows)
+    first.fit()
+    before = first.history[-1]["seconds"]  # the clock as the last checkpoint saved it
+    del first  # killed after its last checkpoint; a longer run resumes from it
+    second = SFTTrainer(cfg_for(tiny_model_dir, tmp_path, max_steps=5, save_every=1, eval_every=0), rows)
+    summary = second.fit()
+    assert summary["steps_this_run"] == 2
+    assert summary["seconds"] - summary["seconds_this_run"] == pytest.approx(before, abs=0.01)  # clock goes on
+    seconds = [h["seconds"] for h in second.history if "loss" in h]
+    assert seconds == sorted(seconds)  # the loss curve's time axis never jumps back at the resume
+
+
 def test_new_tag_tokens_are_trained_with_lora(tiny_model_dir, tmp_path):
     cfg = cfg_for(tiny_model_dir, tmp_path / "tok", add_special_tokens=True, max_steps=4, eval_every=0)
     trainer = SFTTrainer(cfg, make_rows())

@@ -423,7 +423,10 @@ class SFTTrainer:
         self.maybe_resume()
         metrics = MetricsLog(self.out, ("step", "loss", "eval_loss", "lr", "seconds"), self.history, prefix="sft",
                              png="loss.png", plot=plot_loss, enabled=self.accel.is_main_process)
-        t0, start_step, stopped = time.perf_counter(), self.step, False
+        # "seconds" counts the whole run across resumes: a resumed run goes on from the checkpoint's clock
+        done = next((h["seconds"] for h in reversed(self.history) if h.get("seconds") is not None), 0.0)
+        run_t0, start_step, stopped = time.perf_counter(), self.step, False
+        t0 = run_t0 - float(done)
         with StepProgress("sft", self.total_steps, self.step, cfg.progress and self.accel.is_main_process) as bar:
             while self.step < self.total_steps:
                 loss = self.train_step()
@@ -435,7 +438,7 @@ class SFTTrainer:
                 bar(self.step, f"loss {loss:.3f}")
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
-                if cfg.time_limit_min and time.perf_counter() - t0 > 60 * cfg.time_limit_min:
+                if cfg.time_limit_min and time.perf_counter() - run_t0 > 60 * cfg.time_limit_min:
                     stopped = True
                     break
         final_eval = self.evaluate()
@@ -447,7 +450,8 @@ class SFTTrainer:
         saved = self.save_final()
         metrics.close()
         return {"steps": self.step, "steps_this_run": self.step - start_step, "stopped_early": stopped,
-                "seconds": time.perf_counter() - t0, "final_eval_loss": final_eval, "saved": str(saved),
+                "seconds": time.perf_counter() - t0, "seconds_this_run": time.perf_counter() - run_t0,
+                "final_eval_loss": final_eval, "saved": str(saved),
                 "train_examples": len(self.train_feats), "eval_examples": len(self.eval_feats),
                 "precision": "bf16" if self.precision == "bf16" else "fp32",
                 "first_loss": next((h["loss"] for h in self.history if "loss" in h), None),
