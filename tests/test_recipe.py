@@ -36,7 +36,7 @@ def test_every_stage_runs_and_the_card_records_what_it_came_from(smoke):
     summary = json.loads((out / "eval" / "eval.json").read_text())
     # the eval ran the exported adapter through llama.cpp (its model id names the adapter)
     rec = json.loads((out / "eval" / "adapter" / "tasks-heldout" / "episodes.jsonl").read_text().splitlines()[0])
-    assert rec["trajectory"]["model"].endswith("+smollm2-tools.gguf")
+    assert "+smollm2-tools" in rec["trajectory"]["model"]
     assert set(summary["adapter"]["tasks-heldout"]) == {"python", "none"}
 
 

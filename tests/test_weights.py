@@ -11,8 +11,15 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from agent.backends import BackendConfig, _weights, default_model_path, load_backend  # noqa: E402
-from agent.backends.llama_cpp import load_llama, requantized  # noqa: E402
+from agent.backends import (  # noqa: E402
+    BackendConfig,
+    _merged,
+    _weights,
+    default_model_path,
+    load_backend,
+    shipped_adapter,
+)
+from agent.backends.llama_cpp import load_llama, merged, requantized  # noqa: E402
 from agent.cli import build_parser  # noqa: E402
 from agent.config import from_args  # noqa: E402
 from agent.errors import ConfigError, ModelError  # noqa: E402
@@ -89,7 +96,8 @@ def test_the_copy_is_the_same_model(cache):
 
 async def test_default_and_base_run_the_copy_other_files_and_as_is_do_not(cache):
     for model, cfg, want in [
-        ("default", BackendConfig(), "SmolLM2-135M-Instruct.Q4_1.q8_0.gguf+smollm2-tools.gguf"),
+        ("default", BackendConfig(), "SmolLM2-135M-Instruct.Q4_1+smollm2-tools.q8_0.gguf"),  # merged, no LoRA
+        ("base", BackendConfig(adapter=str(shipped_adapter())), "SmolLM2-135M-Instruct.Q4_1+smollm2-tools.q8_0.gguf"),
         ("base", BackendConfig(), "SmolLM2-135M-Instruct.Q4_1.q8_0.gguf"),
         ("default", BackendConfig(weights="as-is"), "SmolLM2-135M-Instruct.Q4_1.gguf+smollm2-tools.gguf"),
         (str(default_model_path()), BackendConfig(), "SmolLM2-135M-Instruct.Q4_1.gguf"),  # a user's own file
@@ -100,6 +108,46 @@ async def test_default_and_base_run_the_copy_other_files_and_as_is_do_not(cache)
             assert backend.model_id == want, (model, cfg.weights)
         finally:
             await backend.aclose()
+
+
+CALL = ("<|im_start|>user\nHow many r's are in strawberry?<|im_end|>\n<|im_start|>assistant\nI'll count with "
+        "Python.\n<code_start>text = \"strawberry\"\nprint(text.count(\"r\"))<code_end>")
+
+
+def _scores(path, lora=None) -> np.ndarray:
+    llm = load_llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False,
+                     lora_path=str(lora) if lora else None)
+    try:
+        ids = llm.tokenize(CALL.encode(), special=True)
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+
+
+def test_the_merged_copy_is_the_model_with_its_adapter(cache):
+    """Teacher-forced, the copy with the shipped adapter folded in predicts what llama.cpp's run-time
+    adapter predicts (measured: same next token at 0.96 of positions, mean logit gap 0.29), while the
+    bare weights are far from both (0.50, 6.6): the whole delta is in, at llama.cpp's scale."""
+    copy = requantized(default_model_path())
+    want = _scores(copy, shipped_adapter())
+    got = _scores(merged(default_model_path(), shipped_adapter()))
+    bare = _scores(copy)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+    assert np.abs(got - want).mean() < 1.0
+    assert np.abs(bare - want).mean() > 3.0  # the adapter matters on this text: the check can fail
+
+
+def test_a_merge_that_cannot_be_made_falls_back_to_the_run_time_adapter(cache, tmp_path, caplog):
+    src, copy = default_model_path(), requantized(default_model_path())
+    not_lora = tmp_path / "not-lora.gguf"
+    shutil.copy(copy, not_lora)  # a GGUF, but a model, not an adapter
+    with pytest.raises(ModelError, match="not a LoRA adapter"):
+        merged(src, not_lora)
+    with caplog.at_level(logging.WARNING, logger="splice.backends"):
+        assert _merged(src, copy, not_lora, "default", BackendConfig()) == (copy, not_lora)
+    assert "merged copy could not be made" in caplog.text
+    assert _merged(src, src, shipped_adapter(), "default", BackendConfig(weights="as-is")) == (src, shipped_adapter())
 
 
 def test_a_copy_that_cannot_be_made_falls_back_or_fails_clearly(tmp_path, monkeypatch, caplog):

@@ -32,7 +32,7 @@ from agent.backends.models import (
     shipped_adapter,
 )
 from agent.backends.scripted import ScriptedBackend
-from agent.errors import ConfigError, ModelError, ModelNotFound
+from agent.errors import ConfigError, MissingDependency, ModelError, ModelNotFound
 
 log = logging.getLogger("splice.backends")
 
@@ -73,8 +73,8 @@ def load_backend(model: str, cfg: BackendConfig | None = None, *, syntax: str = 
             path = ggufs[0]
         from agent.backends.llama_cpp import LlamaCppBackend  # lazy: heavy (llama_cpp)
 
-        return LlamaCppBackend(_weights(path, model, cfg), n_ctx=cfg.n_ctx, adapter=_adapter(model, cfg),
-                               n_seq=cfg.n_seq)
+        weights, adapter = _merged(path, _weights(path, model, cfg), _adapter(model, cfg), model, cfg)
+        return LlamaCppBackend(weights, n_ctx=cfg.n_ctx, adapter=adapter, n_seq=cfg.n_seq)
     if cfg.adapter not in ("", "none") or (model == "default" and shipped_adapter() is not None):
         raise ConfigError(f"a LoRA adapter GGUF runs on the llama_cpp backend only (got --backend {kind}); "
                           "use --model base for the default model without its adapter")
@@ -91,7 +91,7 @@ def _weights(path: Path, model: str, cfg: BackendConfig) -> Path:
     """The GGUF to load: ``path``, or its cached requantized copy (``--weights``; ``auto`` = Q8_0
     for the embedded default model only, where it was measured: llama_cpp.requantized). A copy that
     cannot be made (disk full, read-only cache) falls back to ``path`` with a warning."""
-    fmt = ("q8_0" if model in ("default", "base") else "as-is") if cfg.weights == "auto" else cfg.weights
+    fmt = _format(model, cfg)
     if fmt == "as-is":
         return path
     from agent.backends.llama_cpp import requantized  # lazy: heavy (llama_cpp)
@@ -103,6 +103,29 @@ def _weights(path: Path, model: str, cfg: BackendConfig) -> Path:
             raise ModelError(f"could not requantize {path.name} to {fmt}: {e}") from e
         log.warning("running %s as is: its %s copy could not be made (%s)", path.name, fmt, e)
         return path
+
+
+def _format(model: str, cfg: BackendConfig) -> str:
+    return ("q8_0" if model in ("default", "base") else "as-is") if cfg.weights == "auto" else cfg.weights
+
+
+def _merged(path: Path, weights: Path, adapter: Path | None, model: str,
+            cfg: BackendConfig) -> tuple[Path, Path | None]:
+    """(weights, adapter) to load. Where the weights are a requantized copy (``--weights auto`` on
+    the default model, or ``q8_0``) and an adapter is set, a cached copy with the adapter folded in
+    (``llama_cpp.merged``) and no run-time adapter: llama.cpp's unmerged LoRA costs a third of the
+    decode speed. ``--weights as-is`` keeps the adapter at run time. A copy that cannot be made falls
+    back to the run-time adapter with a warning."""
+    if adapter is None or weights == path:
+        return weights, adapter
+    from agent.backends.llama_cpp import merged  # lazy: heavy (llama_cpp, gguf)
+
+    try:
+        return merged(path, adapter, _format(model, cfg)), None
+    except (OSError, ModelError, MissingDependency) as e:
+        log.warning("applying %s at run time (slower decode): its merged copy could not be made (%s)",
+                    adapter.name, e)
+        return weights, adapter
 
 
 def _adapter(model: str, cfg: BackendConfig) -> Path | None:
