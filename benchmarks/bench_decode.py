@@ -1,9 +1,13 @@
 """Decode speed of the default model through splice vs raw llama-cpp-python, in one run.
 
 Baseline: llama-cpp-python's ``Llama.eval`` + greedy argmax, called from the thread that loaded the
-model, over the same prompt ids and the same number of tokens. Measured: ``Agent(model="base",
+model, over the same prompt ids and the same number of tokens. Measured: ``Agent(model=MODEL,
 tools=[]).run(...)`` (greedy), the whole episode including its prefill, timed on both sides the same
-way. Goal (issue: speed where users run it): splice >= 0.95x raw.
+way. ``--model default`` (the default) is the shipped model: the base GGUF with the packaged LoRA
+adapter folded in (the cached copy ``Agent`` loads, ``llama_cpp.merged``), which the raw side then
+loads too; ``--raw-lora`` gives the raw side the base copy with the adapter applied by llama.cpp at
+run time instead (what a plain llama-cpp-python user of the adapter gets); ``--model base``
+compares the bare weights. Goal (issue: speed where users run it): splice >= 0.95x raw.
 
 Each measurement is a fresh process holding one model, as a user's ``agent run`` does. Two models
 run from two threads of one process each get a ggml (OpenMP) thread team, and the second runs slowly
@@ -13,7 +17,7 @@ ended), which is what an earlier in-process version of this benchmark measured a
 two sides run in pairs, in alternating order (raw first, then splice first, ...), and the figure is
 the median of the per-pair ratios: a busy neighbour on a shared host moves both sides of a pair alike.
 
-    python benchmarks/bench_decode.py [--model default|base] [--tokens 200] [--pairs 8] [--out FILE]
+    python benchmarks/bench_decode.py [--model default|base] [--raw-lora] [--tokens 200] [--pairs 8]
 """
 
 from __future__ import annotations
@@ -31,16 +35,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 QUESTION = "Write a long story about a dragon who learns to count."
+RAW_LORA = "--raw-lora" in sys.argv
 
 
 def raw_tokens_per_s(model_name: str, prompt: list[int], n: int) -> float:
     import numpy as np
 
     from agent.backends import default_model_path, shipped_adapter
-    from agent.backends.llama_cpp import load_llama, requantized
+    from agent.backends.llama_cpp import load_llama, merged, requantized
 
-    model = requantized(default_model_path())  # the file Agent(model=...) loads (--weights auto)
-    adapter = shipped_adapter() if model_name == "default" else None
+    model, adapter = requantized(default_model_path()), None  # the file Agent(model="base") loads
+    if model_name == "default" and RAW_LORA:  # the adapter applied by llama.cpp at run time
+        adapter = shipped_adapter()
+    elif model_name == "default":  # the merged copy Agent(model="default") loads
+        model = merged(default_model_path(), shipped_adapter())
     llm = load_llama(model_path=str(model), n_ctx=4096, n_threads=os.cpu_count(), n_batch=512,
                      flash_attn=True, lora_path=str(adapter) if adapter else None, verbose=False)
     try:
@@ -78,7 +86,7 @@ def child(side: str, model_name: str, tokens: int, prompt_file: str) -> None:
 
 def measure(side: str, model_name: str, tokens: int, prompt_file: str) -> float:
     out = subprocess.run([sys.executable, __file__, "--child", side, "--model", model_name,
-                          "--tokens", str(tokens),
+                          "--tokens", str(tokens), *(["--raw-lora"] if RAW_LORA else []),
                           "--prompt-file", prompt_file], capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["tok_s"])
 
@@ -87,6 +95,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=["default", "base"], default="default",
                     help="default: base GGUF + the shipped adapter on both sides; base: the bare weights")
+    ap.add_argument("--raw-lora", action="store_true",
+                    help="--model default: the raw side applies the adapter at run time (lora_path)")
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--out", help="write the figures as JSON here")
@@ -112,7 +122,7 @@ def main() -> None:
                   f"{got['splice'] / got['raw']:.2f}x", file=sys.stderr, flush=True)
     ratios = [o / r for o, r in zip(ours, raw)]
     ratio = statistics.median(ratios)
-    print(f"--model {args.model}, {n['n']} greedy tokens after a {len(n['prompt'])}-token prompt, "
+    print(f"--model {args.model}{' --raw-lora' if RAW_LORA else ''}, {n['n']} greedy tokens after a {len(n['prompt'])}-token prompt, "
           f"{args.pairs} pairs of fresh processes (median):")
     print(f"  raw llama-cpp-python (loading thread)  {statistics.median(raw):7.1f} tok/s   1.00x")
     ours_label = f"Agent(model={args.model!r}, tools=[])"
