@@ -7,7 +7,7 @@ near-tie; ARCHITECTURE.md). Goal (speed issue): >= 1.8x, same answers.
     python benchmarks/bench_llama_batch.py [--limit 64] [--concurrency 8] [--tools python] [--reps 1]
 
 The same as ``agent eval gen:all --limit 64 --tools python --n-seq N --concurrency N`` (and
-``--n-seq 1 --concurrency 1``) on the default model (the shipped adapter over the Q4_1 base;
+``--n-seq 1 --concurrency 1``) on the default model (the shipped adapter merged into the Q8_0 copy;
 ``--model base`` for the base alone, which then answers without tools).
 """
 
