@@ -11,8 +11,9 @@ Each ``scripts/mutants/*.toml`` file lists mutants::
 
 For every mutant the script copies the tracked tree into a temporary directory, applies the one
 replacement there (the working tree is never touched), runs the named tests against the copy and
-reports KILLED (a test failed, as it should) or SURVIVED (every test passed: the claim is untested).
-Exit status 1 if any mutant survived or could not be applied.
+reports KILLED (a test failed or timed out, as it should), SURVIVED (every test passed: the claim is
+untested) or NOT-RUN (pytest could not collect or run the tests, e.g. the mutant broke the syntax or a
+node id is stale: that proves nothing). Exit status 1 if any mutant was not killed or not applied.
 
     python scripts/mutate.py                 # all mutants
     python scripts/mutate.py -k grpo         # names containing "grpo"
@@ -114,12 +115,14 @@ def main(argv: list[str] | None = None) -> int:
                 bad += 1
                 continue
             rc, dt, out = run_tests(tree, m["tests"], args.timeout)
-            verdict = "KILLED  " if rc not in (0, 5) else "SURVIVED"
-            bad += verdict == "SURVIVED"
+            # pytest exits 1 when a test failed; 2-4 mean the tests never ran (a mutant that breaks
+            # the import or the syntax shows nothing about what the tests check); -1 is a timeout
+            verdict = {0: "SURVIVED", 5: "SURVIVED", 1: "KILLED  ", -1: "KILLED  "}.get(rc, "NOT-RUN ")
+            bad += verdict != "KILLED  "
             last = [ln for ln in out.strip().splitlines() if ln.strip()][-1:] or [""]
             print(f"{verdict}  {m['name']:45s} {dt:6.1f}s  {last[0][:90]}", flush=True)
             shutil.rmtree(tree, ignore_errors=True)
-    print(f"{len(mutants)} mutants, {len(mutants) - bad} killed, {bad} survived or not applied")
+    print(f"{len(mutants)} mutants, {len(mutants) - bad} killed, {bad} survived, not run or not applied")
     return 1 if bad else 0
 
 
