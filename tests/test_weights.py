@@ -138,6 +138,20 @@ def test_the_merged_copy_is_the_model_with_its_adapter(cache):
     assert np.abs(bare - want).mean() > 3.0  # the adapter matters on this text: the check can fail
 
 
+def test_the_merged_copy_is_made_once_and_follows_its_adapter(cache, tmp_path):
+    adapter = tmp_path / "tools.gguf"
+    shutil.copy(shipped_adapter(), adapter)
+    out = merged(default_model_path(), adapter)
+    assert out.is_relative_to(cache) and out.name == "SmolLM2-135M-Instruct.Q4_1+tools.q8_0.gguf"
+    assert _file_type(out) == Q8_0
+    made = out.stat().st_mtime_ns
+    assert merged(default_model_path(), adapter) == out and out.stat().st_mtime_ns == made  # reused
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left
+    os.utime(adapter, ns=(made + 10**9, made + 10**9))  # a retrained adapter: a new copy
+    again = merged(default_model_path(), adapter)
+    assert again != out and again.is_file()
+
+
 def test_a_merge_that_cannot_be_made_falls_back_to_the_run_time_adapter(cache, tmp_path, caplog):
     src, copy = default_model_path(), requantized(default_model_path())
     not_lora = tmp_path / "not-lora.gguf"
