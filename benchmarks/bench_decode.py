@@ -35,17 +35,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 QUESTION = "Write a long story about a dragon who learns to count."
-RAW_LORA = "--raw-lora" in sys.argv
 
 
-def raw_tokens_per_s(model_name: str, prompt: list[int], n: int) -> float:
+def raw_tokens_per_s(model_name: str, raw_lora: bool, prompt: list[int], n: int) -> float:
     import numpy as np
 
     from agent.backends import default_model_path, shipped_adapter
     from agent.backends.llama_cpp import load_llama, merged, requantized
 
     model, adapter = requantized(default_model_path()), None  # the file Agent(model="base") loads
-    if model_name == "default" and RAW_LORA:  # the adapter applied by llama.cpp at run time
+    if model_name == "default" and raw_lora:  # the adapter applied by llama.cpp at run time
         adapter = shipped_adapter()
     elif model_name == "default":  # the merged copy Agent(model="default") loads
         model = merged(default_model_path(), shipped_adapter())
@@ -74,19 +73,19 @@ async def splice_run(model_name: str, tokens: int) -> dict:
     return {"tok_s": traj.n_generated / dt, "prompt": traj.token_ids[: traj.prompt_len], "n": traj.n_generated}
 
 
-def child(side: str, model_name: str, tokens: int, prompt_file: str) -> None:
+def child(side: str, model_name: str, raw_lora: bool, tokens: int, prompt_file: str) -> None:
     if side == "splice":
         res = asyncio.run(splice_run(model_name, tokens))
         Path(prompt_file).write_text(json.dumps({"prompt": res["prompt"], "n": res["n"]}))
         print(json.dumps({"tok_s": res["tok_s"]}))
     else:
         job = json.loads(Path(prompt_file).read_text())
-        print(json.dumps({"tok_s": raw_tokens_per_s(model_name, job["prompt"], job["n"])}))
+        print(json.dumps({"tok_s": raw_tokens_per_s(model_name, raw_lora, job["prompt"], job["n"])}))
 
 
-def measure(side: str, model_name: str, tokens: int, prompt_file: str) -> float:
+def measure(side: str, model_name: str, raw_lora: bool, tokens: int, prompt_file: str) -> float:
     out = subprocess.run([sys.executable, __file__, "--child", side, "--model", model_name,
-                          "--tokens", str(tokens), *(["--raw-lora"] if RAW_LORA else []),
+                          "--tokens", str(tokens), *(["--raw-lora"] if raw_lora else []),
                           "--prompt-file", prompt_file], capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["tok_s"])
 
@@ -104,25 +103,25 @@ def main() -> None:
     ap.add_argument("--prompt-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.model, args.tokens, args.prompt_file)
+        child(args.child, args.model, args.raw_lora, args.tokens, args.prompt_file)
         return
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         prompt_file = str(Path(tmp) / "prompt.json")
-        measure("splice", args.model, args.tokens, prompt_file)  # fixes the prompt ids and token count for both sides
+        measure("splice", args.model, args.raw_lora, args.tokens, prompt_file)  # fixes the prompt ids and token count for both sides
         n = json.loads(Path(prompt_file).read_text())
         ours, raw = [], []
         for i in range(args.pairs):
             order = ("raw", "splice") if i % 2 == 0 else ("splice", "raw")
-            got = {side: measure(side, args.model, args.tokens, prompt_file) for side in order}
+            got = {side: measure(side, args.model, args.raw_lora, args.tokens, prompt_file) for side in order}
             ours.append(got["splice"])
             raw.append(got["raw"])
             print(f"  pair {i + 1}: raw {got['raw']:6.1f}  splice {got['splice']:6.1f} tok/s  "
                   f"{got['splice'] / got['raw']:.2f}x", file=sys.stderr, flush=True)
     ratios = [o / r for o, r in zip(ours, raw)]
     ratio = statistics.median(ratios)
-    print(f"--model {args.model}{' --raw-lora' if RAW_LORA else ''}, {n['n']} greedy tokens after a {len(n['prompt'])}-token prompt, "
+    print(f"--model {args.model}{' --raw-lora' if args.raw_lora else ''}, {n['n']} greedy tokens after a {len(n['prompt'])}-token prompt, "
           f"{args.pairs} pairs of fresh processes (median):")
     print(f"  raw llama-cpp-python (loading thread)  {statistics.median(raw):7.1f} tok/s   1.00x")
     ours_label = f"Agent(model={args.model!r}, tools=[])"

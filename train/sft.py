@@ -449,8 +449,9 @@ class SFTTrainer:
         self.save_checkpoint()
         saved = self.save_final()
         metrics.close()
+        now = time.perf_counter()
         return {"steps": self.step, "steps_this_run": self.step - start_step, "stopped_early": stopped,
-                "seconds": time.perf_counter() - t0, "seconds_this_run": time.perf_counter() - run_t0,
+                "seconds": now - t0, "seconds_this_run": now - run_t0,
                 "final_eval_loss": final_eval, "saved": str(saved),
                 "train_examples": len(self.train_feats), "eval_examples": len(self.eval_feats),
                 "precision": "bf16" if self.precision == "bf16" else "fp32",

@@ -128,28 +128,40 @@ def requantized(path: str | Path, fmt: str = "q8_0") -> Path:
     path = Path(path)
     if fmt not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; choose {', '.join(WEIGHT_FORMATS)}")
-    out = cache_path(path, f"gguf-{fmt}") / f"{path.stem}.{fmt}.gguf"
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, WEIGHT_FORMATS[fmt])
     params.allow_requantize = True
     params.nthread = os.cpu_count() or 1
-    quiet = logging.getLogger("llama-cpp-python")  # llama-cpp-python prints llama.cpp's log at its level
-    level = quiet.level
-    quiet.setLevel(max(level, logging.ERROR))
-    try:
-        t0 = time.perf_counter()
-        rc = llama_cpp.llama_model_quantize(str(path).encode(), str(tmp).encode(), ctypes.byref(params))
+
+    def make(tmp: Path) -> None:
+        quiet = logging.getLogger("llama-cpp-python")  # llama-cpp-python prints llama.cpp's log at its level
+        level = quiet.level
+        quiet.setLevel(max(level, logging.ERROR))
+        try:
+            rc = llama_cpp.llama_model_quantize(str(path).encode(), str(tmp).encode(), ctypes.byref(params))
+        finally:
+            quiet.setLevel(level)
         if rc != 0:
             raise RuntimeError(f"llama_model_quantize returned {rc}")
+
+    return _cached_file(cache_path(path, f"gguf-{fmt}") / f"{path.stem}.{fmt}.gguf", make,
+                        f"requantized {path.name} to {fmt}")
+
+
+def _cached_file(out: Path, make: Callable[[Path], None], what: str) -> Path:
+    """``out`` if it exists, else ``make(tmp)`` then ``tmp`` renamed to ``out``: concurrent first
+    uses never see half a file, and a failed ``make`` leaves nothing behind."""
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    t0 = time.perf_counter()
+    try:
+        make(tmp)
         os.replace(tmp, out)
-        log.info("requantized %s to %s in %.2f s: %s", path.name, fmt, time.perf_counter() - t0, out)
     finally:
-        quiet.setLevel(level)
         tmp.unlink(missing_ok=True)
+    log.info("%s in %.2f s: %s", what, time.perf_counter() - t0, out)
     return out
 
 
@@ -169,22 +181,14 @@ def merged(path: str | Path, adapter: str | Path, fmt: str = "q8_0") -> Path:
     path, adapter = Path(path), Path(adapter)
     if fmt not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; choose {', '.join(WEIGHT_FORMATS)}")
+    qtype = getattr(gguf.GGMLQuantizationType, fmt.upper())
     out = (cache_path(path, f"gguf-{fmt}-merged") / cache_path(adapter, "lora").name
            / f"{path.stem}+{adapter.stem}.{fmt}.gguf")
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    t0 = time.perf_counter()
     try:
-        _write_merged(gguf, path, adapter, tmp, getattr(gguf.GGMLQuantizationType, fmt.upper()))
-        os.replace(tmp, out)
+        return _cached_file(out, lambda tmp: _write_merged(gguf, path, adapter, tmp, qtype),
+                            f"merged {adapter.name} into {path.name} ({fmt})")
     except (ValueError, KeyError, NotImplementedError, gguf.quants.QuantError) as e:
         raise ModelError(f"could not merge {adapter.name} into {path.name}: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-    log.info("merged %s into %s (%s) in %.2f s: %s", adapter.name, path.name, fmt, time.perf_counter() - t0, out)
-    return out
 
 
 def _write_merged(gguf: Any, path: Path, adapter: Path, out: Path, qtype: Any) -> None:
