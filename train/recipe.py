@@ -51,8 +51,8 @@ STAGES = ("data", "sft", "export", "eval", "card")
 # The recipe of the shipped adapter. Counts are examples per family (before length filtering).
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {
-        "data": {"n_arith": 1100, "n_count": 400, "n_count_name": 400, "n_count_text": 400, "n_compare": 250,
-                 "n_length": 350, "n_reverse": 400, "n_char": 200, "n_fix": 300, "n_plain": 750, "n_gsm8k": 250,
+        "data": {"n_arith": 1250, "n_count": 250, "n_count_name": 450, "n_count_text": 400, "n_compare": 200,
+                 "n_length": 300, "n_reverse": 500, "n_char": 150, "n_fix": 300, "n_plain": 750, "n_gsm8k": 250,
                  "n_multihop": 160, "n_hop": 200, "n_identity": 150, "multihop_holdout": 0.2},
         "sft": {"lora_r": 16, "lora_alpha": 32, "max_len": 1024, "batch_size": 8, "max_batch_tokens": 4096, "lr": 1e-3,
                 "warmup_steps": 10, "epochs": 1.0, "eval_fraction": 0.02, "eval_every": 0,
