@@ -17,6 +17,7 @@ from agent.backends import (  # noqa: E402
     _weights,
     default_model_path,
     load_backend,
+    lora_merge,  # noqa: E402
     shipped_adapter,
 )
 from agent.backends.llama_cpp import load_llama, merged, requantized  # noqa: E402
@@ -136,6 +137,35 @@ def test_the_merged_copy_is_the_model_with_its_adapter(cache):
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
     assert np.abs(got - want).mean() < 1.0
     assert np.abs(bare - want).mean() > 3.0  # the adapter matters on this text: the check can fail
+
+
+def test_both_ways_of_merging_write_the_same_model(tmp_path, monkeypatch):
+    """llama.cpp's C library writes the merged copy (the fast way, taken for the default model);
+    without it the gguf package writes it: the same metadata and the same bytes in every tensor."""
+    gguf = pytest.importorskip("gguf")
+    fast, slow = tmp_path / "fast.gguf", tmp_path / "slow.gguf"
+    assert lora_merge.write_merged(default_model_path(), shipped_adapter(), fast, "q8_0") == "ggml"
+    monkeypatch.setattr(lora_merge, "_ggml", lambda: None)
+    assert lora_merge.write_merged(default_model_path(), shipped_adapter(), slow, "q8_0") == "gguf"
+    a, b = gguf.GGUFReader(str(fast)), gguf.GGUFReader(str(slow))
+    fields = sorted(k for k in a.fields if not k.startswith("GGUF."))
+    assert fields == sorted(k for k in b.fields if not k.startswith("GGUF."))
+    assert all(a.fields[k].contents() == b.fields[k].contents() for k in fields)
+    assert a.fields["splice.merged_adapter"].contents() == "smollm2-tools.gguf"
+    assert [(t.name, t.tensor_type) for t in a.tensors] == [(t.name, t.tensor_type) for t in b.tensors]
+    assert all(np.array_equal(x.data, y.data) for x, y in zip(a.tensors, b.tensors))
+    # merged - base is the adapter's alpha / r * B @ A (to within the quantization): slope of one
+    base = {t.name: t for t in gguf.GGUFReader(str(default_model_path())).tensors}
+    lora_file = gguf.GGUFReader(str(shipped_adapter()))
+    lora = {t.name: np.asarray(t.data, np.float32) for t in lora_file.tensors}
+    scale = float(lora_file.fields["adapter.lora.alpha"].contents()) / lora["blk.0.attn_q.weight.lora_a"].shape[0]
+    slopes = []
+    for t in [t for t in a.tensors if f"{t.name}.lora_a" in lora][:24]:
+        moved = (gguf.quants.dequantize(t.data, t.tensor_type)
+                 - gguf.quants.dequantize(base[t.name].data, base[t.name].tensor_type)).ravel()
+        want = (scale * lora[f"{t.name}.lora_b"] @ lora[f"{t.name}.lora_a"]).ravel()
+        slopes.append(moved @ want / (want @ want))
+    assert 0.85 < np.median(slopes) < 1.15, slopes
 
 
 def test_the_merged_copy_is_made_once_and_follows_its_adapter(cache, tmp_path):

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from agent.backends.base import ModelThread, SamplingParams, Sequence, TokenizedBackend, common_prefix
+from agent.backends.lora_merge import write_merged
 from agent.backends.models import cache_path
 from agent.backends.sampling import make_rng, sample_token
 from agent.backends.scheduling import DecodeLoop
@@ -168,68 +169,27 @@ def _cached_file(out: Path, make: Callable[[Path], None], what: str) -> Path:
 def merged(path: str | Path, adapter: str | Path, fmt: str = "q8_0") -> Path:
     """A copy of the GGUF at ``path`` with the LoRA adapter GGUF ``adapter`` folded into its weights
     (``W + alpha / r * B @ A`` per adapted matrix, in float32) and every quantized tensor stored in
-    ``fmt``; made once (about 5 s for the default model and its shipped adapter) and kept in splice's
-    cache, keyed by both files, written to a temporary name and renamed like ``requantized``.
+    ``fmt`` (``agent.backends.lora_merge``: about 0.6 s for the default model and its shipped adapter
+    through llama.cpp's own C library), made once and kept in splice's cache, keyed by both files,
+    written to a temporary name and renamed like ``requantized``.
 
     Why: llama.cpp applies a LoRA adapter at run time as extra matrix products beside each adapted
     weight, unmerged; on the default model that cost a third of its decode speed (raw llama-cpp-python
     with the shipped adapter 71 tok/s, without 103). The merged copy decodes at the base's speed
     and gives the same greedy answers (tests/test_weights.py; docs/speed.md has the figures).
-    Needs the ``gguf`` package (numpy (de)quantization); raises ``ModelError`` for what it cannot
-    read, e.g. a tensor type gguf cannot dequantize."""
+    Needs the ``gguf`` package; raises ``ModelError`` for what it cannot read, e.g. a file that is
+    not a LoRA adapter of this base."""
     gguf = require("gguf", "llama")
     path, adapter = Path(path), Path(adapter)
     if fmt not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; choose {', '.join(WEIGHT_FORMATS)}")
-    qtype = getattr(gguf.GGMLQuantizationType, fmt.upper())
     out = (cache_path(path, f"gguf-{fmt}-merged") / cache_path(adapter, "lora").name
            / f"{path.stem}+{adapter.stem}.{fmt}.gguf")
     try:
-        return _cached_file(out, lambda tmp: _write_merged(gguf, path, adapter, tmp, qtype),
+        return _cached_file(out, lambda tmp: write_merged(path, adapter, tmp, fmt),
                             f"merged {adapter.name} into {path.name} ({fmt})")
     except (ValueError, KeyError, NotImplementedError, gguf.quants.QuantError) as e:
         raise ModelError(f"could not merge {adapter.name} into {path.name}: {e}") from e
-
-
-def _write_merged(gguf: Any, path: Path, adapter: Path, out: Path, qtype: Any) -> None:
-    value_type, tensor_type = gguf.GGUFValueType, gguf.GGMLQuantizationType
-    base, lora = gguf.GGUFReader(str(path)), gguf.GGUFReader(str(adapter))
-    if lora.fields.get("adapter.type") is None or lora.fields["adapter.type"].contents() != "lora":
-        raise ValueError(f"{adapter.name} is not a LoRA adapter GGUF (no adapter.type = lora)")
-    alpha_field = lora.fields.get("adapter.lora.alpha")
-    alpha = float(alpha_field.contents()) if alpha_field is not None else 0.0
-    pairs = {t.name: t for t in lora.tensors}
-    writer = gguf.GGUFWriter(str(out), arch=base.fields["general.architecture"].contents())
-    for key, f in base.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue  # the header's own fields; the writer adds them
-        if key == "general.file_type":
-            writer.add_uint32(key, int(getattr(gguf.LlamaFileType, f"MOSTLY_{qtype.name}")))
-        elif f.types[0] == value_type.ARRAY:
-            writer.add_key_value(key, f.contents(), value_type.ARRAY, sub_type=f.types[-1])
-        else:
-            writer.add_key_value(key, f.contents(), f.types[0])
-    writer.add_string("splice.merged_adapter", adapter.name)
-    used = 0
-    for t in base.tensors:
-        a, b = pairs.get(f"{t.name}.lora_a"), pairs.get(f"{t.name}.lora_b")
-        if a is None and t.tensor_type in (tensor_type.F32, tensor_type.F16):
-            writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)  # norms, biases: as they are
-            continue
-        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-        if a is not None and b is not None:
-            lo_a, lo_b = np.asarray(a.data, np.float32), np.asarray(b.data, np.float32)  # (r, in), (out, r)
-            rank = lo_a.shape[0]
-            w += (alpha / rank if alpha else 1.0) * (lo_b @ lo_a)  # llama.cpp's scale: alpha / r, 1 without alpha
-            used += 1
-        q = gguf.quants.quantize(w, qtype)
-        writer.add_tensor(t.name, q, raw_shape=q.shape, raw_dtype=qtype)
-    if used * 2 != len(pairs):
-        raise ValueError(f"{adapter.name} adapts {len(pairs) // 2} matrices, {path.name} has {used} of them")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
 
 
 HANDOVER_S = 0.02  # n_seq=1: the model thread wakes the event loop at most this often (plus first/last)
