@@ -182,6 +182,13 @@ def test_the_merged_copy_is_made_once_and_follows_its_adapter(cache, tmp_path):
     assert again != out and again.is_file()
 
 
+async def test_a_first_run_of_the_default_model_makes_only_the_merged_copy(cache):
+    """The merged copy is made from the Q4_1 file itself: no Q8_0 copy of the base on the way."""
+    backend = load_backend("default", BackendConfig())
+    await backend.aclose()
+    assert [p.name for p in cache.rglob("*.gguf")] == [merged(default_model_path(), shipped_adapter()).name]
+
+
 def test_a_merge_that_cannot_be_made_falls_back_to_the_run_time_adapter(cache, tmp_path, caplog):
     src, copy = default_model_path(), requantized(default_model_path())
     not_lora = tmp_path / "not-lora.gguf"
@@ -189,9 +196,9 @@ def test_a_merge_that_cannot_be_made_falls_back_to_the_run_time_adapter(cache, t
     with pytest.raises(ModelError, match="not a LoRA adapter"):
         merged(src, not_lora)
     with caplog.at_level(logging.WARNING, logger="splice.backends"):
-        assert _merged(src, copy, not_lora, "default", BackendConfig()) == (copy, not_lora)
+        assert _merged(src, not_lora, "default", BackendConfig()) == (copy, not_lora)
     assert "merged copy could not be made" in caplog.text
-    assert _merged(src, src, shipped_adapter(), "default", BackendConfig(weights="as-is")) == (src, shipped_adapter())
+    assert _merged(src, shipped_adapter(), "default", BackendConfig(weights="as-is")) == (src, shipped_adapter())
 
 
 def test_a_copy_that_cannot_be_made_falls_back_or_fails_clearly(tmp_path, monkeypatch, caplog):

@@ -73,7 +73,7 @@ def load_backend(model: str, cfg: BackendConfig | None = None, *, syntax: str = 
             path = ggufs[0]
         from agent.backends.llama_cpp import LlamaCppBackend  # lazy: heavy (llama_cpp)
 
-        weights, adapter = _merged(path, _weights(path, model, cfg), _adapter(model, cfg), model, cfg)
+        weights, adapter = _merged(path, _adapter(model, cfg), model, cfg)
         return LlamaCppBackend(weights, n_ctx=cfg.n_ctx, adapter=adapter, n_seq=cfg.n_seq)
     if cfg.adapter not in ("", "none") or (model == "default" and shipped_adapter() is not None):
         raise ConfigError(f"a LoRA adapter GGUF runs on the llama_cpp backend only (got --backend {kind}); "
@@ -109,23 +109,23 @@ def _format(model: str, cfg: BackendConfig) -> str:
     return ("q8_0" if model in ("default", "base") else "as-is") if cfg.weights == "auto" else cfg.weights
 
 
-def _merged(path: Path, weights: Path, adapter: Path | None, model: str,
-            cfg: BackendConfig) -> tuple[Path, Path | None]:
-    """(weights, adapter) to load. Where the weights are a requantized copy (``--weights auto`` on
-    the default model, or ``q8_0``) and an adapter is set, a cached copy with the adapter folded in
-    (``llama_cpp.merged``) and no run-time adapter: llama.cpp's unmerged LoRA costs a third of the
-    decode speed. ``--weights as-is`` keeps the adapter at run time. A copy that cannot be made falls
-    back to the run-time adapter with a warning."""
-    if adapter is None or weights == path:
-        return weights, adapter
-    from agent.backends.llama_cpp import merged  # lazy: heavy (llama_cpp, gguf)
+def _merged(path: Path, adapter: Path | None, model: str, cfg: BackendConfig) -> tuple[Path, Path | None]:
+    """(weights, adapter) to load. Where the weights would be a requantized copy (``--weights auto``
+    on the default model, or ``q8_0``) and an adapter is set: a cached copy with the adapter folded in
+    (``llama_cpp.merged``, made straight from ``path``) and no run-time adapter, since llama.cpp's
+    unmerged LoRA costs a third of the decode speed. Otherwise, or when that copy cannot be made
+    (with a warning), ``_weights`` and the adapter applied at run time; ``--weights as-is`` keeps
+    the adapter at run time."""
+    fmt = _format(model, cfg)
+    if adapter is not None and fmt != "as-is":
+        from agent.backends.llama_cpp import merged  # lazy: heavy (llama_cpp, gguf)
 
-    try:
-        return merged(path, adapter, _format(model, cfg)), None
-    except (OSError, ModelError, MissingDependency) as e:
-        log.warning("applying %s at run time (slower decode): its merged copy could not be made (%s)",
-                    adapter.name, e)
-        return weights, adapter
+        try:
+            return merged(path, adapter, fmt), None
+        except (OSError, ModelError, MissingDependency) as e:
+            log.warning("applying %s at run time (slower decode): its merged copy could not be made (%s)",
+                        adapter.name, e)
+    return _weights(path, model, cfg), adapter
 
 
 def _adapter(model: str, cfg: BackendConfig) -> Path | None:
