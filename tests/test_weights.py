@@ -4,6 +4,8 @@ once into splice's cache (``agent.backends.llama_cpp.requantized``, ``BackendCon
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -211,6 +213,38 @@ def test_a_copy_that_cannot_be_made_falls_back_or_fails_clearly(tmp_path, monkey
     assert "could not be made" in caplog.text
     with pytest.raises(ModelError, match="could not requantize"):
         _weights(src, "default", BackendConfig(weights="q8_0"))  # asked for: say so
+
+
+def _bad_adapters(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    trunc, garbage, wrong = tmp_path / "trunc.gguf", tmp_path / "garbage.gguf", tmp_path / "wrong.gguf"
+    trunc.write_bytes(shipped_adapter().read_bytes()[:5000])
+    garbage.write_bytes(b"not a gguf at all\n" * 10)
+    w = gguf.GGUFWriter(str(wrong), arch="llama")  # a LoRA of another model: rows of 100, not 576
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", 8.0)
+    w.add_tensor("blk.0.attn_q.weight.lora_a", np.ones((4, 100), np.float32))
+    w.add_tensor("blk.0.attn_q.weight.lora_b", np.ones((576, 4), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return [(trunc, "is not a readable GGUF file"), (garbage, "is not a readable GGUF file"),
+            (wrong, "does not fit SmolLM2-135M-Instruct.Q4_1.gguf: blk.0.attn_q.weight is (576, 576)")]
+
+
+@pytest.mark.parametrize("weights", ["auto", "as-is"])
+def test_a_bad_adapter_is_a_clear_error_before_llama_cpp_sees_it(tmp_path, weights):
+    """llama.cpp's adapter loader kills the process (SIGSEGV) on a truncated adapter or one of
+    another model; the CLI must stop before it with one line (run in a subprocess so a crash shows
+    as a return code here instead of ending the test run)."""
+    env = {**os.environ, "SPLICE_CACHE": str(tmp_path / "cache")}
+    for adapter, why in _bad_adapters(tmp_path):
+        out = subprocess.run([sys.executable, "-m", "agent.cli", "run", "Hi", "--tools", "none", "--model", "base",
+                              "--adapter", str(adapter), "--weights", weights], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 2 and why in out.stderr and "Traceback" not in out.stderr, (out.returncode,
+                                                                                              out.stderr[-500:])
 
 
 def test_the_flag_and_its_check():

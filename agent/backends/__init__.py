@@ -73,7 +73,15 @@ def load_backend(model: str, cfg: BackendConfig | None = None, *, syntax: str = 
             path = ggufs[0]
         from agent.backends.llama_cpp import LlamaCppBackend  # lazy: heavy (llama_cpp)
 
-        weights, adapter = _merged(path, _adapter(model, cfg), model, cfg)
+        adapter = _adapter(model, cfg)
+        if adapter is not None and cfg.adapter:  # a user's adapter, checked before llama.cpp sees it:
+            from agent.backends.lora_merge import check_adapter  # its loader crashes on a bad one
+
+            try:
+                check_adapter(path, adapter)
+            except ValueError as e:
+                raise ModelError(f"adapter {cfg.adapter}: {e}") from e
+        weights, adapter = _merged(path, adapter, model, cfg)
         return LlamaCppBackend(weights, n_ctx=cfg.n_ctx, adapter=adapter, n_seq=cfg.n_seq)
     if cfg.adapter not in ("", "none") or (model == "default" and shipped_adapter() is not None):
         raise ConfigError(f"a LoRA adapter GGUF runs on the llama_cpp backend only (got --backend {kind}); "

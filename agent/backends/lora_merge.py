@@ -31,7 +31,7 @@ import numpy as np
 
 from agent.errors import require
 
-__all__ = ["write_merged"]
+__all__ = ["check_adapter", "read_adapter", "write_merged"]
 
 log = logging.getLogger("splice.backends")
 
@@ -46,9 +46,7 @@ def write_merged(path: Path, adapter: Path, out: Path, fmt: str) -> str:
     ``ValueError`` for an adapter that is not a LoRA of this base."""
     gguf = require("gguf", "llama")
     qtype = getattr(gguf.GGMLQuantizationType, fmt.upper())
-    lora = gguf.GGUFReader(str(adapter))  # small: a few hundred tensors, a handful of fields
-    if lora.fields.get("adapter.type") is None or lora.fields["adapter.type"].contents() != "lora":
-        raise ValueError(f"{adapter.name} is not a LoRA adapter GGUF (no adapter.type = lora)")
+    lora = read_adapter(adapter)
     alpha_field = lora.fields.get("adapter.lora.alpha")
     alpha = float(alpha_field.contents()) if alpha_field is not None else 0.0
     pairs = {t.name: np.asarray(t.data, np.float32) for t in lora.tensors}  # lora_a (r, in), lora_b (out, r)
@@ -62,6 +60,57 @@ def write_merged(path: Path, adapter: Path, out: Path, fmt: str) -> str:
     if used * 2 != len(pairs):
         raise ValueError(f"{adapter.name} adapts {len(pairs) // 2} matrices, {path.name} has {used} of them")
     return how
+
+
+def read_adapter(adapter: Path) -> Any:
+    """The ``gguf`` package's reader of the LoRA adapter GGUF ``adapter`` (small: a few hundred
+    tensors, a handful of fields). Raises ``ValueError`` for a file that is not one: truncated (on
+    which llama.cpp's own adapter loader crashes the process), not a GGUF, or a model, not an adapter."""
+    gguf = require("gguf", "llama")
+    try:
+        lora = gguf.GGUFReader(str(adapter))
+    except (ValueError, IndexError, KeyError, OSError) as e:
+        raise ValueError(f"{adapter.name} is not a readable GGUF file ({type(e).__name__}: {e})") from e
+    if lora.fields.get("adapter.type") is None or lora.fields["adapter.type"].contents() != "lora":
+        raise ValueError(f"{adapter.name} is not a LoRA adapter GGUF (no adapter.type = lora)")
+    return lora
+
+
+def check_adapter(base: Path, adapter: Path) -> None:
+    """Raise ``ValueError`` unless ``adapter`` is a LoRA adapter GGUF whose every ``lora_a``/``lora_b``
+    pair fits a matrix of ``base``: llama.cpp's loader crashes the process on a mismatch."""
+    lora = read_adapter(adapter)
+    shapes = {t.name: tuple(int(x) for x in t.data.shape) for t in lora.tensors}  # (r, in), (out, r)
+    rows = _base_rows(base)  # name -> (rows, row length)
+    for name in sorted({k.rsplit(".lora_", 1)[0] for k in shapes}):
+        a, b, w = shapes.get(f"{name}.lora_a"), shapes.get(f"{name}.lora_b"), rows.get(name)
+        if a is None or b is None or w is None or len(a) != 2 or len(b) != 2 or (b[0], a[1]) != w or a[0] != b[1]:
+            raise ValueError(f"{adapter.name} does not fit {base.name}: {name} is {w} in the model, the adapter "
+                             f"has lora_a {a} and lora_b {b}")
+
+
+def _base_rows(base: Path) -> dict[str, tuple[int, int]]:
+    """(rows, row length) of every tensor of ``base``: from the C library's header reader (ms), else
+    the gguf package's (seconds: it parses the whole vocabulary)."""
+    lib = _ggml()
+    if lib is not None:
+        tensors = ctypes.c_void_p()
+        src = lib.gguf_init_from_file(os.fsencode(base), _InitParams(True, ctypes.pointer(tensors)))
+        if src:
+            try:
+                out = {}
+                for i in range(lib.gguf_get_n_tensors(src)):
+                    name = lib.gguf_get_tensor_name(src, i)
+                    t = lib.ggml_get_tensor(tensors, name)
+                    n_rows = lib.ggml_nrows(t)
+                    out[name.decode()] = (n_rows, lib.ggml_nelements(t) // n_rows)
+                return out
+            finally:
+                lib.gguf_free(src)
+                if tensors:
+                    lib.ggml_free(tensors)
+    gguf = require("gguf", "llama")
+    return {t.name: (int(np.prod(t.shape[1:])), int(t.shape[0])) for t in gguf.GGUFReader(str(base)).tensors}
 
 
 def _delta(pairs: dict[str, np.ndarray], name: str, alpha: float) -> np.ndarray | None:
