@@ -75,7 +75,7 @@ def load_backend(model: str, cfg: BackendConfig | None = None, *, syntax: str = 
 
         adapter = _adapter(model, cfg)
         if adapter is not None and cfg.adapter:  # a user's adapter, checked before llama.cpp sees it:
-            from agent.backends.lora_merge import check_adapter  # its loader crashes on a bad one
+            from agent.backends.lora_merge import check_adapter  # lazy: heavy (gguf); llama.cpp crashes on a bad one
 
             try:
                 check_adapter(path, adapter)
