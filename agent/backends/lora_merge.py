@@ -23,6 +23,7 @@ import ctypes
 import functools
 import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,8 @@ def _base_rows(base: Path) -> dict[str, tuple[int, int]]:
     the gguf package's (seconds: it parses the whole vocabulary)."""
     lib = _ggml()
     if lib is not None:
-        tensors = ctypes.c_void_p()
-        src = lib.gguf_init_from_file(os.fsencode(base), _InitParams(True, ctypes.pointer(tensors)))
-        if src:
-            try:
+        with _opened(lib, base) as (src, tensors):
+            if src:
                 out = {}
                 for i in range(lib.gguf_get_n_tensors(src)):
                     name = lib.gguf_get_tensor_name(src, i)
@@ -105,10 +104,6 @@ def _base_rows(base: Path) -> dict[str, tuple[int, int]]:
                     n_rows = lib.ggml_nrows(t)
                     out[name.decode()] = (n_rows, lib.ggml_nelements(t) // n_rows)
                 return out
-            finally:
-                lib.gguf_free(src)
-                if tensors:
-                    lib.ggml_free(tensors)
     gguf = require("gguf", "llama")
     return {t.name: (int(np.prod(t.shape[1:])), int(t.shape[0])) for t in gguf.GGUFReader(str(base)).tensors}
 
@@ -189,19 +184,37 @@ def _one_blas_thread() -> Any:
     return threadpool_limits(1, "blas")
 
 
+@contextlib.contextmanager
+def _opened(lib: Any, path: Path) -> Iterator[tuple[Any, ctypes.c_void_p]]:
+    """(gguf context or NULL, ggml context of its tensors' shapes) of ``path``'s header, freed after."""
+    tensors = ctypes.c_void_p()
+    src = lib.gguf_init_from_file(os.fsencode(path), _InitParams(True, ctypes.pointer(tensors)))
+    try:
+        yield src, tensors
+    finally:
+        if src:
+            lib.gguf_free(src)
+        if tensors:
+            lib.ggml_free(tensors)
+
+
 def _merge_ggml(gguf: Any, path: Path, adapter_name: str, pairs: dict[str, np.ndarray], alpha: float,
                 out: Path, qtype: Any) -> int:
     lib = _ggml()
     if lib is None:
         raise _NoFastPath("llama-cpp-python's libggml-base not found")
-    floats = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
     _traits(lib, gguf, qtype)
     if lib.ggml_quantize_requires_imatrix(qtype):
         raise _NoFastPath(f"{qtype.name} needs an importance matrix")
-    tensors = ctypes.c_void_p()
-    src = lib.gguf_init_from_file(os.fsencode(path), _InitParams(True, ctypes.pointer(tensors)))
-    if not src:
-        raise _NoFastPath(f"libggml cannot read {path.name}")
+    with _opened(lib, path) as (src, tensors):
+        if not src:
+            raise _NoFastPath(f"libggml cannot read {path.name}")
+        return _write_ggml(lib, gguf, src, tensors, path, adapter_name, pairs, alpha, out, qtype)
+
+
+def _write_ggml(lib: Any, gguf: Any, src: Any, tensors: ctypes.c_void_p, path: Path, adapter_name: str,
+                pairs: dict[str, np.ndarray], alpha: float, out: Path, qtype: Any) -> int:
+    floats = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
     dst = lib.gguf_init_empty()
     keep: list[np.ndarray] = []  # buffers gguf_write_to_file reads from
     try:
@@ -256,9 +269,6 @@ def _merge_ggml(gguf: Any, path: Path, adapter_name: str, pairs: dict[str, np.nd
         return used
     finally:
         lib.gguf_free(dst)
-        lib.gguf_free(src)
-        if tensors:
-            lib.ggml_free(tensors)
 
 
 # -- the gguf package ------------------------------------------------------------------------------------
