@@ -130,16 +130,26 @@ def test_generated_answers_are_right(phrasing):
 
 
 def test_every_family_has_15_templates_and_held_out_ones_never_reach_the_train_split():
-    from agent.evals.tasks import HELDOUT
+    from agent.evals.tasks import FRESH, HELDOUT, TOOL_FAMILIES
 
     for fam, n in FAMILIES.items():
         assert n >= 15 and 3 <= len(HELDOUT[fam]) < n / 2, fam
+        assert (len(FRESH[fam]) >= 5 if fam in TOOL_FAMILIES else not FRESH[fam]) and not set(FRESH[fam]) & set(HELDOUT[fam])
         train = {e.meta["template"] for e in generate(fam, 400, 1, "train")}
         held = {e.meta["template"] for e in generate(fam, 200, 1, "heldout")}
         assert held == {str(i) for i in HELDOUT[fam]} and not train & held, fam
-        assert len(train) == n - len(HELDOUT[fam]), fam  # every training template is used
+        assert len(train) == n - len(HELDOUT[fam]) - len(FRESH[fam]), fam  # every training template is used
         questions = {e.question for e in generate(fam, 200, 1, "train")}
         assert not questions & {e.question for e in generate(fam, 200, 1, "heldout")}
+        if FRESH[fam]:
+            fresh = generate(fam, 100, 1, "fresh")
+            assert {e.meta["template"] for e in fresh} == {str(i) for i in FRESH[fam]}, fam
+            assert {e.meta["phrasing"] for e in fresh} == {"fresh"} and not questions & {e.question for e in fresh}
+
+
+def test_a_split_without_templates_is_a_clear_error():
+    with pytest.raises(ConfigError, match="no 'fresh' templates"):
+        generate("plain", 3, 0, "fresh")
 
 
 def test_phrasing_spec_parses_and_rejects_bad_names():

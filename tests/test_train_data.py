@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
 from tools.base import FunctionTool, ToolOutput
 from train.data import (
+    TASK_FAMILIES,
     DataConfig,
     Plan,
     answer,
@@ -20,6 +22,7 @@ from train.data import (
     hop_plans,
     hotpot_plan,
     musique_plan,
+    notool_plans,
     plain_plans,
     read_jsonl,
     synthesize,
@@ -150,6 +153,30 @@ def test_plain_plans_have_no_calls():
     for p in plain_plans(20, seed=3):
         assert all(part["type"] in ("text", "answer") for part in p.parts)
         assert p.parts[-1]["text"] == p.gold
+
+
+async def test_task_questions_without_tools_are_answered_without_a_call(tools):
+    """The ``notool`` family: no tool in the system prompt, no call in the target, every task family,
+    and a letter walk whose last running count (or reversal) is the gold answer."""
+    from agent.backends.scripted import ScriptedBackend
+    from agent.runtime import Agent
+
+    rows = await synthesize(notool_plans(48, 5), tools, "splice")
+    assert len(rows) == 48 and {r["id"].split("-")[0] for r in rows} == set(TASK_FAMILIES)
+    bare = Agent(ScriptedBackend([]), tools=[], syntax="splice").system_prompt()
+    walks = 0
+    for r in rows:
+        assert r["tools"] == [] and r["messages"][0]["content"] == bare
+        parts = r["messages"][-1]["content"]
+        assert [p["type"] for p in parts] in (["answer"], ["text", "answer"]) and parts[-1]["text"] == r["answer"]
+        if len(parts) == 2:
+            walks += 1
+            marks = re.findall(r"\((\d+)\)", parts[0]["text"])
+            said = parts[0]["text"].rstrip(".\n").rsplit(" ", 1)[-1]
+            assert said == r["answer"], parts[0]["text"]
+            if r["family"] == "notool" and marks and r["id"].startswith(("count", "length")):
+                assert marks[-1] == r["answer"], parts[0]["text"]
+    assert walks >= 12
 
 
 async def test_synthesis_is_deterministic_and_limited(tools, tmp_path):

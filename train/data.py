@@ -7,12 +7,13 @@ with the last result, and keeps the example only when the results agree with the
 
 Families: ``arith``/``count``/``count_name``/``count_text``/``compare``/``length``/``reverse``/``char``
 (the eval task generators, other seeds, training phrasings only: ``agent.evals.tasks.HELDOUT``
-templates never appear; about half the questions reworded by ``train.phrasing.vary``; a sentence
+and ``FRESH`` templates never appear; about half the questions reworded by ``train.phrasing.vary``; a sentence
 naming the operation before the code), ``fix`` (the same tasks with a failing first program, then
 the fix), ``gsm8k`` (its ``<<expr=value>>`` annotations become a Python program), ``multihop``
 (HotpotQA/MuSiQue questions become search calls over a local index of their passages), ``plain``
-(questions answered without a tool) and ``identity``. Output: JSONL, one chat per line, deterministic
-by seed (``Plan.id`` order, never completion order). A plan whose execution raises (a tool bug) is
+(questions answered without a tool), ``notool`` (task questions with no tool offered: answered in
+the model's own tokens, letter by letter where that fits, never a call) and ``identity``.
+Output: JSONL, one chat per line, deterministic by seed (``Plan.id`` order, never completion order). A plan whose execution raises (a tool bug) is
 dropped with a warning naming it; the other plans finish (``agent.concurrency.map_bounded``).
 """
 
@@ -44,7 +45,8 @@ from train.phrasing import vary
 from train.plans import Plan, answer, call, text
 
 __all__ = ["DataConfig", "Plan", "execute", "synthesize", "build_plans", "system_prompt", "write_jsonl",
-           "read_jsonl", "arith_plans", "gsm8k_plan", "musique_plan", "hop_plans", "hotpot_plan", "plain_plans",
+           "read_jsonl", "arith_plans", "notool_plans", "gsm8k_plan", "musique_plan", "hop_plans", "hotpot_plan",
+           "plain_plans",
            "text", "call", "answer", "TASK_FAMILIES", "make_data", "open_tools", "build_search_index"]
 
 log = logging.getLogger("splice.train.data")
@@ -73,6 +75,9 @@ class DataConfig:
     n_hop: int = field(default=0, metadata={
         "help": "single-fact questions (the hops of the training MuSiQue decompositions) as one search each"})
     n_plain: int = field(default=150, metadata={"help": "questions answered without a tool"})
+    n_notool: int = field(default=0, metadata={
+        "help": "task questions of every family with no tool offered, answered without a call (letters "
+                "walked through one by one where the text is short)"})
     n_identity: int = field(default=0, metadata={"help": "identity examples (needs --name)"})
     gsm8k: str = field(default="", metadata={"help": "GSM8K train JSONL (question, answer with <<e=v>>)"})
     multihop: str = field(default="", metadata={"help": "dir with hotpotqa_train*.json / musique_train*.json"})
@@ -426,6 +431,52 @@ def plain_plans(n: int, seed: int, phrasing: str = "train") -> list[Plan]:
     return out
 
 
+# -- task questions without tools ----------------------------------------------------------------------
+_SHORT = 24  # characters: longer texts get a direct answer, not a letter-by-letter walk
+
+
+def notool_text(ex: Any) -> str:
+    """What the model says before its answer when no tool is offered: for short texts a walk through
+    the characters that keeps the count in the tokens (``r(1) ... r(2)``), else nothing."""
+    m, fam = ex.meta, ex.family
+    t = m.get("text", "")
+    if not t or len(t) > _SHORT:
+        return ""
+    if fam in ("count", "count_name"):
+        k, marks = 0, []
+        for ch in t.replace(" ", ""):
+            if ch.lower() == m["letter"].lower():
+                k += 1
+                marks.append(f"{ch}({k})")
+            else:
+                marks.append(ch)
+        return f"Going through the letters: {' '.join(marks)}. That makes {k}.\n"
+    if fam == "length":
+        return f"Numbering the characters: {' '.join(f'{c}({i})' for i, c in enumerate(t, 1))}. That makes {len(t)}.\n"
+    if fam == "char":
+        n = int(m["n"])
+        walk = " ".join(f"{c}({i})" for i, c in enumerate(t[:n], 1))
+        return f"Numbering the letters: {walk}. Number {n} is {t[n - 1]}.\n"
+    if fam == "reverse":
+        return f"From the last character back: {' '.join(reversed(t))}. Together: {t[::-1]}.\n"
+    return ""
+
+
+def notool_plans(n: int, seed: int, phrasing: str = "train") -> list[Plan]:
+    """Task questions of every family in a system prompt that offers no tool: the target never calls
+    one (a call there is malformed); it answers, after ``notool_text`` where that fits."""
+    rng = random.Random(f"notool:{seed}")
+    per = -(-n // len(TASK_FAMILIES))
+    out = []
+    for k, fam in enumerate(TASK_FAMILIES):
+        for ex in generate(fam, per, seed + 200 + k, phrasing):
+            question = vary(rng, ex.question, ex.meta.get("text", ""), p=0.5)
+            say = notool_text(ex)
+            out.append(Plan(f"{ex.id}-notool", "notool", question, ([text(say)] if say else []) + [answer(ex.answer)],
+                            ex.answer, tools=()))
+    return out[:n] if len(out) <= n else [out[i] for i in sorted(rng.sample(range(len(out)), n))]
+
+
 # -- assembly ----------------------------------------------------------------------------------------
 def build_plans(cfg: DataConfig) -> list[Plan]:
     plans: list[Plan] = []
@@ -452,6 +503,8 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
             hops = [p for j in order if recs2[j][0] == "musique" for p in hop_plans(recs2[j][1], j, rng)]
             plans += _take(iter(hops), cfg.n_hop)
     plans += plain_plans(cfg.n_plain, cfg.seed, cfg.phrasing)
+    if cfg.n_notool:
+        plans += notool_plans(cfg.n_notool, cfg.seed, cfg.phrasing)
     if cfg.n_identity:
         plans += identity_plans(cfg.n_identity, cfg.name, cfg.maker, cfg.seed)
     return plans
@@ -493,7 +546,7 @@ async def synthesize(plans: Sequence[Plan], tools: Mapping[str, Tool], syntax: s
 def family_limits(cfg: DataConfig) -> dict[str, int]:
     lim = {f: getattr(cfg, f"n_{f}") for f in TASK_FAMILIES}
     lim.update(fix=cfg.n_fix, gsm8k=cfg.n_gsm8k, multihop=cfg.n_multihop, hop=cfg.n_hop, plain=cfg.n_plain,
-               identity=cfg.n_identity)
+               notool=cfg.n_notool, identity=cfg.n_identity)
     return lim
 
 

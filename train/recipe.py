@@ -51,9 +51,9 @@ STAGES = ("data", "sft", "export", "eval", "card")
 # The recipe of the shipped adapter. Counts are examples per family (before length filtering).
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {
-        "data": {"n_arith": 1250, "n_count": 250, "n_count_name": 450, "n_count_text": 400, "n_compare": 200,
-                 "n_length": 300, "n_reverse": 500, "n_char": 150, "n_fix": 300, "n_plain": 750, "n_gsm8k": 250,
-                 "n_multihop": 160, "n_hop": 200, "n_identity": 150, "multihop_holdout": 0.2},
+        "data": {"n_arith": 1250, "n_count": 200, "n_count_name": 450, "n_count_text": 400, "n_compare": 170,
+                 "n_length": 300, "n_reverse": 500, "n_char": 120, "n_fix": 240, "n_plain": 750, "n_notool": 240,
+                 "n_gsm8k": 250, "n_multihop": 160, "n_hop": 200, "n_identity": 150, "multihop_holdout": 0.2},
         "sft": {"lora_r": 16, "lora_alpha": 32, "max_len": 1024, "batch_size": 8, "max_batch_tokens": 4096, "lr": 1e-3,
                 "warmup_steps": 10, "epochs": 1.0, "eval_fraction": 0.02, "eval_every": 0,
                 "save_every": 25},
@@ -64,8 +64,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the whole pipeline in about two minutes on 2 cores (tests, and a check before a long run)
     "smoke": {
         "data": {"n_arith": 6, "n_count": 4, "n_count_name": 2, "n_count_text": 2, "n_compare": 2, "n_length": 2,
-                 "n_reverse": 2, "n_char": 2, "n_fix": 2, "n_plain": 4, "n_gsm8k": 2, "n_multihop": 2, "n_hop": 2,
-                 "n_identity": 2, "multihop_holdout": 0.2},
+                 "n_reverse": 2, "n_char": 2, "n_fix": 2, "n_plain": 4, "n_notool": 2, "n_gsm8k": 2, "n_multihop": 2,
+                 "n_hop": 2, "n_identity": 2, "multihop_holdout": 0.2},
         "sft": {"lora_r": 4, "lora_alpha": 8, "max_len": 1024, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1,
                 "max_steps": 2, "eval_fraction": 0.0, "eval_every": 0, "save_every": 1},
         "eval_per_family": 1,

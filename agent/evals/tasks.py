@@ -11,6 +11,11 @@ Reports give accuracy on the two apart; the held-out number is the one that says
 the task and not the template.
 ``agent eval gen:count@heldout`` selects a phrasing split (``gen:count`` is ``all``).
 
+A second held-out set, ``fresh`` (``_F(...)``, five per tool family, after the ``_H`` ones), was
+written before training the adapter it first measured, without looking at that adapter's answers:
+the ``_H`` templates had been in view while later training templates were written, the ``_F``
+ones had not. Neither split appears in training data; ``"all"`` draws from every template.
+
 Families (``meta`` holds what the answer is computed from; ``meta["template"]`` the template index):
 - ``arith``: products, sums, differences, integer division, percentages and two-step expressions
   over big numbers, bare or as word problems, numbers sometimes written with separators (12,345)
@@ -35,10 +40,10 @@ from dataclasses import dataclass
 from agent.errors import ConfigError
 from agent.evals.data import Example, count_question  # count_question: re-exported, it lives with its loader
 
-__all__ = ["FAMILIES", "HELDOUT", "PHRASINGS", "TOOL_FAMILIES", "count_question", "generate", "generate_mix",
+__all__ = ["FAMILIES", "FRESH", "HELDOUT", "PHRASINGS", "TOOL_FAMILIES", "count_question", "generate", "generate_mix",
            "parse_spec"]
 
-PHRASINGS = ("all", "train", "heldout")
+PHRASINGS = ("all", "train", "heldout", "fresh")
 
 # -- vocabularies -----------------------------------------------------------------------------------
 _WORDS = (
@@ -87,11 +92,17 @@ class _T:
     text: str
     kind: str = ""  # arith: the expression kind; compare: "larger"/"smaller"/"" (word picked)
     held: bool = False  # a held-out template: never in training data
+    fresh: bool = False  # a template of the second held-out set, written before the adapter it measures
 
 
 def _H(text: str, kind: str = "") -> _T:
     """A held-out template."""
     return _T(text, kind, held=True)
+
+
+def _F(text: str, kind: str = "") -> _T:
+    """A template of the ``fresh`` held-out split (see the module docstring)."""
+    return _T(text, kind, fresh=True)
 
 
 def _sentence(rng: random.Random) -> str:
@@ -206,6 +217,15 @@ _ARITH = (
     _H("A stadium sold {a} tickets on Friday and {b} on Saturday, each at {c} dollars. How many dollars did "
        "the tickets bring in?", "add_mul"),
     _H("If one crate weighs {a} grams, how many grams do {b} crates weigh?", "mul"),
+    # fresh held-out (``_F``: never in training; written before the adapter they first measured)
+    _F("I bought {b} chairs at {a} dollars apiece. What did I pay in total?", "mul"),
+    _F("Tally up {a} and {b} for me.", "add"),
+    _F("My account had {a} dollars and I withdrew {b}. What is the balance now?", "sub"),
+    _F("A hotel has {a} floors with {b} lamps on each floor, and {c} lamps are broken. How many lamps still "
+       "work?", "mul_sub"),
+    _F("Two shops sell {a} and {b} mugs a month. How many mugs do the two shops sell in {c} months?", "add_mul"),
+    _F("With whole-number division, what is {a} over {b}?", "floordiv"),
+    _F("A recipe uses {p}% of a {a} gram bag of flour. How many grams does it use?", "percent"),
 )
 
 _ARITH_EXPR = {"mul": "{a} * {b}", "add": "{a} + {b}", "sub": "{a} - {b}", "mul_sub": "{a} * {b} - {c}",
@@ -286,6 +306,12 @@ _COUNT = (
     _H("{t}: how many letter {l}s does it contain?"),
     _H("Quick question: the word {t} has how many {l}s in it?"),
     _H('Find how many times {l} is in "{t}".'),
+    # fresh held-out
+    _F("Check the word {t} for me: how many {l}'s?"),
+    _F("If you scan {t} letter by letter, how many times do you meet {l}?"),
+    _F("I wonder how many {l}'s the word {t} has."),
+    _F("Occurrences of the letter '{l}' in the word {t}, please."),
+    _F("{t} - tell me the {l} count."),
 )
 
 _COUNT_NAME = (
@@ -329,6 +355,12 @@ _COUNT_NAME = (
     _H("How many letter {l}s are in the person's name {t}?"),
     _H("{t} signed the form. How many {l}'s are in that signature?"),
     _H("Count {l} in the name {t}, ignoring case."),
+    # fresh held-out
+    _F("My cousin goes by {t}. How many {l}'s are in that name?"),
+    _F("The contract was drawn up by {t}. How many times does {l} appear in their name?"),
+    _F("Guest list entry: {t}. Number of {l}'s?"),
+    _F("How many {l}'s would I type when I enter the name {t}?"),
+    _F("A parcel is addressed to {t}. Count the {l}'s in the addressee's name."),
 )
 
 _COUNT_TEXT = (
@@ -370,6 +402,12 @@ _COUNT_TEXT = (
     _H("Count the {l}s in the quote \"{t}\""),
     _H("The sign reads: {t} How many {l}s are on the sign?"),
     _H("Text:\n{t}\nCount the letter {l} (any case)."),
+    # fresh held-out
+    _F("Here is a passage:\n{t}\nHow often does {l} occur in it?"),
+    _F('Someone texted me "{t}" Tell me how many {l}\'s that message contains.'),
+    _F("Please count each {l} in the following lines. {t}"),
+    _F("The email said: {t} How many {l}'s were in the email?"),
+    _F("Check this paragraph for the letter {l} and give the count: {t}"),
 )
 
 
@@ -428,6 +466,12 @@ _COMPARE = (
     _H("Which should come first if we want the {w} number, {a} or {b}?"),
     _H("Here are two numbers: {a} and {b}. Tell me the {w}."),
     _H("Decide which is {w}: {a} versus {b}."),
+    # fresh held-out
+    _F("Two readings: {a} and {b}. Report the {w} reading."),
+    _F("I can't tell which is {w}, {a} or {b}. Can you?"),
+    _F("Sort out which is {w} for me: {a} against {b}."),
+    _F("Given {a} and {b}, return the {w}."),
+    _F("Which of the pair {a} / {b} is {w}?"),
 )
 
 
@@ -486,6 +530,12 @@ _LENGTH = (
     _H("What is the character length of the text '{s}'?"),
     _H("I need the character count for {s}."),
     _H('Please tell me how many characters the string "{s}" contains.'),
+    # fresh held-out
+    _F("How many characters would you count in {s}?"),
+    _F("Give me the size of '{s}' in characters."),
+    _F("My username is {s}. What is its length?"),
+    _F('Characters in "{s}": how many?'),
+    _F("Tell me the character total of {s}."),
 )
 
 _REVERSE = (
@@ -519,7 +569,7 @@ _REVERSE = (
     _T("Write {s} from its end to its beginning."),
     _T('What is "{s}" when read in the opposite direction?'),
     _T("Turn the word {s} end to end. What do you get?"),
-    _T("Reverse {s}. What comes out?"),
+    _T("Reverse {s} and tell me how it reads."),
     _T("In reverse, {s} reads as what?"),
     _T("What do you get by writing '{s}' in the opposite order?"),
     _T("Backward spelling of {s}, please."),
@@ -531,6 +581,12 @@ _REVERSE = (
     _H("Backwards, {s} is what?"),
     _H("Mirror the text '{s}'. What comes out?"),
     _H('Write "{s}" from the last character to the first.'),
+    # fresh held-out
+    _F("Show me {s} with the order of its characters flipped."),
+    _F("My username is {s}. What is it backwards?"),
+    _F("Reverse-spell {s} for me."),
+    _F("Start at the last character of '{s}' and write it all the way back to the first. What do you get?"),
+    _F("Undo the order of the letters in {s}."),
 )
 
 _ORDINAL = {1: "1st", 2: "2nd", 3: "3rd"}
@@ -562,6 +618,12 @@ _CHAR = (
     _H("The word is {s}. Which letter is {o}?"),
     _H("Position {n} of the word '{s}' holds which letter?"),
     _H('Tell me which letter of "{s}" is {o}.'),
+    # fresh held-out
+    _F("Which character sits in spot {n} of {s}?"),
+    _F("Counting from the left, what is the {o} letter of '{s}'?"),
+    _F("In the word {s}, pick out letter number {n}."),
+    _F('Of the letters in "{s}", which one is {o}?'),
+    _F("I'm looking for the {o} character in {s}. What is it?"),
 )
 
 
@@ -728,6 +790,14 @@ class _Family:
     def heldout(self) -> tuple[int, ...]:
         return tuple(i for i, t in enumerate(self.templates) if t.held)
 
+    @property
+    def fresh(self) -> tuple[int, ...]:
+        return tuple(i for i, t in enumerate(self.templates) if t.fresh)
+
+    def split(self, i: int) -> str:
+        t = self.templates[i]
+        return "heldout" if t.held else "fresh" if t.fresh else "train"
+
 
 _REGISTRY: dict[str, _Family] = {
     "arith": _Family(_ARITH, _arith),
@@ -742,6 +812,7 @@ _REGISTRY: dict[str, _Family] = {
 }
 FAMILIES: dict[str, int] = {name: len(f.templates) for name, f in _REGISTRY.items()}  # family -> templates
 HELDOUT: dict[str, tuple[int, ...]] = {name: f.heldout for name, f in _REGISTRY.items()}
+FRESH: dict[str, tuple[int, ...]] = {name: f.fresh for name, f in _REGISTRY.items()}
 TOOL_FAMILIES = tuple(f for f in FAMILIES if f != "plain")
 
 
@@ -749,8 +820,7 @@ def _templates(family: str, phrasing: str) -> list[int]:
     fam = _REGISTRY[family]
     if phrasing == "all":
         return list(range(len(fam.templates)))
-    held = set(fam.heldout)
-    return [i for i in range(len(fam.templates)) if (i in held) == (phrasing == "heldout")]
+    return [i for i in range(len(fam.templates)) if fam.split(i) == phrasing]
 
 
 def generate(family: str, n: int, seed: int = 0, phrasing: str = "all") -> list[Example]:
@@ -761,12 +831,14 @@ def generate(family: str, n: int, seed: int = 0, phrasing: str = "all") -> list[
         raise ConfigError(f"unknown phrasing split {phrasing!r}; choose from {', '.join(PHRASINGS)}")
     rng = random.Random(f"splice-tasks:{family}:{phrasing}:{seed}")
     fam, pool = _REGISTRY[family], _templates(family, phrasing)
+    if not pool:
+        raise ConfigError(f"task family {family!r} has no {phrasing!r} templates")
     tag = "" if phrasing == "all" else f"{phrasing}-"
     out = []
     for i in range(n):
         k = rng.choice(pool)
         question, answer, meta = fam.make(rng, fam.templates[k])
-        meta = {**meta, "template": str(k), "phrasing": "heldout" if k in fam.heldout else "train"}
+        meta = {**meta, "template": str(k), "phrasing": fam.split(k)}
         out.append(Example(id=f"{family}-{tag}{seed}-{i}", question=question, answer=answer, family=family,
                            meta=meta))
     return out
