@@ -7,14 +7,15 @@ with the last result, and keeps the example only when the results agree with the
 
 Families: ``arith``/``count``/``count_name``/``count_text``/``compare``/``length``/``reverse``/``char``
 (the eval task generators, other seeds, training phrasings only: ``agent.evals.tasks.HELDOUT``
-and ``FRESH`` templates never appear; about half the questions reworded by ``train.phrasing.vary``; a sentence
-naming the operation before the code), ``fix`` (the same tasks with a failing first program, then
-the fix), ``gsm8k`` (its ``<<expr=value>>`` annotations become a Python program), ``multihop``
-(HotpotQA/MuSiQue questions become search calls over a local index of their passages), ``plain``
-(questions answered without a tool), ``notool`` (task questions with no tool offered: answered in
-the model's own tokens, letter by letter where that fits, never a call) and ``identity``.
-Output: JSONL, one chat per line, deterministic by seed (``Plan.id`` order, never completion order). A plan whose execution raises (a tool bug) is
-dropped with a warning naming it; the other plans finish (``agent.concurrency.map_bounded``).
+and ``FRESH`` templates never appear; about half the questions reworded by
+``train.phrasing.vary``; a sentence naming the operation before the code), ``fix`` (the same tasks
+with a failing first program, then the fix), ``gsm8k`` (its ``<<expr=value>>`` annotations become a
+Python program), ``multihop`` (HotpotQA/MuSiQue questions become search calls over a local index of
+their passages), ``plain`` (questions answered without a tool), ``notool`` (task questions with no
+tool offered: answered in the model's own tokens, letter by letter where that fits, never a call)
+and ``identity``. Output: JSONL, one chat per line, deterministic by seed (``Plan.id`` order, never
+completion order). A plan whose execution raises (a tool bug) is dropped with a warning naming it;
+the other plans finish (``agent.concurrency.map_bounded``).
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ from train.plans import Plan, answer, call, text
 
 __all__ = ["DataConfig", "Plan", "execute", "synthesize", "build_plans", "system_prompt", "write_jsonl",
            "read_jsonl", "arith_plans", "notool_plans", "gsm8k_plan", "musique_plan", "hop_plans", "hotpot_plan",
-           "plain_plans",
-           "text", "call", "answer", "TASK_FAMILIES", "make_data", "open_tools", "build_search_index"]
+           "plain_plans", "text", "call", "answer", "TASK_FAMILIES", "make_data", "open_tools", "build_search_index"]
 
 log = logging.getLogger("splice.train.data")
 
