@@ -11,10 +11,10 @@ Reports give accuracy on the two apart; the held-out number is the one that says
 the task and not the template.
 ``agent eval gen:count@heldout`` selects a phrasing split (``gen:count`` is ``all``).
 
-A second held-out set, ``fresh`` (``_F(...)``, five per tool family, after the ``_H`` ones), was
-written before training the adapter it first measured, without looking at that adapter's answers:
-the ``_H`` templates had been in view while later training templates were written, the ``_F``
-ones had not. Neither split appears in training data; ``"all"`` draws from every template.
+A second held-out set, ``fresh`` (``_F(...)`` after the ``_H`` ones: five per tool family, one per
+expression kind for arithmetic), was written before training the adapter it first measured: the
+``_H`` templates had been in view while later training templates were written, the ``_F`` ones had
+not. Neither split appears in training data; ``"all"`` draws from every template.
 
 Families (``meta`` holds what the answer is computed from; ``meta["template"]`` the template index):
 - ``arith``: products, sums, differences, integer division, percentages and two-step expressions
