@@ -474,7 +474,7 @@ def notool_plans(n: int, seed: int, phrasing: str = "train") -> list[Plan]:
             say = notool_text(ex)
             out.append(Plan(f"{ex.id}-notool", "notool", question, ([text(say)] if say else []) + [answer(ex.answer)],
                             ex.answer, tools=()))
-    return out[:n] if len(out) <= n else [out[i] for i in sorted(rng.sample(range(len(out)), n))]
+    return out if len(out) <= n else [out[i] for i in sorted(rng.sample(range(len(out)), n))]
 
 
 # -- assembly ----------------------------------------------------------------------------------------

@@ -94,12 +94,13 @@ def run_recipe_eval(out: Path, adapter: Path, n: int, heldout: list[Path], index
                              runtime=_runtime(path, index, max_new_tokens))
             res = run_eval(cfg)
             episodes = Path(cfg.out) / "episodes.jsonl"
+            malformed, tool_rate = _malformed_episodes(episodes), _tool_episode_rate(episodes)  # once per suite
             summary.setdefault(model, {})[s["name"]] = {
                 mode: {"accuracy": m["accuracy"], "em": m["em"], "n_questions": m["n_questions"],
                        "tool_calls_per_episode": m["tool_calls_per_episode"],
                        "seconds_per_question": m["seconds_per_question"],
-                       "malformed_episodes": _malformed_episodes(episodes).get(mode, 0.0),
-                       "tool_episodes": _tool_episode_rate(episodes).get(mode, {}),
+                       "malformed_episodes": malformed.get(mode, 0.0),
+                       "tool_episodes": tool_rate.get(mode, {}),
                        "by_family": {f: v["accuracy"] for f, v in m["by_family"].items()}}
                 for mode, m in res["modes"].items()}
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
