@@ -135,7 +135,7 @@ def test_every_family_has_15_templates_and_held_out_ones_never_reach_the_train_s
     for fam, n in FAMILIES.items():
         assert n >= 15 and 3 <= len(HELDOUT[fam]) < n / 2, fam
         assert (len(FRESH[fam]) >= 5 if fam in TOOL_FAMILIES else not FRESH[fam]) and not set(FRESH[fam]) & set(HELDOUT[fam])
-        train = {e.meta["template"] for e in generate(fam, 400, 1, "train")}
+        train = {e.meta["template"] for e in generate(fam, 1000, 1, "train")}
         held = {e.meta["template"] for e in generate(fam, 200, 1, "heldout")}
         assert held == {str(i) for i in HELDOUT[fam]} and not train & held, fam
         assert len(train) == n - len(HELDOUT[fam]) - len(FRESH[fam]), fam  # every training template is used

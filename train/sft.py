@@ -59,6 +59,9 @@ class SFTConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS), metadata={"help": "modules"})
+    lora_layers: int = field(default=0, metadata={
+        "help": "LoRA on the top N decoder layers only (0 = all): backward stops below them, so a step is "
+                "cheaper"})
     add_special_tokens: bool = field(default=False, metadata={"help": "add the syntax's tags as special tokens"})
     max_len: int = field(default=384, metadata={"help": "examples longer than this (tokens) are dropped"})
     max_result_tokens: int = field(default=256, metadata={"help": "tool result truncation (as the runtime)"})
@@ -92,6 +95,8 @@ class SFTConfig:
         for name in ("tools", "lora_targets"):
             if isinstance(getattr(self, name), str):
                 setattr(self, name, [t for t in getattr(self, name).split(",") if t])
+        if self.lora_layers < 0:
+            raise ConfigError(f"--lora-layers must be >= 0 (got {self.lora_layers})")
         for name in ("max_len", "batch_size", "grad_accum", "lora_r"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
@@ -183,6 +188,12 @@ def wrap_lora(model: Any, cfg: SFTConfig, new_ids: list[int]) -> Any:
     extra: dict[str, Any] = {}
     if new_ids:
         extra["trainable_token_indices"] = {"embed_tokens": list(new_ids)}
+    n = model.config.num_hidden_layers
+    if cfg.lora_layers:
+        if cfg.lora_layers > n:
+            raise ConfigError(f"--lora-layers {cfg.lora_layers} exceeds the model's {n} layers")
+        extra["layers_to_transform"] = list(range(n - cfg.lora_layers, n))
+        extra["layers_pattern"] = "layers"
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM", **extra)
     return get_peft_model(model, lcfg)
