@@ -95,6 +95,22 @@ def test_gguf_lora_adapter_matches_peft(trained, tiny_model_dir, tmp_path):
     np.testing.assert_allclose(_llama_logits(base_gguf, lora=adapter), want, rtol=2e-3, atol=2e-3)
 
 
+def test_gguf_adapter_of_the_top_layers_only_matches_peft(tiny_model_dir, tmp_path):
+    """``--lora-layers``: an adapter on part of the layers exports and applies in llama.cpp as in HF."""
+    from agent.backends.transformers import load_hf
+
+    train_sft(SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "sft"), tools=["python"], batch_size=2,
+                        max_steps=8, lr=2e-2, warmup_steps=1, eval_fraction=0.0, eval_every=0, save_every=0,
+                        progress=False, lora_r=4, lora_alpha=8, lora_layers=1, threads=1, precision="fp32"), _rows())
+    base, tok = load_hf(tiny_model_dir, device="cpu", dtype="float32")
+    base_gguf = write_gguf(base, tok, tmp_path / "base.gguf", dtype="f32")
+    model, _, _ = load_trained(tmp_path / "sft")
+    adapter = write_lora_gguf(model, tmp_path / "adapter.gguf", dtype="f32")
+    want = _hf_logits(model)
+    assert not np.allclose(_hf_logits(base), want, atol=1e-3)
+    np.testing.assert_allclose(_llama_logits(base_gguf, lora=adapter), want, rtol=2e-3, atol=2e-3)
+
+
 def test_f16_gguf_lora_adapter_loads_and_is_small(trained, tiny_model_dir, tmp_path):
     from agent.backends.transformers import load_hf
 

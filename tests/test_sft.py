@@ -64,6 +64,21 @@ def test_sft_lora_lowers_loss_and_changes_only_adapter(tiny_model_dir, tmp_path)
     assert json.loads((out / "config.json").read_text())["lora_r"] == 8
 
 
+def test_lora_layers_trains_only_the_top_layers(tiny_model_dir, tmp_path):
+    from agent.errors import ConfigError
+
+    cfg = cfg_for(tiny_model_dir, tmp_path / "run", max_steps=4, lr=3e-2, eval_every=0, lora_layers=1)
+    trainer = SFTTrainer(cfg, make_rows())
+    lora = [n for n, _ in trainer.model.named_parameters() if "lora_" in n]
+    assert lora and all(".layers.1." in n for n in lora)  # the tiny model has layers 0 and 1
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed and all(".layers.1." in n and "lora_" in n for n in changed)
+    with pytest.raises(ConfigError, match="exceeds"):
+        SFTTrainer(cfg_for(tiny_model_dir, tmp_path / "bad", lora_layers=3), make_rows())
+
+
 def test_full_finetune_changes_base_weights(tiny_model_dir, tmp_path):
     summary = train_sft(cfg_for(tiny_model_dir, tmp_path / "full", lora=False, max_steps=3, lr=1e-3), make_rows())
     assert summary["steps"] == 3 and (tmp_path / "full" / "model" / "config.json").exists()
