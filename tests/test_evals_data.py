@@ -130,21 +130,25 @@ def test_generated_answers_are_right(phrasing):
 
 
 def test_every_family_has_15_templates_and_held_out_ones_never_reach_the_train_split():
-    from agent.evals.tasks import FRESH, HELDOUT, TOOL_FAMILIES
+    from agent.evals.tasks import FRESH, FRESH2, HELDOUT, TOOL_FAMILIES
 
     for fam, n in FAMILIES.items():
         assert n >= 15 and 3 <= len(HELDOUT[fam]) < n / 2, fam
-        assert (len(FRESH[fam]) >= 5 if fam in TOOL_FAMILIES else not FRESH[fam]) and not set(FRESH[fam]) & set(HELDOUT[fam])
+        for extra in (FRESH, FRESH2):
+            assert len(extra[fam]) >= 5 if fam in TOOL_FAMILIES else not extra[fam]
+        assert len(set(HELDOUT[fam]) | set(FRESH[fam]) | set(FRESH2[fam])) == sum(
+            len(x[fam]) for x in (HELDOUT, FRESH, FRESH2))
         train = {e.meta["template"] for e in generate(fam, 1000, 1, "train")}
         held = {e.meta["template"] for e in generate(fam, 200, 1, "heldout")}
         assert held == {str(i) for i in HELDOUT[fam]} and not train & held, fam
-        assert len(train) == n - len(HELDOUT[fam]) - len(FRESH[fam]), fam  # every training template is used
+        assert len(train) == n - sum(len(x[fam]) for x in (HELDOUT, FRESH, FRESH2)), fam  # every one is used
         questions = {e.question for e in generate(fam, 200, 1, "train")}
         assert not questions & {e.question for e in generate(fam, 200, 1, "heldout")}
-        if FRESH[fam]:
-            fresh = generate(fam, 100, 1, "fresh")
-            assert {e.meta["template"] for e in fresh} == {str(i) for i in FRESH[fam]}, fam
-            assert {e.meta["phrasing"] for e in fresh} == {"fresh"} and not questions & {e.question for e in fresh}
+        for split, extra in (("fresh", FRESH), ("fresh2", FRESH2)):
+            if extra[fam]:
+                got = generate(fam, 100, 1, split)
+                assert {e.meta["template"] for e in got} == {str(i) for i in extra[fam]}, (fam, split)
+                assert {e.meta["phrasing"] for e in got} == {split} and not questions & {e.question for e in got}
 
 
 def test_a_split_without_templates_is_a_clear_error():

@@ -6,8 +6,8 @@ local search index), splices the real result in as a ``result`` part, fills ``{r
 with the last result, and keeps the example only when the results agree with the gold answer.
 
 Families: ``arith``/``count``/``count_name``/``count_text``/``compare``/``length``/``reverse``/``char``
-(the eval task generators, other seeds, training phrasings only: ``agent.evals.tasks.HELDOUT``
-and ``FRESH`` templates never appear; about half the questions reworded by
+(the eval task generators, other seeds, training phrasings only: ``agent.evals.tasks.HELDOUT``,
+``FRESH`` and ``FRESH2`` templates never appear; about half the questions reworded by
 ``train.phrasing.vary``; a sentence naming the operation before the code), ``fix`` (the same tasks
 with a failing first program, then the fix), ``gsm8k`` (its ``<<expr=value>>`` annotations become a
 Python program), ``multihop`` (HotpotQA/MuSiQue questions become search calls over a local index of

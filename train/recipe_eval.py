@@ -3,9 +3,10 @@
 Every figure is an ``agent eval`` run (greedy, llama.cpp, the default Q4_1 model with or without the
 adapter), so each can be rerun alone from the commands in ``eval.md``. Suites:
 
-- ``tasks-train`` / ``tasks-heldout`` / ``tasks-fresh``: every tool family
+- ``tasks-train`` / ``tasks-heldout`` / ``tasks-fresh`` / ``tasks-fresh2``: every tool family
   (``agent.evals.tasks.TOOL_FAMILIES``) in training-style phrasings with python, held-out phrasings
-  with python and without tools, and the second held-out set (``fresh``) with python;
+  with python and without tools, and the second and third held-out sets (``fresh``, ``fresh2``)
+  with python;
 - ``plain-train`` / ``plain-heldout``: questions that need no tool, with the tools offered
   (python+search where a search index exists, else python): the tool-call rate is the figure;
 - ``multihop-*``: the held-out HotpotQA/MuSiQue questions with local search and closed-book.
@@ -37,6 +38,7 @@ def suites(n: int, heldout: list[Path], index: Path | None) -> list[dict[str, An
         {"name": "tasks-train", "data": "gen:all@train", "limit": n * k, "modes": ["python"]},
         {"name": "tasks-heldout", "data": "gen:all@heldout", "limit": n * k, "modes": ["python", "none"]},
         {"name": "tasks-fresh", "data": "gen:all@fresh", "limit": n * k, "modes": ["python"]},
+        {"name": "tasks-fresh2", "data": "gen:all@fresh2", "limit": n * k, "modes": ["python"]},
         {"name": "plain-train", "data": "gen:plain@train", "limit": 2 * n, "modes": [plain_mode]},
         {"name": "plain-heldout", "data": "gen:plain@heldout", "limit": 2 * n, "modes": [plain_mode]},
     ]
@@ -117,7 +119,7 @@ def table(summary: dict[str, Any], n: dict[str, int]) -> str:
              f"(eval seed {EVAL_SEED}). Accuracy per family; below, per suite.", ""]
     head = ["family", "phrasing"] + [f"{m} {mode}" for m in models for mode in ("python", "none")]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for split in ("train", "heldout", "fresh"):
+    for split in ("train", "heldout", "fresh", "fresh2"):
         name = f"tasks-{split}"
         fams = sorted({f for m in models for f in summary[m].get(name, {}).get("python", {}).get("by_family", {})})
         for fam in fams + ["all"]:

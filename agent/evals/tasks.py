@@ -14,7 +14,9 @@ the task and not the template.
 A second held-out set, ``fresh`` (``_F(...)`` after the ``_H`` ones: five per tool family, one per
 expression kind for arithmetic), was written before training the adapter it first measured: the
 ``_H`` templates had been in view while later training templates were written, the ``_F`` ones had
-not. Neither split appears in training data; ``"all"`` draws from every template.
+not. A third, ``fresh2`` (``_F2(...)``, the same shape), was written on 2026-12-07 while the adapter
+it first measured was training, before any of its output was seen, and after the templates that
+adapter trained on. No held-out split appears in training data; ``"all"`` draws from every template.
 
 Families (``meta`` holds what the answer is computed from; ``meta["template"]`` the template index):
 - ``arith``: products, sums, differences, integer division, percentages and two-step expressions
@@ -40,10 +42,10 @@ from dataclasses import dataclass
 from agent.errors import ConfigError
 from agent.evals.data import Example, count_question  # count_question: re-exported, it lives with its loader
 
-__all__ = ["FAMILIES", "FRESH", "HELDOUT", "PHRASINGS", "TOOL_FAMILIES", "count_question", "generate",
+__all__ = ["FAMILIES", "FRESH", "FRESH2", "HELDOUT", "PHRASINGS", "TOOL_FAMILIES", "count_question", "generate",
            "generate_mix", "parse_spec"]
 
-PHRASINGS = ("all", "train", "heldout", "fresh")
+PHRASINGS = ("all", "train", "heldout", "fresh", "fresh2")
 
 # -- vocabularies -----------------------------------------------------------------------------------
 _WORDS = (
@@ -91,18 +93,22 @@ _ITEMS = (("factory", "makes", "bolts", "day"), ("bakery", "bakes", "rolls", "we
 class _T:
     text: str
     kind: str = ""  # arith: the expression kind; compare: "larger"/"smaller"/"" (word picked)
-    held: bool = False  # a held-out template: never in training data
-    fresh: bool = False  # a template of the second held-out set, written before the adapter it measures
+    split: str = "train"  # "train", or the held-out set it belongs to: never in training data
 
 
 def _H(text: str, kind: str = "") -> _T:
     """A held-out template."""
-    return _T(text, kind, held=True)
+    return _T(text, kind, "heldout")
 
 
 def _F(text: str, kind: str = "") -> _T:
     """A template of the ``fresh`` held-out split (see the module docstring)."""
-    return _T(text, kind, fresh=True)
+    return _T(text, kind, "fresh")
+
+
+def _F2(text: str, kind: str = "") -> _T:
+    """A template of the ``fresh2`` held-out split (see the module docstring)."""
+    return _T(text, kind, "fresh2")
 
 
 def _sentence(rng: random.Random) -> str:
@@ -238,6 +244,16 @@ _ARITH = (
     _F("Two shops sell {a} and {b} mugs a month. How many mugs do the two shops sell in {c} months?", "add_mul"),
     _F("With whole-number division, what is {a} over {b}?", "floordiv"),
     _F("A recipe uses {p}% of a {a} gram bag of flour. How many grams does it use?", "percent"),
+    # third held-out set (``_F2``)
+    _F2("A pallet carries {a} tiles. How many tiles are on {b} pallets?", "mul"),
+    _F2("Put {a} and {b} together. What number do you get?", "add"),
+    _F2("A reservoir is at {a} litres and loses {b} litres overnight. What does it hold in the morning?", "sub"),
+    _F2("{a} students each bring {b} bottle caps for a project, and {c} caps are thrown out. How many caps are "
+        "kept?", "mul_sub"),
+    _F2("A printer uses {a} sheets on Mondays and {b} sheets on Tuesdays. Over {c} weeks, how many sheets is "
+        "that for those two days?", "add_mul"),
+    _F2("How many complete teams of {b} can be formed from {a} players?", "floordiv"),
+    _F2("A phone costs {a} dollars and the tax on it is {p}%. How many dollars of tax is paid?", "percent"),
 )
 
 _ARITH_EXPR = {"mul": "{a} * {b}", "add": "{a} + {b}", "sub": "{a} - {b}", "mul_sub": "{a} * {b} - {c}",
@@ -328,6 +344,11 @@ _COUNT = (
     _F("I wonder how many {l}'s the word {t} has."),
     _F("Occurrences of the letter '{l}' in the word {t}, please."),
     _F("{t} - tell me the {l} count."),
+    _F2("Within the word {t}, what is the tally of {l}'s?"),
+    _F2("Go through {t} and count its {l}'s."),
+    _F2("How frequently does {l} turn up in {t}?"),
+    _F2("Spot the {l}'s in {t}: how many are there?"),
+    _F2("{t} has a certain number of {l}'s. Which number?"),
 )
 
 _COUNT_NAME = (
@@ -389,6 +410,11 @@ _COUNT_NAME = (
     _F("Guest list entry: {t}. Number of {l}'s?"),
     _F("How many {l}'s would I type when I enter the name {t}?"),
     _F("A parcel is addressed to {t}. Count the {l}'s in the addressee's name."),
+    _F2("Our landlord's name is {t}. How many {l}'s does it have?"),
+    _F2("Count the {l}'s in this name: {t}"),
+    _F2("On the name tag: {t}. How many times is {l} in it?"),
+    _F2("The award went to {t}. How frequently does {l} occur in the name?"),
+    _F2("For the name {t}, give the number of {l}'s."),
 )
 
 _COUNT_TEXT = (
@@ -436,6 +462,11 @@ _COUNT_TEXT = (
     _F("Please count each {l} in the following lines. {t}"),
     _F("The email said: {t} How many {l}'s were in the email?"),
     _F("Check this paragraph for the letter {l} and give the count: {t}"),
+    _F2("In the following sentence, tally the letter {l}: {t}"),
+    _F2("Below is a short text. Count its {l}'s.\n{t}"),
+    _F2('"{t}" - how many {l}\'s is that?'),
+    _F2("My teacher wrote on the board: {t} How many times did she write {l}?"),
+    _F2("How many {l}'s appear, in either case, in the text that follows? {t}"),
 )
 
 
@@ -500,6 +531,11 @@ _COMPARE = (
     _F("Sort out which is {w} for me: {a} against {b}."),
     _F("Given {a} and {b}, return the {w}."),
     _F("Which of the pair {a} / {b} is {w}?"),
+    _F2("{a} and {b} were measured. Which measurement is {w}?"),
+    _F2("Is {b} {w} than {a}? Reply with whichever number is {w}."),
+    _F2("Help me choose the {w} number out of {a} and {b}."),
+    _F2("Between the values {a} and {b}, the {w} one is which?"),
+    _F2("My two scores are {a} and {b}. Which score is {w}?"),
 )
 
 
@@ -569,6 +605,11 @@ _LENGTH = (
     _F("My username is {s}. What is its length?"),
     _F('Characters in "{s}": how many?'),
     _F("Tell me the character total of {s}."),
+    _F2("How many characters is {s} made of?"),
+    _F2("If you count them one by one, how many characters are there in {s}?"),
+    _F2("Figure out the length of '{s}' in characters."),
+    _F2("The ID {s} has how many characters?"),
+    _F2("Count up the characters in {s} for me."),
 )
 
 _REVERSE = (
@@ -625,6 +666,11 @@ _REVERSE = (
     _F("Reverse-spell {s} for me."),
     _F("Start at the last character of '{s}' and write it all the way back to the first. What do you get?"),
     _F("Undo the order of the letters in {s}."),
+    _F2("Give me {s}, but starting from its end."),
+    _F2("Output {s} last letter first."),
+    _F2("Rewrite '{s}' in backward order."),
+    _F2("What would {s} look like reversed?"),
+    _F2("Please invert the letter order of {s}."),
 )
 
 _ORDINAL = {1: "1st", 2: "2nd", 3: "3rd"}
@@ -662,6 +708,11 @@ _CHAR = (
     _F("In the word {s}, pick out letter number {n}."),
     _F('Of the letters in "{s}", which one is {o}?'),
     _F("I'm looking for the {o} character in {s}. What is it?"),
+    _F2("What letter do you find at place {n} in {s}?"),
+    _F2("In {s}, which letter is number {n} from the start?"),
+    _F2("Starting from 1, which character of {s} is at index {n}?"),
+    _F2("{s}: what is its {o} character?"),
+    _F2("Which letter holds the {o} spot in '{s}'?"),
 )
 
 
@@ -824,17 +875,11 @@ class _Family:
     templates: tuple[_T, ...]
     make: Callable[[random.Random, _T], tuple[str, str, dict]]
 
-    @property
-    def heldout(self) -> tuple[int, ...]:
-        return tuple(i for i, t in enumerate(self.templates) if t.held)
-
-    @property
-    def fresh(self) -> tuple[int, ...]:
-        return tuple(i for i, t in enumerate(self.templates) if t.fresh)
+    def indices(self, split: str) -> tuple[int, ...]:
+        return tuple(i for i, t in enumerate(self.templates) if t.split == split)
 
     def split(self, i: int) -> str:
-        t = self.templates[i]
-        return "heldout" if t.held else "fresh" if t.fresh else "train"
+        return self.templates[i].split
 
 
 _REGISTRY: dict[str, _Family] = {
@@ -849,8 +894,9 @@ _REGISTRY: dict[str, _Family] = {
     "plain": _Family(_PLAIN, _plain),
 }
 FAMILIES: dict[str, int] = {name: len(f.templates) for name, f in _REGISTRY.items()}  # family -> templates
-HELDOUT: dict[str, tuple[int, ...]] = {name: f.heldout for name, f in _REGISTRY.items()}
-FRESH: dict[str, tuple[int, ...]] = {name: f.fresh for name, f in _REGISTRY.items()}
+HELDOUT: dict[str, tuple[int, ...]] = {name: f.indices("heldout") for name, f in _REGISTRY.items()}
+FRESH: dict[str, tuple[int, ...]] = {name: f.indices("fresh") for name, f in _REGISTRY.items()}
+FRESH2: dict[str, tuple[int, ...]] = {name: f.indices("fresh2") for name, f in _REGISTRY.items()}
 TOOL_FAMILIES = tuple(f for f in FAMILIES if f != "plain")
 
 
