@@ -164,6 +164,42 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_model_dir, tmp_pat
     assert g0.keys() == g1.keys() and all(torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-4) for k in g0)
 
 
+def test_a_batch_that_mixes_system_prompts_shares_each_prompt_within_its_group(tiny_model_dir, tmp_path):
+    """Rows with two different system prompts in one batch: each group runs its own prompt once, and
+    the step (loss, updated weights) equals the one without any prefix sharing."""
+    rows = make_rows(8)
+    for i, r in enumerate(rows):
+        r["messages"][0]["content"] = ("You can use tools. " if i % 2 else "Answer with care. ") * 12
+    out = []
+    for share in (False, True):
+        t = SFTTrainer(cfg_for(tiny_model_dir, tmp_path / str(share), share_prefix=share, batch_size=8, grad_accum=1,
+                                eval_fraction=0.0, lr=1e-2), rows)
+        micro = t.step_batches(0)[0]
+        chunks = t._chunks(micro)
+        assert sorted(i for c in chunks for i in c) == sorted(micro)
+        if share:
+            assert len(chunks) == 2 and all(len({i % 2 for i in c}) == 1 for c in chunks)
+        out.append((t.train_step(), t.trainable_state()))
+    (l0, w0), (l1, w1) = out
+    assert l0 == pytest.approx(l1, rel=1e-5)
+    assert all(torch.allclose(w0[k], w1[k], atol=1e-6) for k in w0)
+
+
+def test_prefix_groups_keep_rows_of_one_prompt_together_and_split_different_prompts():
+    from train.render import IGNORE_INDEX, Features
+    from train.sft import prefix_groups
+
+    def row(prompt: list[int], rest: int) -> Features:
+        ids = prompt + [7] * rest
+        return Features(ids, [IGNORE_INDEX] * len(prompt) + [7] * rest)
+
+    a, b = list(range(100, 160)), list(range(100, 120)) + list(range(300, 340))  # share 20 tokens only
+    feats = [row(a + [1], 5), row(b + [2], 5), row(a + [3], 6), row(b + [4], 4), row(a + [5], 5)]
+    groups = prefix_groups(feats)
+    assert sorted(map(sorted, groups)) == [[0, 2, 4], [1, 3]]
+    assert prefix_groups(feats[:1]) == [[0]]
+
+
 def _rows_of_different_lengths() -> list[dict]:
     rows = make_rows(4)
     for i, r in enumerate(rows):

@@ -156,6 +156,43 @@ def _shared_prefix(ids: Any, labels: Any, min_len: int = 32) -> int:
     return p if p >= min_len else 0
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def prefix_groups(feats: list[Features], min_len: int = 32) -> list[list[int]]:
+    """Positions of ``feats`` in groups whose rows share a long token prefix (a batch that mixes
+    system prompts), so that each group runs its own prefix once. Rows are sorted by tokens; a row
+    starts a new group when that costs fewer token positions than joining the current one (a group
+    costs its shared prompt once plus every row's rest, padded to its longest row)."""
+    def prompt(f: Features) -> int:  # tokens before the first trained one: never shared past it
+        return next((i for i, x in enumerate(f.labels) if x != IGNORE_INDEX), len(f))
+
+    def cost(group: list[int], shared: int) -> int:
+        longest = max(len(feats[j]) for j in group)
+        shared = shared if len(group) > 1 and shared >= min_len else 0
+        return shared + len(group) * (longest - shared)
+
+    order = sorted(range(len(feats)), key=lambda j: feats[j].input_ids)
+    groups: list[list[int]] = []
+    shared = 0
+    for j in order:
+        if groups:
+            cur = groups[-1]
+            joined = min(shared, _common_prefix(feats[cur[0]].input_ids, feats[j].input_ids), prompt(feats[j]))
+            if cost(cur + [j], joined) <= cost(cur, shared) + len(feats[j]):
+                cur.append(j)
+                shared = joined
+                continue
+        groups.append([j])
+        shared = prompt(feats[j])
+    return groups
+
+
 def _collate(feats: list[Features], pad_id: int, torch: Any) -> dict[str, Any]:
     n = max(len(f) for f in feats)
     ids = torch.full((len(feats), n), pad_id, dtype=torch.long)
@@ -291,14 +328,17 @@ class SFTTrainer:
         return self.epoch_batches[k]
 
     def _chunks(self, idx: list[int]) -> list[list[int]]:
-        """A micro-batch in row groups of at most ``max_batch_tokens`` padded tokens (0: whole). The
-        loss is a sum over tokens scaled by the step's token count, so the gradient is the same."""
-        budget = self.cfg.max_batch_tokens
-        if not budget:
-            return [idx]
-        longest = max(len(self.train_feats[i]) for i in idx)
-        rows = max(1, budget // longest)
-        return [idx[k:k + rows] for k in range(0, len(idx), rows)]
+        """A micro-batch in row groups: by shared prompt where prefix sharing is on (``prefix_groups``),
+        then of at most ``max_batch_tokens`` padded tokens (0: whole). The loss is a sum over tokens
+        scaled by the step's token count, so the gradient is the same however the rows are grouped."""
+        groups = [idx]
+        if self.cfg.share_prefix and self.accel.num_processes == 1 and len(idx) > 1:
+            groups = [[idx[j] for j in g] for g in prefix_groups([self.train_feats[i] for i in idx])]
+        budget, out = self.cfg.max_batch_tokens, []
+        for g in groups:
+            rows = max(1, budget // max(len(self.train_feats[i]) for i in g)) if budget else len(g)
+            out += [g[k:k + rows] for k in range(0, len(g), rows)]
+        return out
 
     def step_batches(self, step: int) -> list[list[int]]:
         """The micro-batches this process trains on at ``step``."""
