@@ -45,9 +45,9 @@ def _requote(rng: random.Random, q: str, subject: str) -> str:
         if f"{o}{subject}{c}" in q:
             no, nc = rng.choice(choices)
             return q.replace(f"{o}{subject}{c}", f"{no}{subject}{nc}", 1)
-    if "\n" in subject:
+    if " " in subject or "\n" in subject:
         return q
-    i = q.index(subject)  # bare: quote it, if it stands alone (a name of several words too)
+    i = q.index(subject)  # bare: quote it, if it stands alone as a word
     before, after = q[i - 1: i], q[i + len(subject): i + len(subject) + 1]
     if (before and before.isalnum()) or (after and after.isalnum()):
         return q

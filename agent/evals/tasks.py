@@ -14,9 +14,9 @@ the task and not the template.
 A second held-out set, ``fresh`` (``_F(...)`` after the ``_H`` ones: five per tool family, one per
 expression kind for arithmetic), was written before training the adapter it first measured: the
 ``_H`` templates had been in view while later training templates were written, the ``_F`` ones had
-not. A third, ``fresh2`` (``_F2(...)``, the same shape), was written on 2026-12-07 while the adapter
-it first measured was training, before any of its output was seen, and after the templates that
-adapter trained on. No held-out split appears in training data; ``"all"`` draws from every template.
+not. A third, ``fresh2`` (``_F2(...)``, the same shape), was written after the shipped adapter's
+training data, before any model's answers on it were seen. No held-out split appears in training
+data; ``"all"`` draws from every template.
 
 Families (``meta`` holds what the answer is computed from; ``meta["template"]`` the template index):
 - ``arith``: products, sums, differences, integer division, percentages and two-step expressions
@@ -209,18 +209,6 @@ _ARITH = (
     _T("Start with {a} and take off {b}. What remains?", "sub"),
     _T("If {b} is deducted from {a}, what is the result?", "sub"),
     _T("What number is {b} less than {a}?", "sub"),
-    _T("A museum welcomed {a} adults and {b} children, and every visitor paid {c} dollars. How many dollars "
-       "did the museum take?", "add_mul"),
-    _T("Over {c} weeks a kiosk sells {a} newspapers and {b} magazines each week. How many items does it sell "
-       "in those weeks?", "add_mul"),
-    _T("{c} buses each carry {a} seated and {b} standing passengers. How many passengers is that?", "add_mul"),
-    _T("Every box holds {a} red pens and {b} green pens, and a school orders {c} boxes. How many pens arrive?",
-       "add_mul"),
-    _T("{b} bags weigh {a} grams each. What is their total weight in grams?", "mul"),
-    _T("What do {b} parcels weigh together if each one weighs {a} kilograms?", "mul"),
-    _T("After {c} of them are sold, how many {things} are left from {a} crates of {b} {things}?", "mul_sub"),
-    _T("Last month {a} people visited the park and this month {b} did. How many visits is that over both "
-       "months?", "add"),
     # held out (``_H``: never in training)
     _H("What is the product of {a} and {b}?", "mul"),
     _H("How much is {a} plus {b}?", "add"),
@@ -327,10 +315,6 @@ _COUNT = (
     _T("Total number of letter {l} in '{t}'?"),
     _T("The word of the day is {t}. How many times does it use the letter {l}?"),
     _T("Look closely at {t} and tell me how many {l}'s it has."),
-    _T("How many {l}'s do you see in {t}?"),
-    _T("Count occurrences of {l} in the word {t}, please."),
-    _T("In the word {t}, how many {l}s appear?"),
-    _T("The word {t} contains how many {l}'s?"),
     # held out
     _H("I'm spelling {t}. How many {l}'s will I write?"),
     _H("Letter count: how many '{l}' in '{t}'?"),
@@ -385,18 +369,6 @@ _COUNT_NAME = (
     _T("{t} wrote this book. How many {l}'s are in the writer's name?"),
     _T("Count {l} in {t}'s name."),
     _T("Please count the letter {l} in the name {t}, upper or lower case."),
-    _T("{t} called this morning. How many {l}'s are in the caller's name?"),
-    _T("{t} just joined our team. How many times does {l} appear in the newcomer's name?"),
-    _T("The package was picked up by {t}. Count the letter {l} in that person's name."),
-    _T("{t} is the pilot on today's flight. Count the {l}s in the pilot's name."),
-    _T("Yesterday {t} gave a talk at the museum. How many {l}'s are in the speaker's name?"),
-    _T("{t} rented the blue bicycle for a week. In the renter's name, how many times does {l} occur?"),
-    _T("{t} has been elected class president. How many {l}'s does that name have?"),
-    _T("The lease lists {t} as the tenant. How many {l}'s are in the tenant's name?"),
-    _T("{t} painted the big mural downtown. Count {l} in the artist's name."),
-    _T("{t} ordered two pizzas tonight. How many times does {l} show up in the name on the order?"),
-    _T("{t} scored the final goal of the match. How many {l}'s are in this player's name?"),
-    _T("A badge on the desk says {t}. Count the letter {l} on the badge's name."),
     # held out
     _H("If I write out the name {t}, how many {l}'s do I write?"),
     _H("Name: {t}. Letter: {l}. How many?"),
@@ -587,11 +559,6 @@ _LENGTH = (
     _T("Find out how many characters '{s}' has."),
     _T("Measure the length of {s}."),
     _T("The label {s} is printed on a box. How many characters long is the label?"),
-    _T("Count how many characters are in {s}."),
-    _T("{s} - how many characters?"),
-    _T("Please count the characters in {s}, digits included."),
-    _T("What's the length of {s}?"),
-    _T("The serial number is {s}. How many characters does it have?"),
     # held out
     _H("Count every character of this string: {s}"),
     _H('"{s}" has how many characters?'),
@@ -648,11 +615,6 @@ _REVERSE = (
     _T("What do you get by writing '{s}' in the opposite order?"),
     _T("Backward spelling of {s}, please."),
     _T('If "{s}" is read from its final character to its first, what is it?'),
-    _T("{s} backwards, please."),
-    _T("Could you spell {s} in reverse for me?"),
-    _T("Write {s} backward."),
-    _T("What's {s} in reverse?"),
-    _T("Here's a string: {s}. Output it reversed."),
     # held out
     _H("Read {s} from right to left. What do you get?"),
     _H('Take "{s}" and reverse it.'),
