@@ -22,12 +22,13 @@ from typing import Any
 
 from agent.backends import BackendConfig
 from agent.evals import EvalConfig, run_eval
-from agent.evals.tasks import TOOL_FAMILIES
+from agent.evals.tasks import PHRASINGS, TOOL_FAMILIES
 from agent.runtime import RuntimeConfig
 
 __all__ = ["run_recipe_eval", "suites", "table"]
 
 EVAL_SEED = 0
+_SPLITS = tuple(p for p in PHRASINGS if p != "all")  # train, heldout, fresh, fresh2
 CONCURRENCY = 8  # episodes decoded together (llama.cpp multi-sequence batching)
 
 
@@ -35,10 +36,8 @@ def suites(n: int, heldout: list[Path], index: Path | None) -> list[dict[str, An
     k = len(TOOL_FAMILIES)
     plain_mode = "python+search" if index else "python"
     out = [
-        {"name": "tasks-train", "data": "gen:all@train", "limit": n * k, "modes": ["python"]},
-        {"name": "tasks-heldout", "data": "gen:all@heldout", "limit": n * k, "modes": ["python", "none"]},
-        {"name": "tasks-fresh", "data": "gen:all@fresh", "limit": n * k, "modes": ["python"]},
-        {"name": "tasks-fresh2", "data": "gen:all@fresh2", "limit": n * k, "modes": ["python"]},
+        *({"name": f"tasks-{p}", "data": f"gen:all@{p}", "limit": n * k,
+           "modes": ["python", "none"] if p == "heldout" else ["python"]} for p in _SPLITS),
         {"name": "plain-train", "data": "gen:plain@train", "limit": 2 * n, "modes": [plain_mode]},
         {"name": "plain-heldout", "data": "gen:plain@heldout", "limit": 2 * n, "modes": [plain_mode]},
     ]
@@ -119,7 +118,7 @@ def table(summary: dict[str, Any], n: dict[str, int]) -> str:
              f"(eval seed {EVAL_SEED}). Accuracy per family; below, per suite.", ""]
     head = ["family", "phrasing"] + [f"{m} {mode}" for m in models for mode in ("python", "none")]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for split in ("train", "heldout", "fresh", "fresh2"):
+    for split in _SPLITS:
         name = f"tasks-{split}"
         fams = sorted({f for m in models for f in summary[m].get(name, {}).get("python", {}).get("by_family", {})})
         for fam in fams + ["all"]:

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import time
 import zlib
@@ -156,14 +157,6 @@ def _shared_prefix(ids: Any, labels: Any, min_len: int = 32) -> int:
     return p if p >= min_len else 0
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def prefix_groups(feats: list[Features], min_len: int = 32) -> list[list[int]]:
     """Positions of ``feats`` in groups whose rows share a long token prefix (a batch that mixes
     system prompts), so that each group runs its own prefix once. Rows are sorted by tokens; a row
@@ -183,7 +176,8 @@ def prefix_groups(feats: list[Features], min_len: int = 32) -> list[list[int]]:
     for j in order:
         if groups:
             cur = groups[-1]
-            joined = min(shared, _common_prefix(feats[cur[0]].input_ids, feats[j].input_ids), prompt(feats[j]))
+            common = len(os.path.commonprefix([feats[cur[0]].input_ids, feats[j].input_ids]))
+            joined = min(shared, common, prompt(feats[j]))
             if cost(cur + [j], joined) <= cost(cur, shared) + len(feats[j]):
                 cur.append(j)
                 shared = joined
