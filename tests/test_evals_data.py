@@ -130,21 +130,22 @@ def test_generated_answers_are_right(phrasing):
 
 
 def test_every_family_has_15_templates_and_held_out_ones_never_reach_the_train_split():
-    from agent.evals.tasks import FRESH, FRESH2, HELDOUT, TOOL_FAMILIES
+    from agent.evals.tasks import FRESH, FRESH2, FRESH3, HELDOUT, TOOL_FAMILIES
 
+    later = {"fresh": FRESH, "fresh2": FRESH2, "fresh3": FRESH3}
     for fam, n in FAMILIES.items():
         assert n >= 15 and 3 <= len(HELDOUT[fam]) < n / 2, fam
-        for extra in (FRESH, FRESH2):
+        for extra in later.values():
             assert len(extra[fam]) >= 5 if fam in TOOL_FAMILIES else not extra[fam]
-        assert len(set(HELDOUT[fam]) | set(FRESH[fam]) | set(FRESH2[fam])) == sum(
-            len(x[fam]) for x in (HELDOUT, FRESH, FRESH2))
+        sets = (HELDOUT, *later.values())
+        assert len(set().union(*(x[fam] for x in sets))) == sum(len(x[fam]) for x in sets)
         train = {e.meta["template"] for e in generate(fam, 1000, 1, "train")}
         held = {e.meta["template"] for e in generate(fam, 200, 1, "heldout")}
         assert held == {str(i) for i in HELDOUT[fam]} and not train & held, fam
-        assert len(train) == n - sum(len(x[fam]) for x in (HELDOUT, FRESH, FRESH2)), fam  # every one is used
+        assert len(train) == n - sum(len(x[fam]) for x in sets), fam  # every one is used
         questions = {e.question for e in generate(fam, 200, 1, "train")}
         assert not questions & {e.question for e in generate(fam, 200, 1, "heldout")}
-        for split, extra in (("fresh", FRESH), ("fresh2", FRESH2)):
+        for split, extra in later.items():
             if extra[fam]:
                 got = generate(fam, 100, 1, split)
                 assert {e.meta["template"] for e in got} == {str(i) for i in extra[fam]}, (fam, split)

@@ -7,7 +7,7 @@ with the last result, and keeps the example only when the results agree with the
 
 Families: ``arith``/``count``/``count_name``/``count_text``/``compare``/``length``/``reverse``/``char``
 (the eval task generators, other seeds, training phrasings only: ``agent.evals.tasks.HELDOUT``,
-``FRESH`` and ``FRESH2`` templates never appear; about half the questions reworded by
+``FRESH``, ``FRESH2`` and ``FRESH3`` templates never appear; about half the questions reworded by
 ``train.phrasing.vary``; a sentence naming the operation before the code), ``fix`` (the same tasks
 with a failing first program, then the fix), ``gsm8k`` (its ``<<expr=value>>`` annotations become a
 Python program), ``multihop`` (HotpotQA/MuSiQue questions become search calls over a local index of

@@ -3,9 +3,9 @@
 Every figure is an ``agent eval`` run (greedy, llama.cpp, the default Q4_1 model with or without the
 adapter), so each can be rerun alone from the commands in ``eval.md``. Suites:
 
-- ``tasks-train`` / ``tasks-heldout`` / ``tasks-fresh`` / ``tasks-fresh2``: every tool family
+- ``tasks-train`` / ``tasks-heldout`` / ``tasks-fresh`` / ``tasks-fresh2`` / ``tasks-fresh3``: every tool family
   (``agent.evals.tasks.TOOL_FAMILIES``) in training-style phrasings with python, held-out phrasings
-  with python and without tools, and the second and third held-out sets (``fresh``, ``fresh2``)
+  with python and without tools, and the later held-out sets (``fresh``, ``fresh2``, ``fresh3``)
   with python;
 - ``plain-train`` / ``plain-heldout``: questions that need no tool, with the tools offered
   (python+search where a search index exists, else python): the tool-call rate is the figure;
@@ -28,7 +28,7 @@ from agent.runtime import RuntimeConfig
 __all__ = ["run_recipe_eval", "suites", "table"]
 
 EVAL_SEED = 0
-_SPLITS = tuple(p for p in PHRASINGS if p != "all")  # train, heldout, fresh, fresh2
+_SPLITS = tuple(p for p in PHRASINGS if p != "all")  # train, heldout, fresh, fresh2, fresh3
 CONCURRENCY = 8  # episodes decoded together (llama.cpp multi-sequence batching)
 
 

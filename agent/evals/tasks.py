@@ -15,8 +15,10 @@ A second held-out set, ``fresh`` (``_F(...)`` after the ``_H`` ones: five per to
 expression kind for arithmetic), was written before training the adapter it first measured: the
 ``_H`` templates had been in view while later training templates were written, the ``_F`` ones had
 not. A third, ``fresh2`` (``_F2(...)``, the same shape), was written after the shipped adapter's
-training data, before any model's answers on it were seen. No held-out split appears in training
-data; ``"all"`` draws from every template.
+training data, before any model's answers on it were seen. A fourth, ``fresh3`` (``_F3(...)``, the
+same shape), was written before the adapter that first measured it was trained, after the misses of
+the shipped one on ``fresh2`` had been read. No held-out split appears in training data; ``"all"``
+draws from every template.
 
 Families (``meta`` holds what the answer is computed from; ``meta["template"]`` the template index):
 - ``arith``: products, sums, differences, integer division, percentages and two-step expressions
@@ -42,10 +44,10 @@ from dataclasses import dataclass
 from agent.errors import ConfigError
 from agent.evals.data import Example, count_question  # count_question: re-exported, it lives with its loader
 
-__all__ = ["FAMILIES", "FRESH", "FRESH2", "HELDOUT", "PHRASINGS", "TOOL_FAMILIES", "count_question", "generate",
+__all__ = ["FAMILIES", "FRESH", "FRESH2", "FRESH3", "HELDOUT", "PHRASINGS", "TOOL_FAMILIES", "count_question", "generate",
            "generate_mix", "parse_spec"]
 
-PHRASINGS = ("all", "train", "heldout", "fresh", "fresh2")
+PHRASINGS = ("all", "train", "heldout", "fresh", "fresh2", "fresh3")
 
 # -- vocabularies -----------------------------------------------------------------------------------
 _WORDS = (
@@ -109,6 +111,11 @@ def _F(text: str, kind: str = "") -> _T:
 def _F2(text: str, kind: str = "") -> _T:
     """A template of the ``fresh2`` held-out split (see the module docstring)."""
     return _T(text, kind, "fresh2")
+
+
+def _F3(text: str, kind: str = "") -> _T:
+    """A template of the ``fresh3`` held-out split (see the module docstring)."""
+    return _T(text, kind, "fresh3")
 
 
 def _sentence(rng: random.Random) -> str:
@@ -242,6 +249,16 @@ _ARITH = (
         "that for those two days?", "add_mul"),
     _F2("How many complete teams of {b} can be formed from {a} players?", "floordiv"),
     _F2("A phone costs {a} dollars and the tax on it is {p}%. How many dollars of tax is paid?", "percent"),
+    # fourth held-out set (``_F3``)
+    _F3("Each of {b} buses carries {a} passengers. How many passengers ride in all?", "mul"),
+    _F3("What total do {a} and {b} make?", "add"),
+    _F3("A warehouse held {a} boxes until {b} were shipped out. How many boxes are still there?", "sub"),
+    _F3("A baker fills {a} trays with {b} rolls each, then {c} rolls get burnt. How many good rolls are left?",
+        "mul_sub"),
+    _F3("A gardener plants {a} tulips and {b} roses in each of {c} beds. How many flowers does she plant "
+        "altogether?", "add_mul"),
+    _F3("{a} litres of juice go into jugs of {b} litres. How many jugs can be filled to the top?", "floordiv"),
+    _F3("A shop gives a {p}% discount on a {a} dollar sofa. How many dollars is the discount?", "percent"),
 )
 
 _ARITH_EXPR = {"mul": "{a} * {b}", "add": "{a} + {b}", "sub": "{a} - {b}", "mul_sub": "{a} * {b} - {c}",
@@ -333,6 +350,11 @@ _COUNT = (
     _F2("How frequently does {l} turn up in {t}?"),
     _F2("Spot the {l}'s in {t}: how many are there?"),
     _F2("{t} has a certain number of {l}'s. Which number?"),
+    _F3("Tell me how many {l}'s the word {t} contains."),
+    _F3("Letter {l}, word {t}: how many occurrences?"),
+    _F3("I'd like the count of {l} in {t}."),
+    _F3("How often is the letter {l} used when spelling {t}?"),
+    _F3("Number of {l}'s in {t}, please."),
 )
 
 _COUNT_NAME = (
@@ -387,6 +409,11 @@ _COUNT_NAME = (
     _F2("On the name tag: {t}. How many times is {l} in it?"),
     _F2("The award went to {t}. How frequently does {l} occur in the name?"),
     _F2("For the name {t}, give the number of {l}'s."),
+    _F3("My neighbour's name is {t}; count the letter {l} in it."),
+    _F3("Count how often {l} appears in the full name {t}."),
+    _F3("{t} signed the form. How many times does the letter {l} appear in the signature?"),
+    _F3("In the name {t}, what is the number of {l}'s?"),
+    _F3("The new hire is {t}. Tell me how many {l}'s the name has."),
 )
 
 _COUNT_TEXT = (
@@ -439,6 +466,11 @@ _COUNT_TEXT = (
     _F2('"{t}" - how many {l}\'s is that?'),
     _F2("My teacher wrote on the board: {t} How many times did she write {l}?"),
     _F2("How many {l}'s appear, in either case, in the text that follows? {t}"),
+    _F3("Read this and count the letter {l}: {t}"),
+    _F3("Here is a paragraph.\n{t}\nHow many {l}'s does it contain?"),
+    _F3("Count every {l}, upper or lower case, in: {t}"),
+    _F3("A note says: {t} How many {l}'s are in the note?"),
+    _F3("Text: {t}\nQuestion: how many times does {l} occur?"),
 )
 
 
@@ -508,6 +540,11 @@ _COMPARE = (
     _F2("Help me choose the {w} number out of {a} and {b}."),
     _F2("Between the values {a} and {b}, the {w} one is which?"),
     _F2("My two scores are {a} and {b}. Which score is {w}?"),
+    _F3("Of {a} and {b}, name the {w} value."),
+    _F3("Tell me the {w} of these two: {a}, {b}."),
+    _F3("Pick whichever of {a}, {b} is {w}."),
+    _F3("I have {a} and {b} in a spreadsheet. Which cell holds the {w} number?"),
+    _F3("Looking at {a} next to {b}, which one comes out {w}?"),
 )
 
 
@@ -577,6 +614,11 @@ _LENGTH = (
     _F2("Figure out the length of '{s}' in characters."),
     _F2("The ID {s} has how many characters?"),
     _F2("Count up the characters in {s} for me."),
+    _F3("What is the character count of {s}?"),
+    _F3("Tell me the number of characters in the code {s}."),
+    _F3("{s} - how long is it in characters?"),
+    _F3("Measure the length of the string {s}."),
+    _F3("Please count how many characters make up '{s}'."),
 )
 
 _REVERSE = (
@@ -633,6 +675,11 @@ _REVERSE = (
     _F2("Rewrite '{s}' in backward order."),
     _F2("What would {s} look like reversed?"),
     _F2("Please invert the letter order of {s}."),
+    _F3("Spell {s} from right to left."),
+    _F3("Flip {s} around so the last character comes first."),
+    _F3("What is {s} written in reverse?"),
+    _F3("Turn '{s}' backwards for me."),
+    _F3("Read {s} from the end to the beginning and write it out."),
 )
 
 _ORDINAL = {1: "1st", 2: "2nd", 3: "3rd"}
@@ -675,6 +722,11 @@ _CHAR = (
     _F2("Starting from 1, which character of {s} is at index {n}?"),
     _F2("{s}: what is its {o} character?"),
     _F2("Which letter holds the {o} spot in '{s}'?"),
+    _F3("What's the {o} character when you spell '{s}'?"),
+    _F3("If {s} is written out, letter {n} is which one?"),
+    _F3("{s} - give me letter number {n}."),
+    _F3("Going left to right through {s}, what is character {n}?"),
+    _F3("I need the {o} symbol of the code {s}."),
 )
 
 
@@ -859,6 +911,7 @@ FAMILIES: dict[str, int] = {name: len(f.templates) for name, f in _REGISTRY.item
 HELDOUT: dict[str, tuple[int, ...]] = {name: f.indices("heldout") for name, f in _REGISTRY.items()}
 FRESH: dict[str, tuple[int, ...]] = {name: f.indices("fresh") for name, f in _REGISTRY.items()}
 FRESH2: dict[str, tuple[int, ...]] = {name: f.indices("fresh2") for name, f in _REGISTRY.items()}
+FRESH3: dict[str, tuple[int, ...]] = {name: f.indices("fresh3") for name, f in _REGISTRY.items()}
 TOOL_FAMILIES = tuple(f for f in FAMILIES if f != "plain")
 
 
