@@ -10,7 +10,7 @@ import pytest
 
 from agent.evals.tasks import _REGISTRY, TOOL_FAMILIES, generate
 from train.data import arith_plans, execute, open_tools, synthesize, task_code, task_intro
-from train.phrasing import LEADS, TAILS, vary
+from train.phrasing import FRONT_SEPARATORS, LEADS, TAILS, vary
 from train.plans import Plan, answer, call, text
 
 
@@ -45,7 +45,7 @@ def test_vary_keeps_the_subject_character_for_character(family):
         for k in ("a", "b", "c", "p", "letter"):  # numbers and the letter are kept too
             if k in ex.meta:
                 assert ex.meta[k] in q.replace(",", "") or ex.meta[k] in q, (k, ex.question, q)
-    assert changed > 250
+    assert changed > 225  # most are reworded (some ops do nothing to some questions)
 
 
 def test_vary_quotes_a_subject_another_way_and_leaves_words_around_it_alone():
@@ -60,6 +60,22 @@ def test_vary_quotes_a_subject_another_way_and_leaves_words_around_it_alone():
     # a subject inside another word is never requoted
     for s in range(50):
         assert "abcd" in vary(random.Random(s), "Reverse abcd.", "abc", p=1.0)
+
+
+def test_vary_can_put_the_subject_first_and_refer_to_it():
+    rng = random.Random(0)
+    fronted = set()
+    for _ in range(300):
+        q = vary(rng, "Reverse the word 'lantern'.", "lantern", p=1.0)
+        m = re.match(r"""^(?:Hi! |Hello\. |[A-Z][^.]*?[.:!?] )?["'`\u201c]?lantern["'`\u201d]?(.{1,4}?)[Rr]everse it""", q, re.S)
+        if m:
+            fronted.add(m.group(1))
+            assert q.count("lantern") == 1 and "the word" not in q, q
+    assert set(FRONT_SEPARATORS) <= fronted  # every separator seen
+    # a subject inside another word, or one the sentence needs as a noun, stays where it is
+    for s in range(100):
+        assert vary(random.Random(s), "Reverse abcd.", "abc", p=1.0).count("abcd") == 1
+        assert "password is" in vary(random.Random(s), "My password is xq7. How long is it?", "xq7", p=1.0)
 
 
 @pytest.mark.parametrize("family", TOOL_FAMILIES)

@@ -17,6 +17,7 @@ from train.data import (
     arith_plans,
     build_plans,
     call,
+    cite,
     execute,
     gsm8k_plan,
     hop_plans,
@@ -52,8 +53,9 @@ PASSAGES = {
 
 
 def _search(query: str) -> ToolOutput:
-    hits = [f"[{t}] {p}" for t, p in PASSAGES.items() if any(w.lower() in p.lower() for w in query.split()[-3:])]
-    return ToolOutput("\n".join(hits) or "no results", error=False)
+    hits = [(t, p) for t, p in PASSAGES.items() if any(w.lower() in p.lower() for w in query.split()[-3:])]
+    # the local search tool's format: "[rank] title (source)", the passage on the next line
+    return ToolOutput("\n\n".join(f"[{i}] {t} (test)\n{p}" for i, (t, p) in enumerate(hits, 1)) or "no results")
 
 
 @pytest.fixture
@@ -121,6 +123,27 @@ async def test_multihop_plans_search_each_hop(tools):
     assert ex is not None and ex["answer"] == "G. Stanley Hall"
     bad = dict(rec, question_decomposition=[dict(rec["question_decomposition"][0], answer="Nobody Known")])
     assert await execute(musique_plan(bad, 0, random.Random(0)), tools, "S") is None
+
+
+async def test_multihop_targets_quote_the_sentence_that_shows_each_hop_answer(tools):
+    rec = {"id": "m1", "question": "Who was the first president of the association which published "
+                                   "Journal of Psychotherapy Integration?", "answer": "G. Stanley Hall",
+           "question_decomposition": [
+               {"id": 1, "question": "What company published Journal of Psychotherapy Integration?",
+                "answer": "American Psychological Association"},
+               {"id": 2, "question": "Who was the first president of #1 ?", "answer": "G. Stanley Hall"}]}
+    ex = await execute(musique_plan(rec, 0, random.Random(0)), tools, "S")
+    parts = ex["messages"][-1]["content"]
+    after = [parts[i + 1]["text"] for i, p in enumerate(parts) if p["type"] == "result"]
+    assert '"The Journal of Psychotherapy Integration is published by the American Psychological Association."' \
+           in after[0] and after[0].endswith("So American Psychological Association.\n")
+    assert '"The first president of the American Psychological Association was G. Stanley Hall."' in after[1]
+    assert after[1].endswith("The answer is G. Stanley Hall.\n")
+    assert not any("cite" in p or "lead" in p for p in parts)  # the plan's bookkeeping is not in the example
+    # a result that does not show the answer as a sentence: the text alone, no empty quote
+    lone = Plan("c", "hop", "q", [call("search", "x"), cite(random.Random(0), "Hall", "The answer is Hall.\n")], "Hall")
+    ex = await execute(lone, {"search": FunctionTool(lambda q: ToolOutput("no results"), name="search")}, "S")
+    assert ex["messages"][-1]["content"][-1]["text"] == "The answer is Hall.\n"
 
 
 async def test_hop_plans_ask_each_hop_alone(tools):

@@ -107,7 +107,34 @@ class DataConfig:
 def _fill(part: dict[str, Any], results: list[str]) -> dict[str, Any]:
     if part["type"] not in ("text", "answer") or not results:
         return part
-    return {**part, "text": part["text"].replace("{r}", results[-1].strip())}
+    filled = part["text"].replace("{r}", results[-1].strip())
+    if "cite" not in part:
+        return {**part, "text": filled}
+    # a cited text: first the sentence of the latest result that shows the answer, quoted
+    quoted = next((q for q in (_sentence_with(part["cite"], r) for r in reversed(results)) if q), "")
+    rest = {k: v for k, v in part.items() if k not in ("cite", "lead")}
+    return {**rest, "text": f'{part["lead"]}"{quoted}"\n{filled}' if quoted else filled}
+
+
+def cite(rng: random.Random, needle: str, then: str) -> dict[str, Any]:
+    """A text part that, once the calls have run, quotes the sentence of the latest result that
+    shows ``needle`` (the hop's answer), then says ``then``: the model learns to point at the
+    evidence before it answers. Without such a sentence it is ``then`` alone."""
+    return {**text(then), "cite": needle, "lead": rng.choice(_CITE_LEADS)}
+
+
+_CITE_LEADS = ("The result says: ", "It says: ", "From the result: ", "The passage says: ")
+_MAX_QUOTE = 400  # characters; a longer sentence is not quoted
+
+
+def _sentence_with(needle: str, result: str) -> str:
+    """The first sentence of the visible part of ``result`` that contains ``needle`` (normalised)."""
+    # a sentence ends at . ! ? after a lower-case letter or digit ("G. Stanley Hall" is one name)
+    for sentence in re.split(r"(?<=[a-z0-9)\"'][.!?])\s+|\n+", _visible(result)):
+        sentence = sentence.strip()
+        if len(sentence) <= _MAX_QUOTE and _found(needle, sentence):
+            return sentence
+    return ""
 
 
 async def execute(plan: Plan, tools: Mapping[str, Tool], system: str) -> dict[str, Any] | None:
@@ -339,10 +366,11 @@ def musique_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None
         q = re.sub(r"\s*>>\s*", " ", q).strip()
         if "#" in q:
             return None
-        parts += [call("search", q), text(f"So {hop['answer']}.\n" if k < len(hops) - 1 else "")]
+        last = k == len(hops) - 1
+        parts += [call("search", q), cite(rng, hop["answer"], f"The answer is {rec['answer']}.\n" if last
+                                          else f"So {hop['answer']}.\n")]
         answers.append(hop["answer"])
     gold = rec["answer"]
-    parts[-1] = text(f"The answer is {gold}.\n")
     parts.append(answer(gold))
     check = lambda res: all(_found(a, r) for a, r in zip(answers, res))  # noqa: E731
     return Plan(f"musique-{rec.get('id', i)}", "multihop", rec["question"], parts, gold, check,
@@ -363,7 +391,7 @@ def hop_plans(rec: dict[str, Any], i: int, rng: random.Random) -> list[Plan]:
         q = re.sub(r"\s*\?*$", "?", q[0].upper() + q[1:].strip(), count=1)
         gold = hop["answer"]
         parts = [text(rng.choice(("Let me search for this.\n", "I'll look this up.\n", ""))), call("search", q),
-                 text(f"The answer is {gold}.\n"), answer(gold)]
+                 cite(rng, gold, f"The answer is {gold}.\n"), answer(gold)]
         out.append(Plan(f"hop-{rec.get('id', i)}-{k}", "hop", q, parts, gold,
                         lambda res, g=gold: _found(g, res[0]), tools=rng.choice(_SEARCH_TOOLS)))
     return out
@@ -381,8 +409,10 @@ def hotpot_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None:
     else:
         parts = [text("Let me search for this.\n"), call("search", rec["question"]),
                  text(f"I also need {titles[1]}.\n"), call("search", titles[1])]
-    parts += [text(f"The answer is {gold}.\n"), answer(gold)]
-    check = (lambda res: True) if gold.lower() in ("yes", "no") else (lambda res: any(_found(gold, r) for r in res))
+    yes_no = gold.lower() in ("yes", "no")
+    parts += [text(f"The answer is {gold}.\n") if yes_no else cite(rng, gold, f"The answer is {gold}.\n"),
+              answer(gold)]
+    check = (lambda res: True) if yes_no else (lambda res: any(_found(gold, r) for r in res))
     return Plan(f"hotpot-{rec.get('_id', i)}", "multihop", rec["question"], parts, gold, check,
                 tools=rng.choice(_SEARCH_TOOLS))
 

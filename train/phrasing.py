@@ -4,7 +4,8 @@ A small model trained on a few dozen question templates learns the templates: a 
 another way gets the wrong program, or none. ``vary(rng, question, subject)`` rewrites a training
 question the ways people do without changing what it asks: a lead-in sentence before it, a closing
 remark after it, the subject text quoted another way (``"x"``, ``'x'``, curly quotes, backticks,
-bare), a lower-case first letter, no question mark. The subject itself (the word to count in, the
+bare), the subject put first with the question referring to it (``strawberry: how many r's are in
+it?``), a lower-case first letter, no question mark. The subject itself (the word to count in, the
 string to reverse) is never touched, so the gold answer stays right.
 
 Held-out phrasings stay unseen: none of the pieces below occurs in a held-out template
@@ -15,8 +16,9 @@ Held-out phrasings stay unseen: none of the pieces below occurs in a held-out te
 from __future__ import annotations
 
 import random
+import re
 
-__all__ = ["LEADS", "TAILS", "QUOTES", "vary"]
+__all__ = ["FRONT_SEPARATORS", "LEADS", "TAILS", "QUOTES", "vary"]
 
 LEADS = (
     "Hi! ", "Hello. ", "Hey, ", "Please help me with this. ", "I have a small puzzle. ",
@@ -33,6 +35,7 @@ TAILS = (
     " My guess was wrong last time.", " Appreciate it!",
 )
 QUOTES = (('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("`", "`"), ("", ""))
+FRONT_SEPARATORS = (": ", " - ", "\n", " -- ", " | ", ". ")
 
 
 def _requote(rng: random.Random, q: str, subject: str) -> str:
@@ -55,14 +58,32 @@ def _requote(rng: random.Random, q: str, subject: str) -> str:
     return q[:i] + no + subject + nc + q[i + len(subject):]
 
 
+def _front(rng: random.Random, q: str, subject: str) -> str:
+    """``q`` with its one-word subject put first and referred to as "it" where it stood
+    ("Reverse the word 'abc'." -> "abc: Reverse it."); unchanged if that cannot be done cleanly."""
+    if not subject or any(c.isspace() for c in subject) or q.startswith(subject):
+        return q
+    quotes = "|".join(re.escape(o) for o, _ in QUOTES[:4])
+    closing = "|".join(re.escape(c) for _, c in QUOTES[:4])
+    m = re.search(rf"(?:\bthe (?:word|name|string|text|term|code) )?(?:{quotes})?(?<![\w-]){re.escape(subject)}"
+                  rf"(?![\w-])(?:{closing})?", q)
+    if m is None or q.count(subject) != 1 or re.search(r"\b(?:is|was|code|password|username)\W*$", q[:m.start()]):
+        return q  # "My password is it" is not how anyone writes
+    o, c = rng.choice(QUOTES)
+    return f"{o}{subject}{c}{rng.choice(FRONT_SEPARATORS)}{q[:m.start()]}it{q[m.end():]}"
+
+
 def vary(rng: random.Random, question: str, subject: str = "", p: float = 0.6) -> str:
     """With probability ``p``, ``question`` reworded by one to three of the variations above;
     ``subject`` (the text the answer is computed from) is kept character for character."""
     if rng.random() >= p:
         return question
     q = question
-    ops = rng.sample(("lead", "tail", "quote", "case", "mark"), rng.randint(1, 3))
-    if "quote" in ops:
+    ops = rng.sample(("lead", "tail", "quote", "case", "mark") + (("front",) if subject else ()), rng.randint(1, 3))
+    fronted = _front(rng, q, subject) if "front" in ops else q
+    if fronted != q:
+        q = fronted
+    elif "quote" in ops or "front" in ops:  # a subject that cannot go first is quoted another way
         q = _requote(rng, q, subject)
     starts_with_subject = bool(subject) and q.startswith(subject)
     if "case" in ops and q[:1].isupper() and not starts_with_subject:

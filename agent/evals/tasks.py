@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from agent.errors import ConfigError
 from agent.evals.data import Example, count_question  # count_question: re-exported, it lives with its loader
 
-__all__ = ["FAMILIES", "FRESH", "FRESH2", "FRESH3", "HELDOUT", "PHRASINGS", "TOOL_FAMILIES", "count_question", "generate",
-           "generate_mix", "parse_spec"]
+__all__ = ["FAMILIES", "FRESH", "FRESH2", "FRESH3", "HELDOUT", "PHRASINGS", "TOOL_FAMILIES", "count_question",
+           "generate", "generate_mix", "parse_spec"]
 
 PHRASINGS = ("all", "train", "heldout", "fresh", "fresh2", "fresh3")
 
