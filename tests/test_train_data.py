@@ -140,10 +140,17 @@ async def test_multihop_targets_quote_the_sentence_that_shows_each_hop_answer(to
     assert '"The first president of the American Psychological Association was G. Stanley Hall."' in after[1]
     assert after[1].endswith("The answer is G. Stanley Hall.\n")
     assert not any("cite" in p or "lead" in p for p in parts)  # the plan's bookkeeping is not in the example
+    assert not any("(test)" in t for t in after)  # a hit's heading line is never the quote
     # a result that does not show the answer as a sentence: the text alone, no empty quote
     lone = Plan("c", "hop", "q", [call("search", "x"), cite(random.Random(0), "Hall", "The answer is Hall.\n")], "Hall")
     ex = await execute(lone, {"search": FunctionTool(lambda q: ToolOutput("no results"), name="search")}, "S")
     assert ex["messages"][-1]["content"][-1]["text"] == "The answer is Hall.\n"
+    # the answer in a hit's heading and in its text: the text is quoted
+    hit = FunctionTool(lambda q: ToolOutput("[1] Tennessee (corpus:26)\nNashville is the capital of Tennessee."),
+                       name="search")
+    plan = Plan("t", "hop", "q", [call("search", "x"), cite(random.Random(0), "Tennessee", "So Tennessee.\n")], "x")
+    said = (await execute(plan, {"search": hit}, "S"))["messages"][-1]["content"][-1]["text"]
+    assert said.endswith('"Nashville is the capital of Tennessee."\nSo Tennessee.\n'), said
 
 
 async def test_hop_plans_ask_each_hop_alone(tools):

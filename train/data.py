@@ -132,6 +132,8 @@ def _sentence_with(needle: str, result: str) -> str:
     # a sentence ends at . ! ? after a lower-case letter or digit ("G. Stanley Hall" is one name)
     for sentence in re.split(r"(?<=[a-z0-9)\"'][.!?])\s+|\n+", _visible(result)):
         sentence = sentence.strip()
+        if re.match(r"\[\d+\] ", sentence):  # a hit's heading (rank, title, source), not its text
+            continue
         if len(sentence) <= _MAX_QUOTE and _found(needle, sentence):
             return sentence
     return ""
