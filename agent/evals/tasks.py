@@ -258,7 +258,7 @@ _ARITH = (
     _F3("A gardener plants {a} tulips and {b} roses in each of {c} beds. How many flowers does she plant "
         "altogether?", "add_mul"),
     _F3("{a} litres of juice go into jugs of {b} litres. How many jugs can be filled to the top?", "floordiv"),
-    _F3("A shop gives a {p}% discount on a {a} dollar sofa. How many dollars is the discount?", "percent"),
+    _F3("The sofa is {a} dollars and I get {p}% knocked off. How many dollars do I save?", "percent"),
 )
 
 _ARITH_EXPR = {"mul": "{a} * {b}", "add": "{a} + {b}", "sub": "{a} - {b}", "mul_sub": "{a} * {b} - {c}",
@@ -409,10 +409,10 @@ _COUNT_NAME = (
     _F2("On the name tag: {t}. How many times is {l} in it?"),
     _F2("The award went to {t}. How frequently does {l} occur in the name?"),
     _F2("For the name {t}, give the number of {l}'s."),
-    _F3("My neighbour's name is {t}; count the letter {l} in it."),
-    _F3("Count how often {l} appears in the full name {t}."),
-    _F3("{t} signed the form. How many times does the letter {l} appear in the signature?"),
-    _F3("In the name {t}, what is the number of {l}'s?"),
+    _F3("Our new neighbour introduced herself as {t}. How many {l}'s does her name have?"),
+    _F3("Spelled out in full, {t} contains {l} how many times?"),
+    _F3("{t} is on the guest list. Count the {l}'s in that name."),
+    _F3("I'm engraving {t} on a trophy. How many {l}'s will the engraver cut?"),
     _F3("The new hire is {t}. Tell me how many {l}'s the name has."),
 )
 
@@ -466,9 +466,9 @@ _COUNT_TEXT = (
     _F2('"{t}" - how many {l}\'s is that?'),
     _F2("My teacher wrote on the board: {t} How many times did she write {l}?"),
     _F2("How many {l}'s appear, in either case, in the text that follows? {t}"),
-    _F3("Read this and count the letter {l}: {t}"),
+    _F3("Going through the lines below, add up every {l} you see.\n{t}"),
     _F3("Here is a paragraph.\n{t}\nHow many {l}'s does it contain?"),
-    _F3("Count every {l}, upper or lower case, in: {t}"),
+    _F3("Tally, ignoring case, the {l}'s in this passage.\n{t}"),
     _F3("A note says: {t} How many {l}'s are in the note?"),
     _F3("Text: {t}\nQuestion: how many times does {l} occur?"),
 )
@@ -540,8 +540,8 @@ _COMPARE = (
     _F2("Help me choose the {w} number out of {a} and {b}."),
     _F2("Between the values {a} and {b}, the {w} one is which?"),
     _F2("My two scores are {a} and {b}. Which score is {w}?"),
-    _F3("Of {a} and {b}, name the {w} value."),
-    _F3("Tell me the {w} of these two: {a}, {b}."),
+    _F3("I want the {w} number. Is it {a} or {b}?"),
+    _F3("Keep only the {w} of {a} and {b}. What do you keep?"),
     _F3("Pick whichever of {a}, {b} is {w}."),
     _F3("I have {a} and {b} in a spreadsheet. Which cell holds the {w} number?"),
     _F3("Looking at {a} next to {b}, which one comes out {w}?"),
@@ -615,9 +615,9 @@ _LENGTH = (
     _F2("The ID {s} has how many characters?"),
     _F2("Count up the characters in {s} for me."),
     _F3("What is the character count of {s}?"),
-    _F3("Tell me the number of characters in the code {s}."),
+    _F3("I was given the voucher {s}. Its length in characters?"),
     _F3("{s} - how long is it in characters?"),
-    _F3("Measure the length of the string {s}."),
+    _F3("Across {s}, how many characters are there from first to last?"),
     _F3("Please count how many characters make up '{s}'."),
 )
 
@@ -676,7 +676,7 @@ _REVERSE = (
     _F2("What would {s} look like reversed?"),
     _F2("Please invert the letter order of {s}."),
     _F3("Spell {s} from right to left."),
-    _F3("Flip {s} around so the last character comes first."),
+    _F3("Starting with its final letter, write {s} out completely."),
     _F3("What is {s} written in reverse?"),
     _F3("Turn '{s}' backwards for me."),
     _F3("Read {s} from the end to the beginning and write it out."),
