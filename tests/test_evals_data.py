@@ -204,3 +204,18 @@ def test_non_utf8_dataset_names_the_line(tmp_path):
     (tmp_path / "qa.jsonl").write_bytes(b'{"question": "q", "answer": "a"}\n{"question": "\xff", "answer": "b"}\n')
     with pytest.raises(DataError, match="qa.jsonl:2: not UTF-8"):
         load_examples(tmp_path / "qa.jsonl")
+
+
+def test_the_fourth_held_out_set_holds_no_near_copy_of_a_training_template():
+    """``fresh3`` measures wording the model never saw: each of its templates is further than a
+    0.8 difflib ratio from every training template of its family (the other sets were not held to
+    this when they were written; fresh2 has a 0.91)."""
+    import difflib
+
+    from agent.evals.tasks import _REGISTRY
+
+    for fam in _REGISTRY.values():
+        train = [t.text.lower() for t in fam.templates if t.split == "train"]
+        for t in (t for t in fam.templates if t.split == "fresh3"):
+            worst = max(difflib.SequenceMatcher(None, o, t.text.lower()).ratio() for o in train)
+            assert worst < 0.8, t.text
