@@ -145,6 +145,13 @@ async def test_multihop_targets_quote_the_sentence_that_shows_each_hop_answer(to
     lone = Plan("c", "hop", "q", [call("search", "x"), cite(random.Random(0), "Hall", "The answer is Hall.\n")], "Hall")
     ex = await execute(lone, {"search": FunctionTool(lambda q: ToolOutput("no results"), name="search")}, "S")
     assert ex["messages"][-1]["content"][-1]["text"] == "The answer is Hall.\n"
+    # a quote never joins the two sides of the cut the runtime makes in a long result
+    head = ("Filler words here. " * 40)[:570] + "The winner"
+    long = head.ljust(600) + "unrelated " * 50 + (" was Hall. " + "More filler text. " * 20)[:300]
+    hit = FunctionTool(lambda q: ToolOutput(long), name="search")
+    plan = Plan("t", "hop", "q", [call("search", "x"), cite(random.Random(0), "Hall", "So Hall.\n")], "x")
+    said = (await execute(plan, {"search": hit}, "S"))["messages"][-1]["content"][-1]["text"]
+    assert said.split('"')[1] in long, said
     # the answer in a hit's heading and in its text: the text is quoted
     hit = FunctionTool(lambda q: ToolOutput("[1] Tennessee (corpus:26)\nNashville is the capital of Tennessee."),
                        name="search")

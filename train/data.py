@@ -351,7 +351,7 @@ def _found(needle: str, haystack: str) -> bool:
 
 def _visible(result: str) -> str:
     """Roughly what survives the runtime's head+tail truncation of a long result (~256 tokens)."""
-    return result if len(result) <= 900 else result[:600] + " " + result[-300:]
+    return result if len(result) <= 900 else result[:600] + "\n" + result[-300:]  # a line at the cut
 
 
 def musique_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None:
