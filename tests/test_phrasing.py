@@ -45,7 +45,7 @@ def test_vary_keeps_the_subject_character_for_character(family):
         for k in ("a", "b", "c", "p", "letter"):  # numbers and the letter are kept too
             if k in ex.meta:
                 assert ex.meta[k] in q.replace(",", "") or ex.meta[k] in q, (k, ex.question, q)
-    assert changed > 225  # most are reworded (some ops do nothing to some questions)
+    assert changed > 250
 
 
 def test_vary_quotes_a_subject_another_way_and_leaves_words_around_it_alone():
@@ -66,7 +66,7 @@ def test_vary_can_put_the_subject_first_and_refer_to_it():
     rng = random.Random(0)
     fronted = set()
     for _ in range(300):
-        q = vary(rng, "Reverse the word 'lantern'.", "lantern", p=1.0)
+        q = vary(rng, "Reverse the word 'lantern'.", "lantern", p=1.0, front=True)
         m = re.match(r"""^(?:Hi! |Hello\. |[A-Z][^.]*?[.:!?] )?["'`\u201c]?lantern["'`\u201d]?(.{1,4}?)[Rr]everse it""", q, re.S)
         if m:
             fronted.add(m.group(1))
@@ -74,8 +74,11 @@ def test_vary_can_put_the_subject_first_and_refer_to_it():
     assert set(FRONT_SEPARATORS) <= fronted  # every separator seen
     # a subject inside another word, or one the sentence needs as a noun, stays where it is
     for s in range(100):
-        assert vary(random.Random(s), "Reverse abcd.", "abc", p=1.0).count("abcd") == 1
-        assert "password is" in vary(random.Random(s), "My password is xq7. How long is it?", "xq7", p=1.0)
+        assert vary(random.Random(s), "Reverse abcd.", "abc", p=1.0, front=True).count("abcd") == 1
+        assert "password is" in vary(random.Random(s), "My password is xq7. How long is it?", "xq7", p=1.0, front=True)
+    # off by default (the shipped recipe's data does not use it)
+    assert not any(vary(random.Random(s), "Reverse the word 'lantern'.", "lantern", p=1.0).startswith(("lantern", "'lantern"))
+                   for s in range(200))
 
 
 @pytest.mark.parametrize("family", TOOL_FAMILIES)

@@ -132,7 +132,9 @@ async def test_multihop_targets_quote_the_sentence_that_shows_each_hop_answer(to
                {"id": 1, "question": "What company published Journal of Psychotherapy Integration?",
                 "answer": "American Psychological Association"},
                {"id": 2, "question": "Who was the first president of #1 ?", "answer": "G. Stanley Hall"}]}
-    ex = await execute(musique_plan(rec, 0, random.Random(0)), tools, "S")
+    plain = await execute(musique_plan(rec, 0, random.Random(0)), tools, "S")  # off by default
+    assert not any("says" in p["text"] for p in plain["messages"][-1]["content"] if p["type"] == "text")
+    ex = await execute(musique_plan(rec, 0, random.Random(0), quote=True), tools, "S")
     parts = ex["messages"][-1]["content"]
     after = [parts[i + 1]["text"] for i, p in enumerate(parts) if p["type"] == "result"]
     assert '"The Journal of Psychotherapy Integration is published by the American Psychological Association."' \

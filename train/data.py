@@ -92,6 +92,10 @@ class DataConfig:
     concurrency: int = field(default=4, metadata={"help": "examples executed at once"})
     phrasing: str = field(default="train", metadata={
         "help": "question templates of the task families: train (held-out templates stay out), all"})
+    subject_first: bool = field(default=False, metadata={
+        "help": "rewordings may put a one-word subject first and refer to it as 'it' (train.phrasing.vary)"})
+    quote_evidence: bool = field(default=False, metadata={
+        "help": "multi-hop targets quote the sentence of each search result that shows the hop's answer"})
 
     def __post_init__(self) -> None:
         if self.n_gsm8k and not self.gsm8k:
@@ -275,15 +279,17 @@ def _bug(rng: random.Random, code: str) -> tuple[str, str] | None:
     return None
 
 
-def arith_plans(family: str, n: int, seed: int, phrasing: str = "train", *, fix: bool = False) -> list[Plan]:
+def arith_plans(family: str, n: int, seed: int, phrasing: str = "train", *, fix: bool = False,
+                subject_first: bool = False) -> list[Plan]:
     """Plans for one eval task family, from ``agent.evals.tasks.generate`` with this seed, drawn from
     the training phrasings only by default (the held-out templates stay out of training data). The
     question is reworded (``train.phrasing.vary``) in about half of them. ``fix``: recovery examples,
-    whose first program fails for real and the second one, after a sentence naming the bug, works."""
+    whose first program fails for real and the second one, after a sentence naming the bug, works.
+    ``subject_first``: see ``DataConfig``."""
     rng = random.Random(f"plans:{family}:{seed}:{'fix' if fix else ''}")
     out = []
     for ex in generate(family, n, seed, phrasing):
-        question = vary(rng, ex.question, ex.meta.get("text", ""), p=0.5)
+        question = vary(rng, ex.question, ex.meta.get("text", ""), p=0.5, front=subject_first)
         code = task_code(ex)
         parts = [text(task_intro(rng, ex))]
         if fix:
@@ -354,8 +360,14 @@ def _visible(result: str) -> str:
     return result if len(result) <= 900 else result[:600] + "\n" + result[-300:]  # a line at the cut
 
 
-def musique_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None:
-    """One search per sub-question of the decomposition, with ``#k`` filled by earlier answers."""
+def _then(rng: random.Random, quote: bool, needle: str, then: str) -> dict[str, Any]:
+    """The text after a search result: ``then``, after the quoted evidence when ``quote``."""
+    return cite(rng, needle, then) if quote else text(then)
+
+
+def musique_plan(rec: dict[str, Any], i: int, rng: random.Random, *, quote: bool = False) -> Plan | None:
+    """One search per sub-question of the decomposition, with ``#k`` filled by earlier answers;
+    ``quote``: each hop's answer follows the quoted sentence that shows it (``cite``)."""
     hops = rec.get("question_decomposition") or []
     if not hops or not rec.get("answerable", True):
         return None
@@ -369,8 +381,8 @@ def musique_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None
         if "#" in q:
             return None
         last = k == len(hops) - 1
-        parts += [call("search", q), cite(rng, hop["answer"], f"The answer is {rec['answer']}.\n" if last
-                                          else f"So {hop['answer']}.\n")]
+        parts += [call("search", q), _then(rng, quote, hop["answer"], f"The answer is {rec['answer']}.\n" if last
+                                            else f"So {hop['answer']}.\n")]
         answers.append(hop["answer"])
     gold = rec["answer"]
     parts.append(answer(gold))
@@ -379,7 +391,7 @@ def musique_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None
                 tools=rng.choice(_SEARCH_TOOLS))
 
 
-def hop_plans(rec: dict[str, Any], i: int, rng: random.Random) -> list[Plan]:
+def hop_plans(rec: dict[str, Any], i: int, rng: random.Random, *, quote: bool = False) -> list[Plan]:
     """Each hop of a MuSiQue decomposition (``#k`` filled) as its own question: one search, then the
     hop's answer, kept only if the search result shows it."""
     out, answers = [], []
@@ -393,13 +405,13 @@ def hop_plans(rec: dict[str, Any], i: int, rng: random.Random) -> list[Plan]:
         q = re.sub(r"\s*\?*$", "?", q[0].upper() + q[1:].strip(), count=1)
         gold = hop["answer"]
         parts = [text(rng.choice(("Let me search for this.\n", "I'll look this up.\n", ""))), call("search", q),
-                 cite(rng, gold, f"The answer is {gold}.\n"), answer(gold)]
+                 _then(rng, quote, gold, f"The answer is {gold}.\n"), answer(gold)]
         out.append(Plan(f"hop-{rec.get('id', i)}-{k}", "hop", q, parts, gold,
                         lambda res, g=gold: _found(g, res[0]), tools=rng.choice(_SEARCH_TOOLS)))
     return out
 
 
-def hotpot_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None:
+def hotpot_plan(rec: dict[str, Any], i: int, rng: random.Random, *, quote: bool = False) -> Plan | None:
     """Search the question, then the other supporting page by title; the answer must be found."""
     titles = list(dict.fromkeys(t for t, _ in rec.get("supporting_facts", [])))
     if len(titles) != 2:
@@ -412,8 +424,7 @@ def hotpot_plan(rec: dict[str, Any], i: int, rng: random.Random) -> Plan | None:
         parts = [text("Let me search for this.\n"), call("search", rec["question"]),
                  text(f"I also need {titles[1]}.\n"), call("search", titles[1])]
     yes_no = gold.lower() in ("yes", "no")
-    parts += [text(f"The answer is {gold}.\n") if yes_no else cite(rng, gold, f"The answer is {gold}.\n"),
-              answer(gold)]
+    parts += [_then(rng, quote and not yes_no, gold, f"The answer is {gold}.\n"), answer(gold)]
     check = (lambda res: True) if yes_no else (lambda res: any(_found(gold, r) for r in res))
     return Plan(f"hotpot-{rec.get('_id', i)}", "multihop", rec["question"], parts, gold, check,
                 tools=rng.choice(_SEARCH_TOOLS))
@@ -494,7 +505,7 @@ def notool_text(ex: Any) -> str:
     return ""
 
 
-def notool_plans(n: int, seed: int, phrasing: str = "train") -> list[Plan]:
+def notool_plans(n: int, seed: int, phrasing: str = "train", *, subject_first: bool = False) -> list[Plan]:
     """Task questions of every family in a system prompt that offers no tool: the target never calls
     one (a call there is malformed); it answers, after ``notool_text`` where that fits."""
     rng = random.Random(f"notool:{seed}")
@@ -502,7 +513,7 @@ def notool_plans(n: int, seed: int, phrasing: str = "train") -> list[Plan]:
     out = []
     for k, fam in enumerate(TASK_FAMILIES):
         for ex in generate(fam, per, seed + 200 + k, phrasing):
-            question = vary(rng, ex.question, ex.meta.get("text", ""), p=0.5)
+            question = vary(rng, ex.question, ex.meta.get("text", ""), p=0.5, front=subject_first)
             say = notool_text(ex)
             out.append(Plan(f"{ex.id}-notool", "notool", question, ([text(say)] if say else []) + [answer(ex.answer)],
                             ex.answer, tools=()))
@@ -515,11 +526,12 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
     for k, fam in enumerate(TASK_FAMILIES):
         n = getattr(cfg, f"n_{fam}")
         if n:
-            plans += arith_plans(fam, n, cfg.seed + k, cfg.phrasing)
+            plans += arith_plans(fam, n, cfg.seed + k, cfg.phrasing, subject_first=cfg.subject_first)
     if cfg.n_fix:  # other seeds than the families' own examples
         per = -(-cfg.n_fix // len(TASK_FAMILIES))
         for k, fam in enumerate(TASK_FAMILIES):
-            plans += arith_plans(fam, 2 * per, cfg.seed + 100 + k, cfg.phrasing, fix=True)[:per]
+            plans += arith_plans(fam, 2 * per, cfg.seed + 100 + k, cfg.phrasing, fix=True,
+                                 subject_first=cfg.subject_first)[:per]
     rng = random.Random(f"sources:{cfg.seed}")
     if cfg.n_gsm8k:
         recs = read_records(cfg.gsm8k)
@@ -530,13 +542,15 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
         recs2 = multihop_records(cfg.multihop, cfg.multihop_holdout, Path(cfg.out).with_suffix(""))
         order = rng.sample(range(len(recs2)), len(recs2))
         make = {"hotpot": hotpot_plan, "musique": musique_plan}
-        plans += _take((make[recs2[j][0]](recs2[j][1], j, rng) for j in order), cfg.n_multihop)
+        plans += _take((make[recs2[j][0]](recs2[j][1], j, rng, quote=cfg.quote_evidence) for j in order),
+                       cfg.n_multihop)
         if cfg.n_hop:  # the same training records only: held-out questions' hops stay out too
-            hops = [p for j in order if recs2[j][0] == "musique" for p in hop_plans(recs2[j][1], j, rng)]
+            hops = [p for j in order if recs2[j][0] == "musique"
+                    for p in hop_plans(recs2[j][1], j, rng, quote=cfg.quote_evidence)]
             plans += _take(iter(hops), cfg.n_hop)
     plans += plain_plans(cfg.n_plain, cfg.seed, cfg.phrasing)
     if cfg.n_notool:
-        plans += notool_plans(cfg.n_notool, cfg.seed, cfg.phrasing)
+        plans += notool_plans(cfg.n_notool, cfg.seed, cfg.phrasing, subject_first=cfg.subject_first)
     if cfg.n_identity:
         plans += identity_plans(cfg.n_identity, cfg.name, cfg.maker, cfg.seed)
     return plans

@@ -73,13 +73,15 @@ def _front(rng: random.Random, q: str, subject: str) -> str:
     return f"{o}{subject}{c}{rng.choice(FRONT_SEPARATORS)}{q[:m.start()]}it{q[m.end():]}"
 
 
-def vary(rng: random.Random, question: str, subject: str = "", p: float = 0.6) -> str:
-    """With probability ``p``, ``question`` reworded by one to three of the variations above;
-    ``subject`` (the text the answer is computed from) is kept character for character."""
+def vary(rng: random.Random, question: str, subject: str = "", p: float = 0.6, *, front: bool = False) -> str:
+    """With probability ``p``, ``question`` reworded by one to three of the variations above
+    (putting the subject first only with ``front``); ``subject`` (the text the answer is computed
+    from) is kept character for character."""
     if rng.random() >= p:
         return question
     q = question
-    ops = rng.sample(("lead", "tail", "quote", "case", "mark") + (("front",) if subject else ()), rng.randint(1, 3))
+    pool = ("lead", "tail", "quote", "case", "mark") + (("front",) if front and subject else ())
+    ops = rng.sample(pool, rng.randint(1, 3))
     fronted = _front(rng, q, subject) if "front" in ops else q
     if fronted != q:
         q = fronted
