@@ -109,13 +109,17 @@ def test_gsm8k_skips_unsafe_annotations():
     assert gsm8k_plan(rec, 0, random.Random(0)) is None
 
 
+MUSIQUE_REC = {
+    "id": "m1", "question": "Who was the first president of the association which published Journal of "
+                            "Psychotherapy Integration?", "answer": "G. Stanley Hall",
+    "question_decomposition": [
+        {"id": 1, "question": "What company published Journal of Psychotherapy Integration?",
+         "answer": "American Psychological Association"},
+        {"id": 2, "question": "Who was the first president of #1 ?", "answer": "G. Stanley Hall"}]}
+
+
 async def test_multihop_plans_search_each_hop(tools):
-    rec = {"id": "m1", "question": "Who was the first president of the association which published "
-                                   "Journal of Psychotherapy Integration?", "answer": "G. Stanley Hall",
-           "question_decomposition": [
-               {"id": 1, "question": "What company published Journal of Psychotherapy Integration?",
-                "answer": "American Psychological Association"},
-               {"id": 2, "question": "Who was the first president of #1 ?", "answer": "G. Stanley Hall"}]}
+    rec = MUSIQUE_REC
     plan = musique_plan(rec, 0, random.Random(0))
     queries = [p["arg"] for p in plan.parts if p["type"] == "call"]
     assert queries[1] == "Who was the first president of American Psychological Association ?"
@@ -126,12 +130,7 @@ async def test_multihop_plans_search_each_hop(tools):
 
 
 async def test_multihop_targets_quote_the_sentence_that_shows_each_hop_answer(tools):
-    rec = {"id": "m1", "question": "Who was the first president of the association which published "
-                                   "Journal of Psychotherapy Integration?", "answer": "G. Stanley Hall",
-           "question_decomposition": [
-               {"id": 1, "question": "What company published Journal of Psychotherapy Integration?",
-                "answer": "American Psychological Association"},
-               {"id": 2, "question": "Who was the first president of #1 ?", "answer": "G. Stanley Hall"}]}
+    rec = MUSIQUE_REC
     plain = await execute(musique_plan(rec, 0, random.Random(0)), tools, "S")  # off by default
     assert not any("says" in p["text"] for p in plain["messages"][-1]["content"] if p["type"] == "text")
     ex = await execute(musique_plan(rec, 0, random.Random(0), quote=True), tools, "S")
