@@ -26,6 +26,7 @@ from train.data import (
     notool_plans,
     plain_plans,
     read_jsonl,
+    scene_plans,
     synthesize,
     text,
     write_jsonl,
@@ -81,6 +82,49 @@ async def test_execute_drops_examples_the_tool_contradicts(tools):
     assert await execute(plan, tools, "S") is None
     failing = FunctionTool(lambda code: ToolOutput("Traceback ...", error=True), name="python")
     assert await execute(Plan("t-3", "arith", "q", [call("python", "1/0")], "x"), {"python": failing}, "S") is None
+
+
+async def test_composed_arithmetic_runs_agrees_with_gold_and_shows_every_number(tools):
+    """``train.scenes``: every expression kind, each question holding each of its numbers (as the
+    intro lists them), the program's output the gold; ``scene_arith`` makes that share of the family."""
+    plans = scene_plans(14, seed=3)
+    assert {p.id for p in plans} == {f"arith-scene-3-{i}" for i in range(14)}
+    from agent.evals.tasks import arith_question
+    from train.scenes import FRAMES, SCENES, compose, generate
+
+    examples = generate(14, 3)
+    assert len({e.meta["kind"] for e in examples}) == 7 and [p.gold for p in plans] == [e.answer for e in examples]
+    rng = random.Random(0)
+    for kind, frames in FRAMES.items():
+        for frame in frames:
+            q, gold, meta = arith_question(rng, compose(frame, rng.choice(SCENES)), kind)
+            shown = {n.replace(",", "") for n in re.findall(r"\d[\d,]*", q)}
+            assert {meta[k] for k in "abcp" if k in meta} <= shown, q
+            assert str(eval(meta["expr"])).removesuffix(".0") == gold  # noqa: S307 - our own digits
+    rows = [await execute(p, tools, "S") for p in plans]
+    assert all(r is not None for r in rows)
+    mixed = build_plans(DataConfig(n_arith=10, n_count=0, n_compare=0, n_length=0, n_reverse=0, n_plain=0,
+                                   scene_arith=0.4))
+    assert sorted(p.id.startswith("arith-scene-") for p in mixed) == [False] * 6 + [True] * 4
+    with pytest.raises(Exception, match="share"):
+        DataConfig(scene_arith=1.5)
+
+
+def test_composed_arithmetic_holds_no_near_copy_of_a_held_out_template():
+    """Every frame in every scene is further than a 0.8 difflib ratio from every held-out arithmetic
+    template (the bound the fourth held-out set is held to), so held-out accuracy stays held-out."""
+    import difflib
+
+    from agent.evals.tasks import _REGISTRY
+    from train.scenes import FRAMES, SCENES, compose
+
+    held = [t.text.lower() for t in _REGISTRY["arith"].templates if t.split != "train"]
+    composed = {compose(f, sc).lower() for frames in FRAMES.values() for f in frames for sc in SCENES}
+    for h in held:
+        m = difflib.SequenceMatcher(None, "", h)  # b fixed: its index is built once
+        for q in composed:
+            m.set_seq1(q)
+            assert m.real_quick_ratio() < 0.8 or m.quick_ratio() < 0.8 or m.ratio() < 0.8, (q, h)
 
 
 async def test_task_families_run_and_agree_with_gold(tools):

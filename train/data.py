@@ -8,7 +8,8 @@ with the last result, and keeps the example only when the results agree with the
 Families: ``arith``/``count``/``count_name``/``count_text``/``compare``/``length``/``reverse``/``char``
 (the eval task generators, other seeds, training phrasings only: ``agent.evals.tasks.HELDOUT``,
 ``FRESH``, ``FRESH2`` and ``FRESH3`` templates never appear; about half the questions reworded by
-``train.phrasing.vary``; a sentence naming the operation before the code), ``fix`` (the same tasks
+``train.phrasing.vary``; a sentence naming the operation before the code; with ``scene_arith``, a
+share of the arithmetic questions composed by ``train.scenes`` instead), ``fix`` (the same tasks
 with a failing first program, then the fix), ``gsm8k`` (its ``<<expr=value>>`` annotations become a
 Python program), ``multihop`` (HotpotQA/MuSiQue questions become search calls over a local index of
 their passages), ``plain`` (questions answered without a tool), ``notool`` (task questions with no
@@ -41,13 +42,15 @@ from agent.evals.tasks import generate
 from agent.runtime import Agent
 from tools.base import Tool
 from tools.registry import get_tool
+from train import scenes
 from train.identity import identity_plans
 from train.phrasing import vary
 from train.plans import Plan, answer, call, text
 
 __all__ = ["DataConfig", "Plan", "execute", "synthesize", "build_plans", "system_prompt", "write_jsonl",
-           "read_jsonl", "arith_plans", "notool_plans", "gsm8k_plan", "musique_plan", "hop_plans", "hotpot_plan",
-           "plain_plans", "text", "call", "answer", "TASK_FAMILIES", "make_data", "open_tools", "build_search_index"]
+           "read_jsonl", "arith_plans", "scene_plans", "notool_plans", "gsm8k_plan", "musique_plan", "hop_plans",
+           "hotpot_plan", "plain_plans", "text", "call", "answer", "TASK_FAMILIES", "make_data", "open_tools",
+           "build_search_index"]
 
 log = logging.getLogger("splice.train.data")
 
@@ -96,6 +99,9 @@ class DataConfig:
         "help": "rewordings may put a one-word subject first and refer to it as 'it' (train.phrasing.vary)"})
     quote_evidence: bool = field(default=False, metadata={
         "help": "multi-hop targets quote the sentence of each search result that shows the hop's answer"})
+    scene_arith: float = field(default=0.0, metadata={
+        "help": "share of the arithmetic examples whose question is composed from a scene and a frame "
+                "(train.scenes: many more wordings of each operation) instead of an eval training template"})
 
     def __post_init__(self) -> None:
         if self.n_gsm8k and not self.gsm8k:
@@ -106,6 +112,8 @@ class DataConfig:
             raise ConfigError("--n-multihop needs --index PATH (built from --multihop passages if missing)")
         if self.concurrency < 1:
             raise ConfigError("concurrency must be >= 1")
+        if not 0.0 <= self.scene_arith <= 1.0:
+            raise ConfigError(f"scene_arith is a share: 0 to 1, got {self.scene_arith}")
 
 
 def _fill(part: dict[str, Any], results: list[str]) -> dict[str, Any]:
@@ -287,8 +295,19 @@ def arith_plans(family: str, n: int, seed: int, phrasing: str = "train", *, fix:
     whose first program fails for real and the second one, after a sentence naming the bug, works.
     ``subject_first``: see ``DataConfig``."""
     rng = random.Random(f"plans:{family}:{seed}:{'fix' if fix else ''}")
+    return _task_plans(rng, generate(family, n, seed, phrasing), fix=fix, subject_first=subject_first)
+
+
+def scene_plans(n: int, seed: int) -> list[Plan]:
+    """Arithmetic plans whose questions are composed from a scene and a frame (``train.scenes``), not
+    the eval's templates; reworded and solved as ``arith_plans`` does."""
+    return _task_plans(random.Random(f"plans:scenes:{seed}"), scenes.generate(n, seed))
+
+
+def _task_plans(rng: random.Random, examples: Iterable[Any], *, fix: bool = False,
+                subject_first: bool = False) -> list[Plan]:
     out = []
-    for ex in generate(family, n, seed, phrasing):
+    for ex in examples:
         question = vary(rng, ex.question, ex.meta.get("text", ""), p=0.5, front=subject_first)
         code = task_code(ex)
         parts = [text(task_intro(rng, ex))]
@@ -298,7 +317,7 @@ def arith_plans(family: str, n: int, seed: int, phrasing: str = "train", *, fix:
                 continue
             parts += [call("python", bug[0], fails=True), text(bug[1])]
         parts += [call("python", code), text(rng.choice(_OUTRO)), answer("{r}")]
-        out.append(Plan(f"{ex.id}{'-fix' if fix else ''}", "fix" if fix else family, question, parts, ex.answer,
+        out.append(Plan(f"{ex.id}{'-fix' if fix else ''}", "fix" if fix else ex.family, question, parts, ex.answer,
                         _correct(ex.answer), tools=rng.choice(_TASK_TOOLS)))
     return out
 
@@ -525,8 +544,11 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
     plans: list[Plan] = []
     for k, fam in enumerate(TASK_FAMILIES):
         n = getattr(cfg, f"n_{fam}")
-        if n:
-            plans += arith_plans(fam, n, cfg.seed + k, cfg.phrasing, subject_first=cfg.subject_first)
+        composed = round(n * cfg.scene_arith) if fam == "arith" else 0
+        if n - composed:
+            plans += arith_plans(fam, n - composed, cfg.seed + k, cfg.phrasing, subject_first=cfg.subject_first)
+        if composed:
+            plans += scene_plans(composed, cfg.seed + k)
     if cfg.n_fix:  # other seeds than the families' own examples
         per = -(-cfg.n_fix // len(TASK_FAMILIES))
         for k, fam in enumerate(TASK_FAMILIES):

@@ -78,6 +78,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 RECIPES["v8"] = {**RECIPES["default"],
                  "data": {**RECIPES["default"]["data"], "subject_first": True, "quote_evidence": True},
                  "sft": {**RECIPES["default"]["sft"], "max_len": 1536}}
+# v9 (2026-12-07): the default recipe with half of its arithmetic questions composed by train.scenes
+# (the same operations worded many more ways) instead of drawn from the eval's training templates
+RECIPES["v9"] = {**RECIPES["default"], "data": {**RECIPES["default"]["data"], "scene_arith": 0.5}}
 
 
 @dataclass

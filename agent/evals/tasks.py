@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from agent.errors import ConfigError
 from agent.evals.data import Example, count_question  # count_question: re-exported, it lives with its loader
 
-__all__ = ["FAMILIES", "FRESH", "FRESH2", "FRESH3", "HELDOUT", "PHRASINGS", "TOOL_FAMILIES", "count_question",
-           "generate", "generate_mix", "parse_spec"]
+__all__ = ["ARITH_KINDS", "FAMILIES", "FRESH", "FRESH2", "FRESH3", "HELDOUT", "PHRASINGS", "TOOL_FAMILIES",
+           "arith_question", "count_question", "generate", "generate_mix", "parse_spec"]
 
 PHRASINGS = ("all", "train", "heldout", "fresh", "fresh2", "fresh3")
 
@@ -263,6 +263,7 @@ _ARITH = (
 
 _ARITH_EXPR = {"mul": "{a} * {b}", "add": "{a} + {b}", "sub": "{a} - {b}", "mul_sub": "{a} * {b} - {c}",
                "add_mul": "({a} + {b}) * {c}", "floordiv": "{a} // {b}", "percent": "{a} * {p} / 100"}
+ARITH_KINDS = tuple(_ARITH_EXPR)  # the expression kinds of arithmetic questions
 
 
 def _arith_numbers(rng: random.Random, kind: str) -> dict[str, int]:
@@ -298,6 +299,15 @@ def _arith(rng: random.Random, t: _T) -> tuple[str, str, dict]:
     value = eval(expr, {"__builtins__": {}})  # noqa: S307 - our own digits and operators only
     answer = str(int(value)) if float(value).is_integer() else str(value)
     return q, answer, {"kind": t.kind, "expr": expr, **{k: str(v) for k, v in nums.items()}}
+
+
+def arith_question(rng: random.Random, template: str, kind: str) -> tuple[str, str, dict]:
+    """(question, answer, meta) for an arithmetic ``template`` of expression ``kind`` (a key of
+    ``ARITH_KINDS``) with slots ``{a}``, ``{b}``, ``{c}``, ``{p}``: numbers drawn as the family's own
+    templates draw them. Training data composes more word problems with it (``train.scenes``)."""
+    if kind not in _ARITH_EXPR:
+        raise ConfigError(f"unknown arithmetic kind {kind!r}; choose from {', '.join(_ARITH_EXPR)}")
+    return _arith(rng, _T(template, kind))
 
 
 # -- letter counting ------------------------------------------------------------------------------------
