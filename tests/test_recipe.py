@@ -31,6 +31,8 @@ def test_every_stage_runs_and_the_card_records_what_it_came_from(smoke):
     assert card["export"]["sha256"] == _sha256(out / "smollm2-tools.gguf")
     assert card["sft"]["config"]["lora_r"] == 4 and card["seed"] == 1000
     assert (out / "sft" / "loss.png").exists()
+    # the stage's time is the SFT's own clock, which a resumed run carries on (tests/test_sft.py)
+    assert state["sft"]["seconds"] == round(state["sft"]["summary"]["seconds"], 1)
     table = (out / "eval" / "eval.md").read_text()
     assert "| count | heldout |" in table and "| arith | train |" in table
     summary = json.loads((out / "eval" / "eval.json").read_text())

@@ -165,8 +165,8 @@ def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         log.info("recipe: %s", stage)
         value = _STAGE_FUNCS[stage](cfg, state)
-        if isinstance(value, dict):
-            value["seconds"] = round(time.perf_counter() - t0, 1)
+        if isinstance(value, dict):  # a stage that knows better (SFT, resumed: the whole run) says so itself
+            value.setdefault("seconds", round(time.perf_counter() - t0, 1))
         state.record(stage, value)
     return state.data
 
@@ -186,7 +186,8 @@ def _stage_sft(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
     summary = train_sft(scfg)
     if summary.get("stopped_early"):
         raise ConfigError("SFT stopped before its last step; rerun the same command to continue")
-    return {"summary": summary, "config": asdict(scfg)}
+    # its own clock: the whole run across resumes after a kill, not only the last one's share
+    return {"summary": summary, "config": asdict(scfg), "seconds": round(summary["seconds"], 1)}
 
 
 def _stage_export(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
