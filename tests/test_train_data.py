@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from agent.errors import ConfigError
 from tools.base import FunctionTool, ToolOutput
 from train.data import (
     TASK_FAMILIES,
@@ -106,7 +107,7 @@ async def test_composed_arithmetic_runs_agrees_with_gold_and_shows_every_number(
     mixed = build_plans(DataConfig(n_arith=10, n_count=0, n_compare=0, n_length=0, n_reverse=0, n_plain=0,
                                    scene_arith=0.4))
     assert sorted(p.id.startswith("arith-scene-") for p in mixed) == [False] * 6 + [True] * 4
-    with pytest.raises(Exception, match="share"):
+    with pytest.raises(ConfigError, match="share"):
         DataConfig(scene_arith=1.5)
 
 
