@@ -11,7 +11,7 @@ pytest.importorskip("llama_cpp")
 
 from agent.errors import ConfigError  # noqa: E402
 from agent.evals.tasks import HELDOUT, generate  # noqa: E402
-from train.recipe import RecipeConfig, _sha256, run_recipe  # noqa: E402
+from train.recipe import RECIPES, RecipeConfig, _sha256, data_config, run_recipe, sft_config  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +77,15 @@ def test_bad_recipe_names_are_clear_errors():
         RecipeConfig(recipe="huge")
     with pytest.raises(ConfigError, match="unknown stages"):
         RecipeConfig(stages="data,deploy")
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_builds_valid_stage_configs(name, tmp_path):
+    # a misspelt or out-of-range setting in a recipe fails here, not an hour into its run
+    cfg = RecipeConfig(recipe=name, output_dir=str(tmp_path), gsm8k=str(tmp_path / "gsm8k.jsonl"),
+                       multihop=str(tmp_path))
+    data, sft = data_config(cfg), sft_config(cfg)
+    for key, value in RECIPES[name]["data"].items():
+        assert getattr(data, key) == value
+    for key, value in RECIPES[name]["sft"].items():
+        assert getattr(sft, key) == value
