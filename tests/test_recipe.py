@@ -12,6 +12,7 @@ pytest.importorskip("llama_cpp")
 from agent.errors import ConfigError  # noqa: E402
 from agent.evals.tasks import HELDOUT, generate  # noqa: E402
 from train.recipe import RECIPES, RecipeConfig, _sha256, data_config, run_recipe, sft_config  # noqa: E402
+from train.recipe_eval import CompareConfig, compare_runs, heldout_pooled  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +90,38 @@ def test_every_recipe_builds_valid_stage_configs(name, tmp_path):
         assert getattr(data, key) == value
     for key, value in RECIPES[name]["sft"].items():
         assert getattr(sft, key) == value
+
+
+def _cells(md, label):
+    """The cells after ``label`` in the compare table's row that starts with it."""
+    row = next(line for line in md.splitlines() if line.startswith(f"| {label}"))
+    return [c.strip() for c in row.strip("|").split("|")[1:]]
+
+
+def test_compare_counts_each_held_out_set_and_leaves_out_sets_asked_differently(smoke, tmp_path):
+    out, _ = smoke
+    a = json.loads((out / "eval" / "eval.json").read_text())
+    held = a["adapter"]["tasks-heldout"]["python"]
+    fam = sorted(held["by_family"])[0]
+    b = json.loads(json.dumps(a))  # run B: one more held-out question of `fam` right, or one fewer
+    flipped = 1.0 - held["by_family"][fam]
+    b["adapter"]["tasks-heldout"]["python"]["by_family"][fam] = flipped
+    b["adapter"]["tasks-fresh"]["python"]["family_n"] = {f: 2 for f in held["by_family"]}  # other questions
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    md = compare_runs(CompareConfig(runs=[str(out), str(tmp_path / "b.json")]))
+    k = len(held["by_family"])
+    correct = round(sum(held["by_family"].values()))
+    step = 1 if flipped else -1
+    assert _cells(md, "held-out `heldout`") == [f"{correct}/{k} ({correct / k:.3f})",
+                                                f"{correct + step}/{k} ({(correct + step) / k:.3f})"]
+    assert _cells(md, "held-out `fresh`") == ["-", "-"]  # not the same questions: out of the totals
+    total_row = next(line for line in md.splitlines() if "held-out total" in line)
+    assert "(heldout, fresh2, fresh3)" in total_row
+    pooled_a, pooled_b = (heldout_pooled(s["adapter"], ("heldout", "fresh2", "fresh3")) for s in (a, b))
+    assert pooled_b[fam][0] - pooled_a[fam][0] == step and pooled_b[fam][1] == pooled_a[fam][1] == 3
+    assert _cells(md, f"held-out {fam}") == [f"{c}/3 ({c / 3:.3f})" for c in (pooled_a[fam][0], pooled_b[fam][0])]
+    with pytest.raises(ConfigError, match="no eval.json"):
+        compare_runs(CompareConfig(runs=[str(tmp_path / "missing")]))
+    (tmp_path / "bad.json").write_text('{"adapter": {"tasks-train": {"python": 5}}}')
+    with pytest.raises(ConfigError, match="not recipe eval summaries"):
+        compare_runs(CompareConfig(runs=[str(tmp_path / "bad.json")]))

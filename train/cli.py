@@ -19,6 +19,7 @@ from train.data import DataConfig, make_data, open_tools
 from train.export import DatasetConfig, ExportConfig, export, export_dataset
 from train.probe import ProbeConfig, run_probe
 from train.recipe import RecipeConfig, run_recipe
+from train.recipe_eval import CompareConfig, compare_runs
 from train.sft import SFTConfig, train_sft
 
 __all__ = ["add_parser", "open_tools"]
@@ -36,6 +37,7 @@ def add_parser(subparsers: Any) -> None:
         ("export", ExportConfig, _cmd_export, "merge LoRA, save a HF model, write GGUF (model or adapter)"),
         ("dataset", DatasetConfig, _cmd_dataset, "export training JSONL as a HF datasets dataset (TRL's SFTTrainer)"),
         ("recipe", RecipeConfig, _cmd_recipe, "data, SFT, export, eval and card of the shipped adapter, resumable"),
+        ("compare", CompareConfig, _cmd_compare, "recipe evals side by side (held-out sets and families, multi-hop)"),
     ):
         p = sub.add_parser(name, help=help_, description=importlib.import_module(cls.__module__).__doc__,
                            formatter_class=HelpFormatter)
@@ -84,6 +86,11 @@ def _cmd_export(ns: argparse.Namespace) -> int:
 def _cmd_recipe(ns: argparse.Namespace) -> int:
     state = run_recipe(from_args(RecipeConfig, ns))
     print(json.dumps({k: state[k] for k in ("export", "card") if k in state}, default=str))
+    return 0
+
+
+def _cmd_compare(ns: argparse.Namespace) -> int:
+    print(compare_runs(from_args(CompareConfig, ns)), end="")
     return 0
 
 

@@ -17,18 +17,21 @@ Questions come from eval seed 0; training data uses seeds 1000+ and only trainin
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.backends import BackendConfig
+from agent.errors import ConfigError
 from agent.evals import EvalConfig, run_eval
 from agent.evals.tasks import PHRASINGS, TOOL_FAMILIES
 from agent.runtime import RuntimeConfig
 
-__all__ = ["run_recipe_eval", "suites", "table"]
+__all__ = ["CompareConfig", "compare_runs", "heldout_pooled", "run_recipe_eval", "suites", "table"]
 
 EVAL_SEED = 0
 _SPLITS = tuple(p for p in PHRASINGS if p != "all")  # train, heldout, fresh, fresh2, fresh3
+_HELDOUT = tuple(p for p in _SPLITS if p != "train")  # every set of phrasings training never saw
 CONCURRENCY = 8  # episodes decoded together (llama.cpp multi-sequence batching)
 
 
@@ -102,7 +105,8 @@ def run_recipe_eval(out: Path, adapter: Path, n: int, heldout: list[Path], index
                        "seconds_per_question": m["seconds_per_question"],
                        "malformed_episodes": malformed.get(mode, 0.0),
                        "tool_episodes": tool_rate.get(mode, {}),
-                       "by_family": {f: v["accuracy"] for f, v in m["by_family"].items()}}
+                       "by_family": {f: v["accuracy"] for f, v in m["by_family"].items()},
+                       "family_n": {f: v["n_questions"] for f, v in m["by_family"].items()}}
                 for mode, m in res["modes"].items()}
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
     md = table(summary, {m: k for m, _, k in models})
@@ -141,4 +145,112 @@ def table(summary: dict[str, Any], n: dict[str, int]) -> str:
                 score = f"{r['accuracy']:.2f} / {r['em']:.2f}"
                 lines.append(f"| {name} | {m} | {mode} | {score} | {tool:.2f} | {r['malformed_episodes']:.3f} | "
                              f"{r['seconds_per_question']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _family_counts(r: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Per family of one suite's mode: (questions answered correctly, questions). Greedy, one sample
+    per question. Summaries written before ``family_n`` was recorded held the same number of
+    questions in every family (``limit`` = per family x families)."""
+    n = r.get("family_n") or {f: r["n_questions"] // max(len(r["by_family"]), 1) for f in r["by_family"]}
+    return {f: (round(acc * n[f]), n[f]) for f, acc in r["by_family"].items()}
+
+
+def heldout_pooled(model: dict[str, Any], sets: tuple[str, ...] = _HELDOUT) -> dict[str, tuple[int, int]]:
+    """Per family, summed over the held-out sets ``sets`` (with python): (correct, questions). The
+    acceptance figure: each family on phrasings training never saw, over every such set."""
+    out: dict[str, tuple[int, int]] = {}
+    for split in sets:
+        r = model.get(f"tasks-{split}", {}).get("python")
+        for fam, (c, n) in (_family_counts(r) if r else {}).items():
+            c0, n0 = out.get(fam, (0, 0))
+            out[fam] = (c0 + c, n0 + n)
+    return out
+
+
+@dataclass
+class CompareConfig:
+    runs: list[str] = field(default_factory=list, metadata={
+        "help": "recipe evals, comma-separated: a run dir (runs/recipe-v9), its eval dir or eval.json, or an "
+                "adapter card (agent/adapters/smollm2-tools.json)"})
+    out: str = field(default="", metadata={"help": "also write the table to this markdown file"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.runs, str):
+            self.runs = [r for r in self.runs.split(",") if r]
+        if not self.runs:
+            raise ConfigError("give the runs to compare: --runs A,B")
+
+
+def _load_adapter_summary(path: str) -> dict[str, Any]:
+    p = Path(path)
+    for cand in (p / "eval" / "eval.json", p / "eval.json", p):
+        if cand.is_file():
+            try:
+                doc = json.loads(cand.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ConfigError(f"{cand}: not a readable eval summary ({e})") from None
+            summary = doc.get("eval", doc) if isinstance(doc, dict) else None  # a card holds it under "eval"
+            if not isinstance(summary, dict) or not isinstance(summary.get("adapter"), dict):
+                raise ConfigError(f"{cand}: no adapter results (a recipe's eval.json or an adapter card)")
+            return summary["adapter"]
+    raise ConfigError(f"{path}: no eval.json there (run the recipe's eval stage first)")
+
+
+def _same_questions(models: list[dict[str, Any]], suite: str, mode: str) -> bool:
+    counts = [{f: n for f, (_, n) in _family_counts(m[suite][mode]).items()}
+              for m in models if mode in m.get(suite, {})]
+    return len(counts) == len(models) and all(c == counts[0] for c in counts)
+
+
+def compare_runs(cfg: CompareConfig) -> str:
+    """A markdown table of one or more recipe evals side by side: each set of phrasings (correct of
+    questions, with python), the held-out sets pooled per family, the no-tool and multi-hop suites.
+    A set counts towards the totals only where every run asked it the same number of questions per
+    family; the rest show '-'."""
+    models = [_load_adapter_summary(r) for r in cfg.runs]
+    try:
+        md = _compare_table(cfg.runs, models)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{', '.join(cfg.runs)}: not recipe eval summaries ({type(e).__name__}: {e})") from None
+    if cfg.out:
+        Path(cfg.out).write_text(md, encoding="utf-8")
+    return md
+
+
+def _compare_table(runs: list[str], models: list[dict[str, Any]]) -> str:
+    head = ["", *runs]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+    def cell(c: int, n: int) -> str:
+        return f"{c}/{n} ({c / n:.3f})" if n else "-"
+
+    shared = [s for s in _SPLITS if _same_questions(models, f"tasks-{s}", "python")]
+    for split in _SPLITS:
+        name = "training-style" if split == "train" else f"held-out `{split}`"
+        row = [name]
+        for m in models:
+            counts = _family_counts(m[f"tasks-{split}"]["python"]) if split in shared else {}
+            row.append(cell(sum(c for c, _ in counts.values()), sum(n for _, n in counts.values())))
+        lines.append("| " + " | ".join(row) + " |")
+    held = tuple(s for s in shared if s != "train")
+    pooled = [heldout_pooled(m, held) for m in models]
+    row = [f"**held-out total** ({', '.join(held) or 'no set in common'})"]
+    row += [f"**{cell(sum(c for c, _ in p.values()), sum(n for _, n in p.values()))}**" for p in pooled]
+    lines.append("| " + " | ".join(row) + " |")
+    for fam in sorted({f for p in pooled for f in p}):
+        lines.append("| " + " | ".join([f"held-out {fam}"] + [cell(*p.get(fam, (0, 0))) for p in pooled]) + " |")
+    for suite in sorted({s for m in models for s in m if not s.startswith("tasks-")}):
+        for mode in sorted({md for m in models for md in m.get(suite, {})}):
+            row = [f"{suite}, {mode}"]
+            for m in models:
+                r = m.get(suite, {}).get(mode)
+                if r is None:
+                    row.append("-")
+                    continue
+                tool = sum(r["tool_episodes"].values()) / max(len(r["tool_episodes"]), 1)
+                row.append(f"{r['accuracy']:.2f} / {r['em']:.2f}, {tool:.2f}, {r['malformed_episodes']:.3f}")
+            lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Task sets: questions answered correctly (greedy, with python). Other suites: accuracy / EM, "
+              "share of episodes with a tool call, share with a malformed call."]
     return "\n".join(lines) + "\n"
