@@ -25,6 +25,7 @@ from train.data import (
     hotpot_plan,
     musique_plan,
     notool_plans,
+    number_clauses,
     plain_plans,
     read_jsonl,
     scene_plans,
@@ -109,6 +110,32 @@ async def test_composed_arithmetic_runs_agrees_with_gold_and_shows_every_number(
     assert sorted(p.id.startswith("arith-scene-") for p in mixed) == [False] * 6 + [True] * 4
     with pytest.raises(ConfigError, match="share"):
         DataConfig(scene_arith=1.5)
+
+
+def test_arith_clauses_quote_the_question_as_read_holding_every_number_in_order():
+    """``arith_clauses``: the sentence before the code quotes, verbatim from the question the model
+    reads (reworded or not), the clauses that hold its numbers, every number once in its order, digit
+    groups whole; off, the data is what it was (the shipped recipe's data does not use it)."""
+    assert number_clauses("Share 2,193,818 stickers among 914 kids, then give 3.5 away. How many?") == [
+        "Share 2,193,818 stickers among 914 kids", "then give 3.5 away"]
+    assert number_clauses("No digits here.") == []
+    cfg = dict(n_arith=60, n_count=0, n_compare=0, n_length=0, n_reverse=0, n_plain=0, n_fix=14, scene_arith=0.5)
+    quoted = build_plans(DataConfig(**cfg, arith_clauses=True))
+    bare = build_plans(DataConfig(**cfg))
+    assert [p.question for p in quoted] == [p.question for p in bare]  # same questions, other intros
+    arith = [p for p in quoted if p.family in ("arith", "fix") and "arith" in p.id]
+    assert len(arith) >= 60
+    for p, b in zip(quoted, bare):
+        intro = p.parts[0]["text"]
+        if p not in arith:
+            assert intro == b.parts[0]["text"]
+            continue
+        clauses = re.findall(r'"([^"]+)"', intro.split(". ", 1)[0] + ".")
+        assert clauses and all(c in p.question for c in clauses), (p.question, intro)
+        in_quotes = re.findall(r"\d[\d,.]*\d|\d", " ".join(clauses))
+        in_question = re.findall(r"\d[\d,.]*\d|\d", p.question)
+        assert in_quotes == in_question, (p.question, intro)  # every number, once, in order
+        assert b.parts[0]["text"].startswith(("The numbers are", "The question gives", "Numbers in the question"))
 
 
 def test_composed_arithmetic_holds_no_near_copy_of_a_held_out_template():

@@ -8,7 +8,8 @@ with the last result, and keeps the example only when the results agree with the
 Families: ``arith``/``count``/``count_name``/``count_text``/``compare``/``length``/``reverse``/``char``
 (the eval task generators, other seeds, training phrasings only: ``agent.evals.tasks.HELDOUT``,
 ``FRESH``, ``FRESH2`` and ``FRESH3`` templates never appear; about half the questions reworded by
-``train.phrasing.vary``; a sentence naming the operation before the code; with ``scene_arith``, a
+``train.phrasing.vary``; a sentence naming the operation before the code, for arithmetic after the
+question's numbers, bare or, with ``arith_clauses``, in their quoted clauses; with ``scene_arith``, a
 share of the arithmetic questions composed by ``train.scenes`` instead), ``fix`` (the same tasks
 with a failing first program, then the fix), ``gsm8k`` (its ``<<expr=value>>`` annotations become a
 Python program), ``multihop`` (HotpotQA/MuSiQue questions become search calls over a local index of
@@ -99,6 +100,9 @@ class DataConfig:
         "help": "rewordings may put a one-word subject first and refer to it as 'it' (train.phrasing.vary)"})
     quote_evidence: bool = field(default=False, metadata={
         "help": "multi-hop targets quote the sentence of each search result that shows the hop's answer"})
+    arith_clauses: bool = field(default=False, metadata={
+        "help": "arithmetic targets quote, in order, each clause of the question that holds a number before "
+                "naming the operation (each number read with its role), instead of listing the bare numbers"})
     scene_arith: float = field(default=0.0, metadata={
         "help": "share of the arithmetic examples whose question is composed from a scene and a frame "
                 "(train.scenes: many more wordings of each operation) instead of an eval training template"})
@@ -256,9 +260,26 @@ def task_code(ex: Any) -> str:
     raise ConfigError(f"no program for task family {fam!r}")
 
 
-def task_intro(rng: random.Random, ex: Any) -> str:
-    """The sentence before a task example's code: what is computed, on what (see ``_INTRO_TASK``)."""
+_CLAUSE_BREAK = re.compile(r"(?<=[.?!;:,])\s+|\s+(?=(?:and|then|but|while|after|until|so)\b)")
+
+
+def number_clauses(question: str) -> list[str]:
+    """The clauses of ``question`` that hold a digit, in order, as written: the question split after
+    punctuation followed by a space and before a joining word ("and", "then", ...). Digit groups
+    ("2,193,818") and decimals are not broken: their comma or point has no space after it."""
+    parts = (p.strip(" ,;:.?!") for p in _CLAUSE_BREAK.split(question))
+    return [p for p in parts if re.search(r"\d", p)]
+
+
+def task_intro(rng: random.Random, ex: Any, question: str = "", clauses: bool = False) -> str:
+    """The sentence before a task example's code: what is computed, on what (see ``_INTRO_TASK``).
+    ``clauses`` (arithmetic): quote each clause of ``question`` (as the model reads it, after any
+    rewording; default the example's own) that holds a number, then name the operation."""
     m = ex.meta
+    if ex.family == "arith" and clauses:
+        quoted = "; ".join(f'"{c}"' for c in number_clauses(question or ex.question))
+        lead = rng.choice(("The question says: {}.", "From the question: {}.", "What the question gives: {}."))
+        return lead.format(quoted) + " " + rng.choice(_INTRO_ARITH[m["kind"]]).format(**m) + "\n"
     if ex.family == "arith":  # every number of the question first, in its order: none gets dropped
         given = [n for n in (x.replace(",", "") for x in re.findall(r"\d[\d,]*", ex.question))
                  if n in {m.get(k) for k in "abcp"}]
@@ -288,29 +309,30 @@ def _bug(rng: random.Random, code: str) -> tuple[str, str] | None:
 
 
 def arith_plans(family: str, n: int, seed: int, phrasing: str = "train", *, fix: bool = False,
-                subject_first: bool = False) -> list[Plan]:
+                subject_first: bool = False, clauses: bool = False) -> list[Plan]:
     """Plans for one eval task family, from ``agent.evals.tasks.generate`` with this seed, drawn from
     the training phrasings only by default (the held-out templates stay out of training data). The
     question is reworded (``train.phrasing.vary``) in about half of them. ``fix``: recovery examples,
     whose first program fails for real and the second one, after a sentence naming the bug, works.
-    ``subject_first``: see ``DataConfig``."""
+    ``subject_first``, ``clauses`` (``arith_clauses``): see ``DataConfig``."""
     rng = random.Random(f"plans:{family}:{seed}:{'fix' if fix else ''}")
-    return _task_plans(rng, generate(family, n, seed, phrasing), fix=fix, subject_first=subject_first)
+    return _task_plans(rng, generate(family, n, seed, phrasing), fix=fix, subject_first=subject_first,
+                       clauses=clauses)
 
 
-def scene_plans(n: int, seed: int) -> list[Plan]:
+def scene_plans(n: int, seed: int, *, clauses: bool = False) -> list[Plan]:
     """Arithmetic plans whose questions are composed from a scene and a frame (``train.scenes``), not
     the eval's templates; reworded and solved as ``arith_plans`` does."""
-    return _task_plans(random.Random(f"plans:scenes:{seed}"), scenes.generate(n, seed))
+    return _task_plans(random.Random(f"plans:scenes:{seed}"), scenes.generate(n, seed), clauses=clauses)
 
 
 def _task_plans(rng: random.Random, examples: Iterable[Any], *, fix: bool = False,
-                subject_first: bool = False) -> list[Plan]:
+                subject_first: bool = False, clauses: bool = False) -> list[Plan]:
     out = []
     for ex in examples:
         question = vary(rng, ex.question, ex.meta.get("text", ""), p=0.5, front=subject_first)
         code = task_code(ex)
-        parts = [text(task_intro(rng, ex))]
+        parts = [text(task_intro(rng, ex, question, clauses))]
         if fix:
             bug = _bug(rng, code)
             if bug is None:
@@ -546,14 +568,15 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
         n = getattr(cfg, f"n_{fam}")
         composed = round(n * cfg.scene_arith) if fam == "arith" else 0
         if n - composed:
-            plans += arith_plans(fam, n - composed, cfg.seed + k, cfg.phrasing, subject_first=cfg.subject_first)
+            plans += arith_plans(fam, n - composed, cfg.seed + k, cfg.phrasing, subject_first=cfg.subject_first,
+                                 clauses=cfg.arith_clauses)
         if composed:
-            plans += scene_plans(composed, cfg.seed + k)
+            plans += scene_plans(composed, cfg.seed + k, clauses=cfg.arith_clauses)
     if cfg.n_fix:  # other seeds than the families' own examples
         per = -(-cfg.n_fix // len(TASK_FAMILIES))
         for k, fam in enumerate(TASK_FAMILIES):
             plans += arith_plans(fam, 2 * per, cfg.seed + 100 + k, cfg.phrasing, fix=True,
-                                 subject_first=cfg.subject_first)[:per]
+                                 subject_first=cfg.subject_first, clauses=cfg.arith_clauses)[:per]
     rng = random.Random(f"sources:{cfg.seed}")
     if cfg.n_gsm8k:
         recs = read_records(cfg.gsm8k)
