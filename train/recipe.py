@@ -84,9 +84,10 @@ RECIPES["v9"] = {**RECIPES["default"], "data": {**RECIPES["default"]["data"], "s
 # v10 (2026-12-07): v9 with LoRA on the top 20 of the 30 decoder layers only, so the backward pass stops there
 # (0.78x the step time measured on v6's data); the one change from v9, to tell the layers' effect apart
 RECIPES["v10"] = {**RECIPES["v9"], "sft": {**RECIPES["v9"]["sft"], "lora_layers": 20}}
-# v11 (prepared 2026-12-07, not yet run): v10 with arithmetic targets that quote each clause holding a number
-# before naming the operation (train.data.number_clauses), aimed at operands read in the wrong roles
-RECIPES["v11"] = {**RECIPES["v10"], "data": {**RECIPES["v10"]["data"], "arith_clauses": True}}
+# v11 (prepared 2026-12-07, not yet run): v9 (LoRA on every layer: v7 and v10, on the top 20, both lost held-out
+# arithmetic) with arithmetic targets that quote each clause holding a number before naming the operation
+# (train.data.number_clauses), aimed at v10's misses: numbers dropped or reordered when listed bare
+RECIPES["v11"] = {**RECIPES["v9"], "data": {**RECIPES["v9"]["data"], "arith_clauses": True}}
 
 
 @dataclass
