@@ -120,6 +120,9 @@ def test_compare_counts_each_held_out_set_and_leaves_out_sets_asked_differently(
     pooled_a, pooled_b = (heldout_pooled(s["adapter"], ("heldout", "fresh2", "fresh3")) for s in (a, b))
     assert pooled_b[fam][0] - pooled_a[fam][0] == step and pooled_b[fam][1] == pooled_a[fam][1] == 3
     assert _cells(md, f"held-out {fam}") == [f"{c}/3 ({c / 3:.3f})" for c in (pooled_a[fam][0], pooled_b[fam][0])]
+    assert compare_runs(CompareConfig(runs=[str(out)], out=str(tmp_path / "t.md"))) == (tmp_path / "t.md").read_text()
+    with pytest.raises(ConfigError, match="cannot write"):
+        compare_runs(CompareConfig(runs=[str(out)], out=str(tmp_path / "no" / "t.md")))
     with pytest.raises(ConfigError, match="no eval.json"):
         compare_runs(CompareConfig(runs=[str(tmp_path / "missing")]))
     (tmp_path / "bad.json").write_text('{"adapter": {"tasks-train": {"python": 5}}}')

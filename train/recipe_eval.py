@@ -214,7 +214,10 @@ def compare_runs(cfg: CompareConfig) -> str:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ConfigError(f"{', '.join(cfg.runs)}: not recipe eval summaries ({type(e).__name__}: {e})") from None
     if cfg.out:
-        Path(cfg.out).write_text(md, encoding="utf-8")
+        try:
+            Path(cfg.out).write_text(md, encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot write {cfg.out}: {e.strerror or e}") from None
     return md
 
 
