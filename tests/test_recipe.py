@@ -36,6 +36,7 @@ def test_every_stage_runs_and_the_card_records_what_it_came_from(smoke):
     assert state["sft"]["seconds"] == round(state["sft"]["summary"]["seconds"], 1)
     table = (out / "eval" / "eval.md").read_text()
     assert "| count | heldout |" in table and "| arith | train |" in table
+    assert "| **held-out total** (heldout, fresh, fresh2, fresh3) |" in table  # the acceptance figure
     summary = json.loads((out / "eval" / "eval.json").read_text())
     # the eval ran the exported adapter through llama.cpp (its model id names the adapter)
     rec = json.loads((out / "eval" / "adapter" / "tasks-heldout" / "episodes.jsonl").read_text().splitlines()[0])

@@ -110,6 +110,8 @@ def run_recipe_eval(out: Path, adapter: Path, n: int, heldout: list[Path], index
                 for mode, m in res["modes"].items()}
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
     md = table(summary, {m: k for m, _, k in models})
+    md += "\nThe adapter over every held-out set, pooled per family (`agent train compare`):\n\n"
+    md += _compare_table(["adapter"], [summary["adapter"]])
     (out / "eval.md").write_text(md)
     return {"summary": summary, "table": str(out / "eval.md")}
 
