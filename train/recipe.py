@@ -86,8 +86,9 @@ RECIPES["v9"] = {**RECIPES["default"], "data": {**RECIPES["default"]["data"], "s
 RECIPES["v10"] = {**RECIPES["v9"], "sft": {**RECIPES["v9"]["sft"], "lora_layers": 20}}
 # v11 (prepared 2026-12-07, not yet run): v9 (LoRA on every layer: v7 and v10, on the top 20, both lost held-out
 # arithmetic) with arithmetic targets that quote each clause holding a number before naming the operation
-# (train.data.number_clauses), aimed at v10's misses: numbers dropped or reordered when listed bare
-RECIPES["v11"] = {**RECIPES["v9"], "data": {**RECIPES["v9"]["data"], "arith_clauses": True}}
+# (train.data.number_clauses), aimed at v10's misses: numbers dropped or reordered when listed bare; and v8's
+# subject-first rewordings, which raised count, char and reverse on _F2 (v10's count misses there are that shape)
+RECIPES["v11"] = {**RECIPES["v9"], "data": {**RECIPES["v9"]["data"], "arith_clauses": True, "subject_first": True}}
 
 
 @dataclass
