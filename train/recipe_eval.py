@@ -12,6 +12,9 @@ adapter), so each can be rerun alone from the commands in ``eval.md``. Suites:
 - ``multihop-*``: the held-out HotpotQA/MuSiQue questions with local search and closed-book.
 
 Questions come from eval seed 0; training data uses seeds 1000+ and only training phrasings.
+
+``agent train compare --runs A,B`` (``compare_runs``) sets such evals side by side: each held-out set
+as questions answered of questions asked, the held-out sets pooled per family, the other suites.
 """
 
 from __future__ import annotations
