@@ -126,7 +126,7 @@ def table(summary: dict[str, Any], n: dict[str, int]) -> str:
     lines = [f"Greedy, llama.cpp, default Q4_1 model; questions per family and phrasing split: {per} "
              f"(eval seed {EVAL_SEED}). Accuracy per family; below, per suite.", ""]
     head = ["family", "phrasing"] + [f"{m} {mode}" for m in models for mode in ("python", "none")]
-    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += [_row(head), "|" + " --- |" * len(head)]
     for split in _SPLITS:
         name = f"tasks-{split}"
         fams = sorted({f for m in models for f in summary[m].get(name, {}).get("python", {}).get("by_family", {})})
@@ -140,17 +140,25 @@ def table(summary: dict[str, Any], n: dict[str, int]) -> str:
                         continue
                     acc = r["accuracy"] if fam == "all" else r["by_family"].get(fam)
                     row.append("-" if acc is None else f"{acc:.2f}")
-            lines.append("| " + " | ".join(row) + " |")
+            lines.append(_row(row))
     lines += ["", "| suite | model | mode | accuracy / EM | tool-call episodes | malformed episodes | s/question |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for m in models:
         for name, modes in summary[m].items():
             for mode, r in modes.items():
-                tool = sum(r["tool_episodes"].values()) / max(len(r["tool_episodes"]), 1)
                 score = f"{r['accuracy']:.2f} / {r['em']:.2f}"
-                lines.append(f"| {name} | {m} | {mode} | {score} | {tool:.2f} | {r['malformed_episodes']:.3f} | "
-                             f"{r['seconds_per_question']:.2f} |")
+                lines.append(f"| {name} | {m} | {mode} | {score} | {_tool_share(r):.2f} | "
+                             f"{r['malformed_episodes']:.3f} | {r['seconds_per_question']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _tool_share(r: dict[str, Any]) -> float:
+    """The share of a suite's episodes with a tool call (the mean over its families)."""
+    return sum(r["tool_episodes"].values()) / max(len(r["tool_episodes"]), 1)
 
 
 def _family_counts(r: dict[str, Any]) -> dict[str, tuple[int, int]]:
@@ -228,26 +236,28 @@ def compare_runs(cfg: CompareConfig) -> str:
 
 def _compare_table(runs: list[str], models: list[dict[str, Any]]) -> str:
     head = ["", *runs]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines = [_row(head), "|" + " --- |" * len(head)]
 
     def cell(c: int, n: int) -> str:
         return f"{c}/{n} ({c / n:.3f})" if n else "-"
+
+    def total(counts: dict[str, tuple[int, int]]) -> str:
+        return cell(sum(c for c, _ in counts.values()), sum(n for _, n in counts.values()))
 
     shared = [s for s in _SPLITS if _same_questions(models, f"tasks-{s}", "python")]
     for split in _SPLITS:
         name = "training-style" if split == "train" else f"held-out `{split}`"
         row = [name]
         for m in models:
-            counts = _family_counts(m[f"tasks-{split}"]["python"]) if split in shared else {}
-            row.append(cell(sum(c for c, _ in counts.values()), sum(n for _, n in counts.values())))
-        lines.append("| " + " | ".join(row) + " |")
+            row.append(total(_family_counts(m[f"tasks-{split}"]["python"]) if split in shared else {}))
+        lines.append(_row(row))
     held = tuple(s for s in shared if s != "train")
     pooled = [heldout_pooled(m, held) for m in models]
     row = [f"**held-out total** ({', '.join(held) or 'no set in common'})"]
-    row += [f"**{cell(sum(c for c, _ in p.values()), sum(n for _, n in p.values()))}**" for p in pooled]
-    lines.append("| " + " | ".join(row) + " |")
+    row += [f"**{total(p)}**" for p in pooled]
+    lines.append(_row(row))
     for fam in sorted({f for p in pooled for f in p}):
-        lines.append("| " + " | ".join([f"held-out {fam}"] + [cell(*p.get(fam, (0, 0))) for p in pooled]) + " |")
+        lines.append(_row([f"held-out {fam}"] + [cell(*p.get(fam, (0, 0))) for p in pooled]))
     for suite in sorted({s for m in models for s in m if not s.startswith("tasks-")}):
         for mode in sorted({md for m in models for md in m.get(suite, {})}):
             row = [f"{suite}, {mode}"]
@@ -256,9 +266,8 @@ def _compare_table(runs: list[str], models: list[dict[str, Any]]) -> str:
                 if r is None:
                     row.append("-")
                     continue
-                tool = sum(r["tool_episodes"].values()) / max(len(r["tool_episodes"]), 1)
-                row.append(f"{r['accuracy']:.2f} / {r['em']:.2f}, {tool:.2f}, {r['malformed_episodes']:.3f}")
-            lines.append("| " + " | ".join(row) + " |")
+                row.append(f"{r['accuracy']:.2f} / {r['em']:.2f}, {_tool_share(r):.2f}, {r['malformed_episodes']:.3f}")
+            lines.append(_row(row))
     lines += ["", "Task sets: questions answered correctly (greedy, with python). Other suites: accuracy / EM, "
               "share of episodes with a tool call, share with a malformed call."]
     return "\n".join(lines) + "\n"
