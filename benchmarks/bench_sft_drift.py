@@ -6,9 +6,13 @@ The recipe's step time grows along a run (v11: 6.4 s/step over the first 100 ste
 last 100, on batches of the same mix). Run on late steps, this tells whether the growth belongs to the
 batches or the adapter's state (a fresh process is as slow) or to the long-running process (a fresh
 process is faster). ``--init trained`` loads the run's final checkpoint first (the adapter and
-optimizer as they were at the end), so the adapter's state is the run's, not a fresh LoRA.
+optimizer as they were at the end), so the adapter's state is the run's, not a fresh LoRA. ``--train N``
+then trains N more steps in this process (the run's steps from ``--train-from``) and times the same
+steps again after every ``--every`` of them: a process that slows as it trains shows it there, against a
+fresh process's first timing.
 
     python benchmarks/bench_sft_drift.py --run runs/recipe-v11/sft --steps 480,500,540,600 [--init trained]
+    python benchmarks/bench_sft_drift.py --run runs/recipe-v11/sft --steps 3,7,11,40,480,500 --train 80
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ def main() -> None:
     ap.add_argument("--steps", required=True, help="comma-separated step numbers (0-based, as trained)")
     ap.add_argument("--init", choices=("fresh", "trained"), default="fresh",
                     help="the adapter's state: a fresh LoRA, or the run's final checkpoint")
+    ap.add_argument("--train", type=int, default=0, help="then train this many steps, timing --steps again")
+    ap.add_argument("--train-from", type=int, default=50, help="the first of those steps")
+    ap.add_argument("--every", type=int, default=40, help="time --steps again after this many trained steps")
     args = ap.parse_args()
     run = Path(args.run)
     cfg = sft.SFTConfig(**json.loads((run / "config.json").read_text()))
@@ -61,6 +68,19 @@ def main() -> None:
         print(f"step {s}: here {here[-1]:.2f} s, in the run {before[s + 1]:.2f} s", flush=True)
     then = sum(before[s + 1] for s in steps)
     print(f"\n{len(steps)} steps: here {sum(here):.1f} s, in the run {then:.1f} s: ratio {sum(here) / then:.3f}")
+    first = sum(here)
+    for k in range(args.train):
+        tr.step = args.train_from + k
+        tr.train_step()
+        if (k + 1) % args.every == 0:
+            again = []
+            for s in steps:
+                tr.step = s
+                t0 = time.perf_counter()
+                tr.train_step()
+                again.append(time.perf_counter() - t0)
+            print(f"after {k + 1} trained steps: the {len(steps)} steps {sum(again):.1f} s, "
+                  f"{sum(again) / first:.3f}x this process's first timing", flush=True)
 
 
 if __name__ == "__main__":
