@@ -41,6 +41,17 @@ def run_times(metrics: Path) -> dict[int, float]:
     return out
 
 
+def time_steps(tr: sft.SFTTrainer, steps: list[int]) -> list[float]:
+    """Seconds of one training step at each of ``steps`` (the run's batch for that step)."""
+    out = []
+    for s in steps:
+        tr.step = s
+        t0 = time.perf_counter()
+        tr.train_step()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="an SFT output dir (config.json, metrics.csv, checkpoint/)")
@@ -59,13 +70,9 @@ def main() -> None:
         checkpoint.load(run / "checkpoint", tr.accel.unwrap_model(tr.model), tr.opt, tr.sched)
     before = run_times(run / "metrics.csv")
     steps = [int(s) for s in args.steps.split(",")]
-    here = []
-    for s in steps:
-        tr.step = s
-        t0 = time.perf_counter()
-        tr.train_step()
-        here.append(time.perf_counter() - t0)
-        print(f"step {s}: here {here[-1]:.2f} s, in the run {before[s + 1]:.2f} s", flush=True)
+    here = time_steps(tr, steps)
+    for s, t in zip(steps, here):
+        print(f"step {s}: here {t:.2f} s, in the run {before[s + 1]:.2f} s")
     then = sum(before[s + 1] for s in steps)
     print(f"\n{len(steps)} steps: here {sum(here):.1f} s, in the run {then:.1f} s: ratio {sum(here) / then:.3f}")
     first = sum(here)
@@ -73,12 +80,7 @@ def main() -> None:
         tr.step = args.train_from + k
         tr.train_step()
         if (k + 1) % args.every == 0:
-            again = []
-            for s in steps:
-                tr.step = s
-                t0 = time.perf_counter()
-                tr.train_step()
-                again.append(time.perf_counter() - t0)
+            again = time_steps(tr, steps)
             print(f"after {k + 1} trained steps: the {len(steps)} steps {sum(again):.1f} s, "
                   f"{sum(again) / first:.3f}x this process's first timing", flush=True)
 
