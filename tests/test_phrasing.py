@@ -10,7 +10,7 @@ import pytest
 
 from agent.evals.tasks import _REGISTRY, TOOL_FAMILIES, generate
 from train.data import arith_plans, execute, open_tools, synthesize, task_code, task_intro
-from train.phrasing import FRONT_SEPARATORS, LEADS, TAILS, vary
+from train.phrasing import COMMA_LEADS, FRONT_SEPARATORS, LEADS, TAILS, vary
 from train.plans import Plan, answer, call, text
 
 
@@ -21,7 +21,7 @@ def _held_out_texts() -> list[str]:
 def test_no_variation_piece_occurs_in_a_held_out_template():
     held = _held_out_texts()
     assert len(held) >= 50
-    for piece in LEADS + TAILS:
+    for piece in LEADS + COMMA_LEADS + TAILS:
         words = piece.strip().lower().rstrip(".!?:,")
         assert not any(re.search(rf"\b{re.escape(words)}\b", h) for h in held), piece
 
@@ -32,13 +32,14 @@ def test_new_training_templates_are_not_held_out_ones():
         assert not train & {t.text.lower() for t in fam.templates if t.split != "train"}
 
 
+@pytest.mark.parametrize("comma", [False, True])
 @pytest.mark.parametrize("family", TOOL_FAMILIES)
-def test_vary_keeps_the_subject_character_for_character(family):
+def test_vary_keeps_the_subject_character_for_character(family, comma):
     rng = random.Random(0)
     changed = 0
     for ex in generate(family, 300, 7, "train"):
         subject = ex.meta.get("text", "")
-        q = vary(rng, ex.question, subject, p=1.0)
+        q = vary(rng, ex.question, subject, p=1.0, comma=comma)
         changed += q != ex.question
         if subject:
             assert subject in q, (ex.question, q)
@@ -79,6 +80,23 @@ def test_vary_can_put_the_subject_first_and_refer_to_it():
     # off by default (the shipped recipe's data does not use it)
     assert not any(vary(random.Random(s), "Reverse the word 'lantern'.", "lantern", p=1.0).startswith(("lantern", "'lantern"))
                    for s in range(200))
+
+
+def test_comma_leads_open_the_question_and_it_goes_on_in_lower_case():
+    """``comma=True``: some rewordings open with a lead-in ending in a comma ("Quickly, reverse ..."),
+    the question's own first word lower-cased unless it is the subject; off, none does."""
+    rng = random.Random(0)
+    opened = []
+    for _ in range(400):
+        q = vary(rng, "Reverse the word 'Lantern'.", "Lantern", p=1.0, front=True, comma=True)
+        lead = next((c for c in COMMA_LEADS if q.startswith(c)), None)
+        if lead:
+            opened.append(lead)
+            rest = q[len(lead):]
+            assert rest[:1].islower() or rest.lstrip("\"'`\u201c").startswith("Lantern"), q
+    assert len(set(opened)) >= len(COMMA_LEADS) // 2
+    assert not any(vary(random.Random(s), "Reverse the word 'lantern'.", "lantern", p=1.0).startswith(COMMA_LEADS)
+                   for s in range(300))
 
 
 @pytest.mark.parametrize("family", TOOL_FAMILIES)

@@ -92,13 +92,16 @@ async def test_composed_arithmetic_runs_agrees_with_gold_and_shows_every_number(
     plans = scene_plans(14, seed=3)
     assert {p.id for p in plans} == {f"arith-scene-3-{i}" for i in range(14)}
     from agent.evals.tasks import arith_question
-    from train.scenes import FRAMES, SCENES, compose, generate
+    from train.scenes import FRAMES, MORE_FRAMES, SCENES, compose, generate
 
     examples = generate(14, 3)
     assert len({e.meta["kind"] for e in examples}) == 7 and [p.gold for p in plans] == [e.answer for e in examples]
+    more = generate(280, 3, more=True)  # MORE_FRAMES drawn too, only with more=True
+    assert any(int(e.meta["template"].rsplit("-", 1)[1]) >= len(FRAMES[e.meta["kind"]]) for e in more)
+    assert all(int(e.meta["template"].rsplit("-", 1)[1]) < len(FRAMES[e.meta["kind"]]) for e in generate(280, 3))
     rng = random.Random(0)
-    for kind, frames in FRAMES.items():
-        for frame in frames:
+    for kind in FRAMES:
+        for frame in FRAMES[kind] + MORE_FRAMES[kind]:
             q, gold, meta = arith_question(rng, compose(frame, rng.choice(SCENES)), kind)
             shown = {n.replace(",", "") for n in re.findall(r"\d[\d,]*", q)}
             assert {meta[k] for k in "abcp" if k in meta} <= shown, q
@@ -144,10 +147,11 @@ def test_composed_arithmetic_holds_no_near_copy_of_a_held_out_template():
     import difflib
 
     from agent.evals.tasks import _REGISTRY
-    from train.scenes import FRAMES, SCENES, compose
+    from train.scenes import FRAMES, MORE_FRAMES, SCENES, compose
 
     held = [t.text.lower() for t in _REGISTRY["arith"].templates if t.split != "train"]
-    composed = {compose(f, sc).lower() for frames in FRAMES.values() for f in frames for sc in SCENES}
+    composed = {compose(f, sc).lower() for table in (FRAMES, MORE_FRAMES) for frames in table.values()
+                for f in frames for sc in SCENES}
     for h in held:
         m = difflib.SequenceMatcher(None, "", h)  # b fixed: its index is built once
         for q in composed:

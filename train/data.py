@@ -106,6 +106,12 @@ class DataConfig:
     scene_arith: float = field(default=0.0, metadata={
         "help": "share of the arithmetic examples whose question is composed from a scene and a frame "
                 "(train.scenes: many more wordings of each operation) instead of an eval training template"})
+    scene_more: bool = field(default=False, metadata={
+        "help": "composed arithmetic draws from train.scenes.MORE_FRAMES too: other cue words for each operation, "
+                "bare two-number requests, people who each do the same thing before a second step"})
+    comma_leads: bool = field(default=False, metadata={
+        "help": "rewordings may open with a lead-in ending in a comma (train.phrasing.COMMA_LEADS), the question "
+                "going on in lower case: a first word and comma before the subject that are not the subject"})
 
     def __post_init__(self) -> None:
         if self.n_gsm8k and not self.gsm8k:
@@ -309,28 +315,29 @@ def _bug(rng: random.Random, code: str) -> tuple[str, str] | None:
 
 
 def arith_plans(family: str, n: int, seed: int, phrasing: str = "train", *, fix: bool = False,
-                subject_first: bool = False, clauses: bool = False) -> list[Plan]:
+                subject_first: bool = False, clauses: bool = False, comma: bool = False) -> list[Plan]:
     """Plans for one eval task family, from ``agent.evals.tasks.generate`` with this seed, drawn from
     the training phrasings only by default (the held-out templates stay out of training data). The
     question is reworded (``train.phrasing.vary``) in about half of them. ``fix``: recovery examples,
     whose first program fails for real and the second one, after a sentence naming the bug, works.
-    ``subject_first``, ``clauses`` (``arith_clauses``): see ``DataConfig``."""
+    ``subject_first``, ``clauses`` (``arith_clauses``), ``comma`` (``comma_leads``): see ``DataConfig``."""
     rng = random.Random(f"plans:{family}:{seed}:{'fix' if fix else ''}")
     return _task_plans(rng, generate(family, n, seed, phrasing), fix=fix, subject_first=subject_first,
-                       clauses=clauses)
+                       clauses=clauses, comma=comma)
 
 
-def scene_plans(n: int, seed: int, *, clauses: bool = False) -> list[Plan]:
-    """Arithmetic plans whose questions are composed from a scene and a frame (``train.scenes``), not
-    the eval's templates; reworded and solved as ``arith_plans`` does."""
-    return _task_plans(random.Random(f"plans:scenes:{seed}"), scenes.generate(n, seed), clauses=clauses)
+def scene_plans(n: int, seed: int, *, clauses: bool = False, more: bool = False, comma: bool = False) -> list[Plan]:
+    """Arithmetic plans whose questions are composed from a scene and a frame (``train.scenes``; with
+    ``more``, its ``MORE_FRAMES`` too), not the eval's templates; reworded and solved as ``arith_plans`` does."""
+    return _task_plans(random.Random(f"plans:scenes:{seed}"), scenes.generate(n, seed, more=more), clauses=clauses,
+                       comma=comma)
 
 
 def _task_plans(rng: random.Random, examples: Iterable[Any], *, fix: bool = False,
-                subject_first: bool = False, clauses: bool = False) -> list[Plan]:
+                subject_first: bool = False, clauses: bool = False, comma: bool = False) -> list[Plan]:
     out = []
     for ex in examples:
-        question = vary(rng, ex.question, ex.meta.get("text", ""), p=0.5, front=subject_first)
+        question = vary(rng, ex.question, ex.meta.get("text", ""), p=0.5, front=subject_first, comma=comma)
         code = task_code(ex)
         parts = [text(task_intro(rng, ex, question, clauses))]
         if fix:
@@ -546,7 +553,8 @@ def notool_text(ex: Any) -> str:
     return ""
 
 
-def notool_plans(n: int, seed: int, phrasing: str = "train", *, subject_first: bool = False) -> list[Plan]:
+def notool_plans(n: int, seed: int, phrasing: str = "train", *, subject_first: bool = False,
+                 comma: bool = False) -> list[Plan]:
     """Task questions of every family in a system prompt that offers no tool: the target never calls
     one (a call there is malformed); it answers, after ``notool_text`` where that fits."""
     rng = random.Random(f"notool:{seed}")
@@ -554,7 +562,7 @@ def notool_plans(n: int, seed: int, phrasing: str = "train", *, subject_first: b
     out = []
     for k, fam in enumerate(TASK_FAMILIES):
         for ex in generate(fam, per, seed + 200 + k, phrasing):
-            question = vary(rng, ex.question, ex.meta.get("text", ""), p=0.5, front=subject_first)
+            question = vary(rng, ex.question, ex.meta.get("text", ""), p=0.5, front=subject_first, comma=comma)
             say = notool_text(ex)
             out.append(Plan(f"{ex.id}-notool", "notool", question, ([text(say)] if say else []) + [answer(ex.answer)],
                             ex.answer, tools=()))
@@ -569,14 +577,16 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
         composed = round(n * cfg.scene_arith) if fam == "arith" else 0
         if n - composed:
             plans += arith_plans(fam, n - composed, cfg.seed + k, cfg.phrasing, subject_first=cfg.subject_first,
-                                 clauses=cfg.arith_clauses)
+                                 clauses=cfg.arith_clauses, comma=cfg.comma_leads)
         if composed:
-            plans += scene_plans(composed, cfg.seed + k, clauses=cfg.arith_clauses)
+            plans += scene_plans(composed, cfg.seed + k, clauses=cfg.arith_clauses, more=cfg.scene_more,
+                                 comma=cfg.comma_leads)
     if cfg.n_fix:  # other seeds than the families' own examples
         per = -(-cfg.n_fix // len(TASK_FAMILIES))
         for k, fam in enumerate(TASK_FAMILIES):
             plans += arith_plans(fam, 2 * per, cfg.seed + 100 + k, cfg.phrasing, fix=True,
-                                 subject_first=cfg.subject_first, clauses=cfg.arith_clauses)[:per]
+                                 subject_first=cfg.subject_first, clauses=cfg.arith_clauses,
+                                 comma=cfg.comma_leads)[:per]
     rng = random.Random(f"sources:{cfg.seed}")
     if cfg.n_gsm8k:
         recs = read_records(cfg.gsm8k)
@@ -595,7 +605,8 @@ def build_plans(cfg: DataConfig) -> list[Plan]:
             plans += _take(iter(hops), cfg.n_hop)
     plans += plain_plans(cfg.n_plain, cfg.seed, cfg.phrasing)
     if cfg.n_notool:
-        plans += notool_plans(cfg.n_notool, cfg.seed, cfg.phrasing, subject_first=cfg.subject_first)
+        plans += notool_plans(cfg.n_notool, cfg.seed, cfg.phrasing, subject_first=cfg.subject_first,
+                              comma=cfg.comma_leads)
     if cfg.n_identity:
         plans += identity_plans(cfg.n_identity, cfg.name, cfg.maker, cfg.seed)
     return plans

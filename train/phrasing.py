@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import re
 
-__all__ = ["FRONT_SEPARATORS", "LEADS", "TAILS", "QUOTES", "vary"]
+__all__ = ["COMMA_LEADS", "FRONT_SEPARATORS", "LEADS", "TAILS", "QUOTES", "vary"]
 
 LEADS = (
     "Hi! ", "Hello. ", "Hey, ", "Please help me with this. ", "I have a small puzzle. ",
@@ -33,6 +33,13 @@ TAILS = (
     " Just give me the answer.", " Double-check it.", " It's for a quiz.", " No rush.", " Thanks a lot.",
     " I want to be sure.", " Precision matters here.", " Cheers.", " Be precise, please.",
     " My guess was wrong last time.", " Appreciate it!",
+)
+# lead-ins that end in a comma, the question going on in lower case ("Quickly, reverse ..."): a first word
+# and a comma before the subject that are not the subject (``vary(..., comma=True)``; recipe v13)
+COMMA_LEADS = (
+    "Quickly, ", "Honestly, ", "Out of curiosity, ", "So, ", "Alright, ", "Okay, ", "Also, ", "Well, ",
+    "Seriously, ", "Just wondering, ", "By the way, ", "First of all, ", "Once more, ", "Carefully, ",
+    "Tomorrow's quiz, question one, ", "Simply put, ",
 )
 QUOTES = (('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("`", "`"), ("", ""))
 FRONT_SEPARATORS = (": ", " - ", "\n", " -- ", " | ", ". ")
@@ -73,10 +80,11 @@ def _front(rng: random.Random, q: str, subject: str) -> str:
     return f"{o}{subject}{c}{rng.choice(FRONT_SEPARATORS)}{q[:m.start()]}it{q[m.end():]}"
 
 
-def vary(rng: random.Random, question: str, subject: str = "", p: float = 0.6, *, front: bool = False) -> str:
+def vary(rng: random.Random, question: str, subject: str = "", p: float = 0.6, *, front: bool = False,
+         comma: bool = False) -> str:
     """With probability ``p``, ``question`` reworded by one to three of the variations above
-    (putting the subject first only with ``front``); ``subject`` (the text the answer is computed
-    from) is kept character for character."""
+    (putting the subject first only with ``front``; lead-ins from ``COMMA_LEADS`` too with ``comma``);
+    ``subject`` (the text the answer is computed from) is kept character for character."""
     if rng.random() >= p:
         return question
     q = question
@@ -93,7 +101,10 @@ def vary(rng: random.Random, question: str, subject: str = "", p: float = 0.6, *
     if "mark" in ops and q.endswith("?"):
         q = q[:-1]
     if "lead" in ops:
-        q = rng.choice(LEADS) + q
+        lead = rng.choice(LEADS + COMMA_LEADS if comma else LEADS)
+        if lead in COMMA_LEADS and q[:1].isupper() and not starts_with_subject and q[1:2].islower():
+            q = q[0].lower() + q[1:]
+        q = lead + q
     if "tail" in ops and not (subject and q.rstrip(".!?'\"”`").endswith(subject)):
         q = q.rstrip() + ("" if q.rstrip()[-1:] in ".?!:" else ".") + rng.choice(TAILS)
     return q

@@ -20,7 +20,7 @@ import random
 from agent.evals.data import Example
 from agent.evals.tasks import ARITH_KINDS, arith_question
 
-__all__ = ["FRAMES", "SCENES", "compose", "generate"]
+__all__ = ["FRAMES", "MORE_FRAMES", "SCENES", "compose", "generate"]
 
 # who, what it does (3rd person), two kinds of item (plural), a container (singular, plural), a
 # period (singular, plural)
@@ -134,6 +134,86 @@ FRAMES: dict[str, tuple[str, ...]] = {
 }
 assert set(FRAMES) == set(ARITH_KINDS)
 
+# More frames (``generate(..., more=True)``; recipe v13): the operation named by a cue word other than
+# the frames' ("tally", "combined", "exceed", "crews of"), bare two-number requests, and people who
+# each do the same thing ("{a} helpers each ...") before a second step; none near a held-out template
+MORE_FRAMES: dict[str, tuple[str, ...]] = {
+    "mul": (
+        "{a} helpers each carry {b} {x} for {who}. How many {x} do they carry between them?",
+        "Work out {a} multiplied by {b}.",
+        "{b} {boxes}, every one with {a} {x} inside: find the total number of {x}.",
+        "Give the product for these two numbers: {a} and {b}.",
+        "Each of {a} helpers brings {b} {x} to {who}. How many {x} arrive?",
+        "{who} pays {a} dollars per {box} for {b} {boxes}. How many dollars does it pay?",
+        "A {box} weighs {a} grams. In grams, how heavy are {b} of them together?",
+        "{a} lots of {b}: how much is that?",
+    ),
+    "add": (
+        "Give the combined total of {a} and {b}.",
+        "Keep a running tally: {a} {x} came in, then {b} more. What does the tally read?",
+        "{a} and {b}: what do they come to altogether?",
+        "Work out the grand total of {a} {x} and {b} {y}.",
+        "What is {a} combined with {b}?",
+        "{who} received {a} {x} on one {per} and {b} on the next. How many {x} came in all?",
+        "Put {a} and {b} together. What is the total?",
+        "{a} {x} and {b} {y} sit in the store room of {who}. Count them all: how many items?",
+    ),
+    "sub": (
+        "By how much does {a} exceed {b}?",
+        "{who} started with {a} {x}; {b} were thrown out. How many {x} are kept?",
+        "How far is {b} short of {a}?",
+        "{a} {x}, with {b} of them taken out, leaves how many?",
+        "The gap between {a} and {b} is what?",
+        "{who} owes {a} dollars and has paid back {b}. How many dollars are still owed?",
+        "Of the {a} {x} ordered, {b} have come. How many {x} are yet to come?",
+        "Lower {a} by {b}. What do you get?",
+    ),
+    "mul_sub": (
+        "{a} helpers each bring {b} {x} to {who}, but {c} {x} turn out broken and are binned. How many good "
+        "{x} are left?",
+        "{who} ships {a} {boxes} of {b} {x}; {c} {x} come back. How many {x} stay sold?",
+        "Start with {a} lots of {b}, then remove {c}. What is left?",
+        "{a} helpers pick {b} {x} apiece, and {c} {x} are given away. How many {x} are kept?",
+        "Each of {a} {pers} {who} {verb} {b} {x}, and it throws away {c} of them in the end. How many {x} "
+        "does it keep?",
+        "{b} {x} in each of {a} {boxes}, minus the {c} that spoiled: how many {x} are good?",
+        "Multiply {a} and {b}, then lower the result by {c}.",
+        "{who} buys {a} {boxes} holding {b} {x} each and hands out {c} {x}. How many {x} does it still have?",
+    ),
+    "add_mul": (
+        "{who} {verb} {a} {x} on one {per} and {b} on the next, and each one earns {c} dollars. How many "
+        "dollars is that?",
+        "Add {a} and {b}, then multiply by {c}.",
+        "{c} helpers each bring {a} {x} and {b} {y}. How many items arrive?",
+        "Each {box} gets {a} {x} and {b} {y}, and there are {c} {boxes}. How many items in total?",
+        "{a} {x} in the morning, {b} in the afternoon, every {per} for {c} {pers}: how many {x}?",
+        "Take the sum of {a} and {b} and multiply it by {c}.",
+        "{who} has {a} {x} and {b} {y} per {box}, with {c} {boxes}. How many items is that?",
+        "At {c} dollars apiece, what do {a} {x} and {b} {y} cost together?",
+    ),
+    "floordiv": (
+        "How many whole groups of {b} fit into {a}?",
+        "{a} helpers are put into crews of {b}. How many full crews are there?",
+        "Divide {a} by {b}, dropping the remainder.",
+        "{a} {x} go into {boxes} of {b}. Ignoring leftovers, how many {boxes} are filled?",
+        "{who} shares {a} {x} evenly among {b} helpers. How many whole {x} does each helper get?",
+        "With {a} dollars and {x} at {b} dollars each, how many {x} can {who} buy?",
+        "How many full {boxes} of {b} can be packed from {a} {x}?",
+        "{a} divided by {b}, rounded down, is what?",
+    ),
+    "percent": (
+        "Work out {p}% of {a} {x}.",
+        "If {p} in every hundred of {a} {x} are faulty, how many {x} are faulty?",
+        "{who} had {a} {x} and now has {p}% more. How many extra {x} is that?",
+        "A price of {a} dollars goes up by {p}%. By how many dollars does it rise?",
+        "{p} percent of the {a} {x} at {who} are new. Count the new ones.",
+        "Find {p}% of {a}.",
+        "{who} gives {p}% of its {a} {x} to charity. How many {x} is that?",
+        "Of {a} people asked, {p}% said yes. How many said yes?",
+    ),
+}
+assert set(MORE_FRAMES) == set(ARITH_KINDS)
+
 
 def compose(frame: str, scene: tuple[str, ...]) -> str:
     """``frame`` with ``scene`` filled in and the number slots left, first letter upper-case."""
@@ -143,15 +223,17 @@ def compose(frame: str, scene: tuple[str, ...]) -> str:
     return s[0].upper() + s[1:]
 
 
-def generate(n: int, seed: int = 0) -> list[Example]:
+def generate(n: int, seed: int = 0, more: bool = False) -> list[Example]:
     """``n`` composed arithmetic examples (family ``arith``, meta as the family's own), expression
-    kinds in turn, frame and scene drawn at random; deterministic by seed."""
+    kinds in turn, frame and scene drawn at random (from ``FRAMES`` and, with ``more``, ``MORE_FRAMES``);
+    deterministic by seed."""
     rng = random.Random(f"splice-scenes:{seed}")
     out = []
     for i in range(n):
         kind = ARITH_KINDS[i % len(ARITH_KINDS)]
-        k = rng.randrange(len(FRAMES[kind]))
-        question, answer, meta = arith_question(rng, compose(FRAMES[kind][k], rng.choice(SCENES)), kind)
+        frames = FRAMES[kind] + (MORE_FRAMES[kind] if more else ())
+        k = rng.randrange(len(frames))
+        question, answer, meta = arith_question(rng, compose(frames[k], rng.choice(SCENES)), kind)
         out.append(Example(id=f"arith-scene-{seed}-{i}", question=question, answer=answer, family="arith",
                            meta={**meta, "template": f"scene-{kind}-{k}", "phrasing": "scene"}))
     return out
