@@ -141,6 +141,23 @@ def test_arith_clauses_quote_the_question_as_read_holding_every_number_in_order(
         assert b.parts[0]["text"].startswith(("The numbers are", "The question gives", "Numbers in the question"))
 
 
+def test_scene_more_and_comma_leads_reach_the_plans_only_when_asked():
+    """``DataConfig.scene_more`` / ``comma_leads`` reach ``build_plans``: composed questions from
+    ``MORE_FRAMES`` ("helpers" occurs in no other frame) and questions opening with a comma lead-in;
+    off (v11, the shipped recipe), neither, and the plans are what they were."""
+    from train.phrasing import COMMA_LEADS
+    from train.scenes import FRAMES
+
+    assert not any("helpers" in f for frames in FRAMES.values() for f in frames)
+    cfg = dict(n_arith=140, n_count=40, n_compare=0, n_length=0, n_reverse=40, n_plain=0, scene_arith=0.5)
+    on = build_plans(DataConfig(**cfg, scene_more=True, comma_leads=True))
+    off = build_plans(DataConfig(**cfg))
+    assert [p.id for p in on] == [p.id for p in off]
+    assert any("helpers" in p.question for p in on if p.id.startswith("arith-scene-"))
+    assert sum(p.question.startswith(COMMA_LEADS) for p in on) >= 5
+    assert not any("helpers" in p.question or p.question.startswith(COMMA_LEADS) for p in off)
+
+
 def test_composed_arithmetic_holds_no_near_copy_of_a_held_out_template():
     """Every frame in every scene is further than a 0.8 difflib ratio from every held-out arithmetic
     template (the bound the fourth held-out set is held to), so held-out accuracy stays held-out."""
