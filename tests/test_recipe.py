@@ -111,6 +111,35 @@ def _cells(md, label):
     return [c.strip() for c in row.strip("|").split("|")[1:]]
 
 
+def test_compare_diff_lists_each_held_out_question_answered_differently(smoke, tmp_path):
+    """``--diff``: run B is run A's eval with one held-out answer's correctness flipped; the listing
+    holds that question, once, on the side that got it right, and nothing else."""
+    import shutil
+
+    out, _ = smoke
+    shutil.copytree(out / "eval", tmp_path / "b" / "eval")
+    path = tmp_path / "b" / "eval" / "adapter" / "tasks-fresh2" / "episodes.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    k = next(i for i, r in enumerate(rows) if r["mode"] == "python")
+    rows[k]["correct"] = not rows[k]["correct"]
+    rows[k]["pred"] = "a | pipe"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md = compare_runs(CompareConfig(runs=[str(out), str(tmp_path / "b")], diff=True))
+    listed = [line for line in md.splitlines() if line.startswith("| fresh")]
+    assert len(listed) == 1 and listed[0].startswith(f"| fresh2 | {rows[k]['family']} |"), md
+    assert "a \\| pipe" in listed[0]  # a pipe in an answer does not break the row
+    b_right = rows[k]["correct"]
+    assert f"Right only in A: {0 if b_right else 1}; right only in B: {1 if b_right else 0}." in md
+    assert "Right only in A: 0; right only in B: 0." in compare_runs(CompareConfig(runs=[str(out)] * 2, diff=True))
+    with pytest.raises(ConfigError, match="two runs"):
+        CompareConfig(runs=[str(out)], diff=True)
+    with pytest.raises(ConfigError, match="no episodes"):
+        compare_runs(CompareConfig(runs=[str(out), str(out / "eval" / "eval.json")], diff=True))
+    path.write_text("{not json\n")
+    with pytest.raises(ConfigError, match="not readable episodes"):
+        compare_runs(CompareConfig(runs=[str(out), str(tmp_path / "b")], diff=True))
+
+
 def test_compare_counts_each_held_out_set_and_leaves_out_sets_asked_differently(smoke, tmp_path):
     out, _ = smoke
     a = json.loads((out / "eval" / "eval.json").read_text())

@@ -187,12 +187,17 @@ class CompareConfig:
         "help": "recipe evals, comma-separated: a run dir (runs/recipe-v9), its eval dir or eval.json, or an "
                 "adapter card (agent/adapters/smollm2-tools.json)"})
     out: str = field(default="", metadata={"help": "also write the table to this markdown file"})
+    diff: bool = field(default=False, metadata={
+        "help": "also list each held-out question one of two runs answered right and the other wrong, with both "
+                "answers (from the runs' episodes.jsonl: give run or eval dirs)"})
 
     def __post_init__(self) -> None:
         if isinstance(self.runs, str):
             self.runs = [r for r in self.runs.split(",") if r]
         if not self.runs:
             raise ConfigError("give the runs to compare: --runs A,B")
+        if self.diff and len(self.runs) != 2:
+            raise ConfigError(f"--diff compares two runs, not {len(self.runs)}")
 
 
 def _load_adapter_summary(path: str) -> dict[str, Any]:
@@ -226,12 +231,53 @@ def compare_runs(cfg: CompareConfig) -> str:
         md = _compare_table(cfg.runs, models)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ConfigError(f"{', '.join(cfg.runs)}: not recipe eval summaries ({type(e).__name__}: {e})") from None
+    if cfg.diff:
+        md += _diff_table(*cfg.runs)
     if cfg.out:
         try:
             Path(cfg.out).write_text(md, encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot write {cfg.out}: {e.strerror or e}") from None
     return md
+
+
+def _python_episodes(run: str, split: str) -> dict[str, dict[str, Any]]:
+    """The with-python episodes of one set of a recipe eval, by question id."""
+    for base in (Path(run) / "eval" / "adapter", Path(run) / "adapter"):
+        path = base / f"tasks-{split}" / "episodes.jsonl"
+        if not path.is_file():
+            continue
+        try:
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return {r["id"]: r for r in rows if r.get("mode") == "python"}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: not readable episodes ({type(e).__name__}: {e})") from None
+    raise ConfigError(f"{run}: no episodes for tasks-{split} (--diff needs a run or eval dir, not a card)")
+
+
+def _diff_table(a: str, b: str) -> str:
+    """Each held-out question (same id and text in both runs) that one run answered right and the
+    other wrong: set, family, question, gold, each run's answer."""
+    def cell(text: Any, width: int = 90) -> str:
+        t = " ".join(str(text).split()).replace("|", "\\|")
+        return t if len(t) <= width else t[:width - 3] + "..."
+
+    lines = ["", f"Held-out questions the two runs answered differently (with python; A = {a}, B = {b}):", "",
+             "| set | family | question | gold | A | B |", "| --- | --- | --- | --- | --- | --- |"]
+    only = [0, 0]
+    for split in _HELDOUT:
+        ea, eb = _python_episodes(a, split), _python_episodes(b, split)
+        for qid in sorted(ea.keys() & eb.keys()):
+            x, y = ea[qid], eb[qid]
+            if bool(x.get("correct")) == bool(y.get("correct")) or x.get("question") != y.get("question"):
+                continue
+            only[0 if x.get("correct") else 1] += 1
+            mark = {True: "right", False: "wrong"}
+            lines.append(_row([split, str(x.get("family", "")), cell(x["question"]), cell(", ".join(x.get("gold", []))),
+                               f"{cell(x.get('pred'), 30)} ({mark[bool(x.get('correct'))]})",
+                               f"{cell(y.get('pred'), 30)} ({mark[bool(y.get('correct'))]})"]))
+    lines += ["", f"Right only in A: {only[0]}; right only in B: {only[1]}."]
+    return "\n".join(lines) + "\n"
 
 
 def _compare_table(runs: list[str], models: list[dict[str, Any]]) -> str:
