@@ -96,11 +96,11 @@ RECIPES["v11"] = {**RECIPES["v9"], "data": {**RECIPES["v9"]["data"], "arith_clau
 RECIPES["v12"] = {**RECIPES["v11"], "data": {**RECIPES["v11"]["data"], "n_count_name": 300, "n_length": 200,
                                              "n_count_text": 320, "n_plain": 600}}
 # v13 (2026-12-07, not shipped: held-out 904/960, below the 908 bar; arithmetic rose .89 -> .98, the comma
-# lead-ins cost counting where the question holds a comma; docs/training.md): v11 with composed arithmetic drawn
-# from train.scenes.MORE_FRAMES too (other cue words:
-# v11 subtracted for "Tally up A and B", added for "the product of"; people who each do the same thing before
-# a second step: v11's "N students each bring M caps, K are thrown out") and comma lead-ins in the rewordings
-# (v11 reversed "Backwards" in "Backwards, X is what?"); the same number of examples as v11
+# lead-ins cost counting where the question holds a comma; docs/training.md): v11 with composed arithmetic
+# drawn from train.scenes.MORE_FRAMES too (other cue words: v11 subtracted for "Tally up A and B", added for
+# "the product of"; people who each do the same thing before a second step: v11's "N students each bring M
+# caps, K are thrown out") and comma lead-ins in the rewordings (v11 reversed "Backwards" in "Backwards, X is
+# what?"); the same number of examples as v11
 RECIPES["v13"] = {**RECIPES["v11"], "data": {**RECIPES["v11"]["data"], "scene_more": True, "comma_leads": True}}
 # the shipped adapter's recipe: v11 beat v6 on the held-out phrasings (907 vs 902 of 960, rule set before the run)
 RECIPES["default"] = RECIPES["v11"]

@@ -262,6 +262,9 @@ def _diff_table(a: str, b: str) -> str:
         t = " ".join(str(text).split()).replace("|", "\\|")
         return t if len(t) <= width else t[:width - 3] + "..."
 
+    def answered(e: dict[str, Any]) -> str:
+        return f"{cell(e.get('pred'), 30)} ({'right' if e.get('correct') else 'wrong'})"
+
     lines = ["", f"Held-out questions the two runs answered differently (with python; A = {a}, B = {b}):", "",
              "| set | family | question | gold | A | B |", "| --- | --- | --- | --- | --- | --- |"]
     only = [0, 0]
@@ -272,10 +275,8 @@ def _diff_table(a: str, b: str) -> str:
             if bool(x.get("correct")) == bool(y.get("correct")) or x.get("question") != y.get("question"):
                 continue
             only[0 if x.get("correct") else 1] += 1
-            mark = {True: "right", False: "wrong"}
             lines.append(_row([split, str(x.get("family", "")), cell(x["question"]), cell(", ".join(x.get("gold", []))),
-                               f"{cell(x.get('pred'), 30)} ({mark[bool(x.get('correct'))]})",
-                               f"{cell(y.get('pred'), 30)} ({mark[bool(y.get('correct'))]})"]))
+                               answered(x), answered(y)]))
     lines += ["", f"Right only in A: {only[0]}; right only in B: {only[1]}."]
     return "\n".join(lines) + "\n"
 
